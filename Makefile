@@ -1,0 +1,43 @@
+# Two commands on a fresh machine: `make demo` and `make test`. Both create .venv when missing
+# and install the pinned set (requirements.lock) into it.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+TIDINGS := $(VENV)/bin/tidings
+STAMP := $(VENV)/.installed
+DEMO_DIR ?= demo
+DEMO_DB := sqlite:///$(DEMO_DIR)/tidings.db
+PYTEST_ARGS ?=
+
+.PHONY: install demo test lint format lock clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml requirements.lock
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip setuptools wheel
+	$(PY) -m pip install -q -c requirements.lock -e '.[dev]'
+	@touch $@
+
+demo: $(STAMP)
+	@rm -rf $(DEMO_DIR) && mkdir -p $(DEMO_DIR)
+	TIDINGS_DATABASE_URL=$(DEMO_DB) $(TIDINGS) demo --workdir $(DEMO_DIR)
+
+test: $(STAMP)
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy .
+
+format: $(STAMP)
+	$(VENV)/bin/ruff format .
+	$(VENV)/bin/ruff check --fix .
+
+# Refresh the pinned set after changing dependencies in pyproject.toml.
+lock: $(STAMP)
+	$(PY) -m pip freeze --exclude-editable | grep -v '^-e' > requirements.lock
+
+clean:
+	rm -rf $(VENV) $(DEMO_DIR) .mypy_cache .ruff_cache .pytest_cache

@@ -1,0 +1,1 @@
+"""The CRM store: SQLAlchemy 2 models, sessions, Alembic migrations, import and data quality."""

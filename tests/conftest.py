@@ -1,0 +1,144 @@
+"""Shared fixtures: real SQLite and PostgreSQL stores, real Redis.
+
+``store`` is parametrized over both databases, so a test that takes it runs on each. Outside CI
+a missing PostgreSQL or Redis skips the test with what to start; in CI (``CI`` or
+``TIDINGS_REQUIRE_SERVICES`` set) it fails, so a green run always means both were exercised.
+
+PostgreSQL: the schema is migrated once per session into a template database; each test gets a
+fresh ``CREATE DATABASE ... TEMPLATE`` copy (tens of milliseconds) and it is dropped afterwards.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy import Engine, create_engine, text
+from sqlalchemy.engine import make_url
+
+from crm.db import make_engine, upgrade
+
+PG_URL = os.environ.get(
+    "TIDINGS_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+)
+REDIS_URL = os.environ.get("TIDINGS_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
+REQUIRE_SERVICES = bool(os.environ.get("CI") or os.environ.get("TIDINGS_REQUIRE_SERVICES"))
+START_HINT = {
+    "PostgreSQL": "pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start",
+    "Redis": 'redis-server --daemonize yes --bind 127.0.0.1 --port 6379 --save "" '
+    "--appendonly no",
+}
+
+
+def service_missing(name: str, error: Exception) -> None:
+    message = f"{name} is not reachable ({error.__class__.__name__}: {error}); start it: " + (
+        START_HINT[name]
+    )
+    if REQUIRE_SERVICES:
+        pytest.fail(message, pytrace=False)
+    pytest.skip(message)
+
+
+class PostgresServer:
+    """Creates throwaway databases from a migrated template on the test server."""
+
+    def __init__(self, url: str) -> None:
+        self.url = make_url(url)
+        self.admin = create_engine(self.url, isolation_level="AUTOCOMMIT")
+        self.template = f"tidings_tpl_{uuid.uuid4().hex[:8]}"
+        self.created: list[str] = []
+
+    def _url(self, database: str) -> str:
+        return self.url.set(database=database).render_as_string(hide_password=False)
+
+    def start(self) -> None:
+        with self.admin.connect() as conn:
+            conn.execute(text(f'CREATE DATABASE "{self.template}"'))
+        engine = make_engine(self._url(self.template))
+        upgrade(engine)
+        engine.dispose()
+
+    def new_database(self) -> str:
+        name = f"tidings_t_{uuid.uuid4().hex[:10]}"
+        with self.admin.connect() as conn:
+            conn.execute(text(f'CREATE DATABASE "{name}" TEMPLATE "{self.template}"'))
+        self.created.append(name)
+        return self._url(name)
+
+    def empty_database(self) -> str:
+        name = f"tidings_e_{uuid.uuid4().hex[:10]}"
+        with self.admin.connect() as conn:
+            conn.execute(text(f'CREATE DATABASE "{name}"'))
+        self.created.append(name)
+        return self._url(name)
+
+    def drop(self, name_or_url: str) -> None:
+        name = make_url(name_or_url).database if "://" in name_or_url else name_or_url
+        with self.admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+    def stop(self) -> None:
+        for name in [*self.created, self.template]:
+            self.drop(name)
+        self.admin.dispose()
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[PostgresServer]:
+    server = PostgresServer(PG_URL)
+    try:
+        server.start()
+    except Exception as error:  # noqa: BLE001 - any failure to reach the server
+        service_missing("PostgreSQL", error)
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def sqlite_url(tmp_path: Path) -> str:
+    return f"sqlite:///{tmp_path / 'tidings.db'}"
+
+
+@pytest.fixture
+def postgres_url(postgres_server: PostgresServer) -> Iterator[str]:
+    url = postgres_server.new_database()
+    yield url
+    postgres_server.drop(url)
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store_url(request: pytest.FixtureRequest) -> str:
+    """The URL of a freshly migrated store, once on SQLite and once on PostgreSQL."""
+    if request.param == "sqlite":
+        url: str = request.getfixturevalue("sqlite_url")
+        engine = make_engine(url)
+        upgrade(engine)
+        engine.dispose()
+        return url
+    return str(request.getfixturevalue("postgres_url"))
+
+
+@pytest.fixture
+def store(store_url: str) -> Iterator[Engine]:
+    """An engine on a freshly migrated store (SQLite and PostgreSQL)."""
+    engine = make_engine(store_url)
+    yield engine
+    engine.dispose()
+
+
+@pytest.fixture
+def redis_url() -> Iterator[str]:
+    import redis
+
+    client = redis.Redis.from_url(REDIS_URL)
+    try:
+        client.ping()
+    except Exception as error:  # noqa: BLE001
+        service_missing("Redis", error)
+    client.flushdb()
+    yield REDIS_URL
+    client.flushdb()
+    client.close()
