@@ -1,0 +1,232 @@
+"""Import of contacts, events and orders on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import json
+from decimal import Decimal
+from pathlib import Path
+
+import pytest
+from sqlalchemy import Engine, func, select
+from sqlalchemy.orm import Session
+
+from crm.importer import import_contacts, import_events, import_orders
+from crm.models import Consent, ConsentChange, Contact, Event, Order
+from crm.readers import read_records
+from tidings.config import Settings
+from tidings.errors import InputError
+
+DATA = Path(__file__).parent / "data"
+MESSY = DATA / "messy_contacts.csv"
+
+
+def _contacts(engine: Engine) -> dict[str, dict[str, object]]:
+    with Session(engine) as session:
+        rows = session.scalars(select(Contact).order_by(Contact.id)).all()
+    return {
+        (c.external_id or c.email or ""): {
+            "email": c.email,
+            "phone": c.phone,
+            "first_name": c.first_name,
+            "last_name": c.last_name,
+            "locale": c.locale,
+            "timezone": c.timezone,
+            "attributes": c.attributes,
+        }
+        for c in rows
+    }
+
+
+def _consents(engine: Engine) -> dict[tuple[str, str], str]:
+    with engine.connect() as conn:
+        rows = conn.execute(
+            select(Contact.external_id, Contact.email, Consent.channel, Consent.status).join(
+                Consent, Consent.contact_id == Contact.id
+            )
+        ).all()
+    return {(ext or email, channel): status for ext, email, channel, status in rows}
+
+
+def test_messy_file_counts_reasons_and_state(store: Engine) -> None:
+    report = import_contacts(MESSY, engine=store)
+
+    assert (report.read, report.accepted, report.rejected) == (15, 8, 7)
+    assert (report.inserted, report.updated, report.unchanged) == (6, 0, 0)
+    problems = {(e.line, e.column) for e in report.errors}
+    assert problems == {
+        (3, "email"),
+        (9, "timezone"),
+        (10, "phone"),
+        (11, None),
+        (12, "locale"),
+        (13, "consent_email"),
+        (14, None),
+    }
+    reasons = {e.line: e.reason for e in report.errors}
+    assert "Mars/Olympus" in reasons[9] and "IANA" in reasons[9]
+    assert "neither external_id nor email" in reasons[11]
+    assert "has 2 fields where the header has 14" in reasons[14]
+
+    contacts = _contacts(store)
+    assert set(contacts) == {"C001", "C003", "dan@example.com", "C004", "C010", "C011"}
+    assert contacts["C001"] == {
+        "email": "ann.lee@example.com",
+        "phone": "+14155552671",
+        "first_name": "Ann",
+        "last_name": "Lee-Smith",  # the later row in the file wins
+        "locale": "en_US",
+        "timezone": "America/Los_Angeles",
+        "attributes": {
+            "plan": "pro",
+            "zip": "02134",  # leading zero kept: text, not a number
+            "signup_date": "2024-01-15",
+            "lifetime_value": 1234.5,
+            "vip": True,
+        },
+    }
+    assert contacts["C003"]["phone"] == "+493012345678"
+    assert contacts["C003"]["timezone"] == "Europe/Berlin"
+    assert contacts["C003"]["attributes"] == {"plan": "pro", "vip": False}
+    assert contacts["dan@example.com"]["first_name"] == "Daniel"  # merged by email
+    assert contacts["C004"]["email"] == "ann.lee@example.com"  # same email, other external id
+    assert contacts["C010"]["last_name"] == "O'Neil; Jr"
+    assert contacts["C011"]["email"] == "kim@example.com"
+
+    assert _consents(store) == {
+        ("C001", "email"): "granted",
+        ("C001", "sms"): "revoked",
+        ("C003", "email"): "granted",
+        ("C003", "sms"): "granted",
+        ("dan@example.com", "email"): "granted",
+        ("C010", "email"): "revoked",
+    }
+    with store.connect() as conn:
+        audit = conn.execute(select(ConsentChange.source, ConsentChange.status)).all()
+    assert len(audit) == 6
+    assert {source for source, _ in audit} == {"import:messy_contacts.csv"}
+
+
+def test_reimport_changes_nothing(store: Engine) -> None:
+    import_contacts(MESSY, engine=store)
+    before = _contacts(store)
+    with store.connect() as conn:
+        stamps = conn.execute(select(Contact.id, Contact.updated_at)).all()
+    again = import_contacts(MESSY, engine=store)
+    assert (again.inserted, again.updated, again.unchanged, again.rejected) == (0, 0, 6, 7)
+    assert _contacts(store) == before
+    with store.connect() as conn:
+        assert conn.execute(select(Contact.id, Contact.updated_at)).all() == stamps
+        assert conn.scalar(select(func.count()).select_from(ConsentChange)) == 6
+
+
+def test_batch_size_does_not_change_the_result(store: Engine, tmp_path: Path) -> None:
+    import_contacts(MESSY, engine=store, settings=Settings(import_batch_size=2))
+    batched = _contacts(store)
+    consents = _consents(store)
+    from crm.db import make_engine, upgrade
+
+    reference = make_engine(f"sqlite:///{tmp_path / 'ref.db'}")
+    upgrade(reference)
+    import_contacts(MESSY, engine=reference)
+    assert batched == _contacts(reference)
+    assert consents == _consents(reference)
+
+
+def test_update_and_consent_change_are_recorded(store: Engine, tmp_path: Path) -> None:
+    import_contacts(MESSY, engine=store)
+    change = tmp_path / "change.csv"
+    change.write_text("external_id,consent_sms,plan\nC001,yes,enterprise\nC003,1,pro\n")
+    report = import_contacts(change, engine=store)
+    assert (report.inserted, report.updated, report.unchanged) == (0, 1, 1)
+    assert _consents(store)[("C001", "sms")] == "granted"
+    assert _contacts(store)["C001"]["attributes"]["plan"] == "enterprise"
+    with store.connect() as conn:
+        trail = conn.execute(
+            select(ConsentChange.previous_status, ConsentChange.status, ConsentChange.source)
+            .where(ConsentChange.channel == "sms")
+            .order_by(ConsentChange.id)
+        ).all()
+    assert trail[-1] == ("revoked", "granted", "import:change.csv")
+
+
+def test_jsonl_contacts_with_nested_attributes(store: Engine, tmp_path: Path) -> None:
+    path = tmp_path / "contacts.jsonl"
+    lines = [
+        {"external_id": 7, "email": "x@example.com", "attributes": {"score": 3, "tags": ["a"]}},
+        {"external_id": "8", "email": "nope"},
+        "not an object",
+    ]
+    path.write_text("\n".join(json.dumps(line) for line in lines) + "\n{broken\n")
+    report = import_contacts(path, engine=store)
+    assert (report.inserted, report.rejected) == (1, 3)
+    assert [e.line for e in report.errors] == [2, 3, 4]
+    assert _contacts(store)["7"]["attributes"] == {"score": 3, "tags": ["a"]}
+
+
+def test_events_import_is_idempotent(store: Engine, tmp_path: Path) -> None:
+    import_contacts(MESSY, engine=store)
+    events = tmp_path / "events.csv"
+    events.write_text(
+        "external_id,email,name,occurred_at,sku,qty\n"
+        "C001,,product.viewed,2026-03-01T10:00:00Z,SKU-1,2\n"
+        ",dan@example.com,order.placed,2026-03-02 12:30,SKU-2,1\n"
+        "C404,,product.viewed,2026-03-01T10:00:00Z,SKU-1,1\n"
+        "C001,,,2026-03-01T10:00:00Z,,\n"
+        "C001,,cart.updated,yesterday,,\n"
+        "C001,,product.viewed,2026-03-01T10:00:00Z,SKU-1,2\n"
+    )
+    first = import_events(events, engine=store)
+    assert (first.inserted, first.unchanged, first.rejected) == (2, 1, 3)
+    assert {(e.line, e.column) for e in first.errors} == {
+        (4, "external_id"),
+        (5, "name"),
+        (6, "occurred_at"),
+    }
+    again = import_events(events, engine=store)
+    assert (again.inserted, again.unchanged) == (0, 3)
+    with store.connect() as conn:
+        stored = conn.execute(select(Event.name, Event.properties).order_by(Event.id)).all()
+    assert stored == [
+        ("product.viewed", {"sku": "SKU-1", "qty": 2}),
+        ("order.placed", {"sku": "SKU-2", "qty": 1}),
+    ]
+
+
+def test_orders_upsert_by_order_id(store: Engine, tmp_path: Path) -> None:
+    import_contacts(MESSY, engine=store)
+    orders = tmp_path / "orders.csv"
+    header = "order_id,external_id,email,total,currency,status,placed_at,channel\n"
+    orders.write_text(
+        header + "O-1,C001,,49.90,usd,placed,2026-03-01T10:00:00Z,web\n"
+        "O-2,,carla@example.org,\"1,000.00\",EUR,paid,2026-03-02,app\n"
+        "O-3,C001,,12.00,EUD,placed,2026-03-03,web\n"
+        "O-4,C001,,12.00,EUR,lost,2026-03-03,web\n"
+    )
+    first = import_orders(orders, engine=store)
+    assert (first.inserted, first.rejected) == (1, 3)
+    assert {(e.line, e.column) for e in first.errors} == {
+        (3, "total"),
+        (4, "currency"),
+        (5, "status"),
+    }
+    assert import_orders(orders, engine=store).unchanged == 1
+    orders.write_text(header + "O-1,C001,,49.90,USD,shipped,2026-03-01T10:00:00Z,web\n")
+    assert import_orders(orders, engine=store).updated == 1
+    with Session(store) as session:
+        order = session.scalars(select(Order)).one()
+    assert (order.status, order.total, order.currency) == ("shipped", Decimal("49.90"), "USD")
+    assert order.attributes == {"channel": "web"}
+
+
+def test_file_level_errors_name_the_file(tmp_path: Path) -> None:
+    dupe = tmp_path / "dupe.csv"
+    dupe.write_text("email,Email\n")
+    with pytest.raises(InputError, match=r"dupe.csv:1: column 'Email' appears twice"):
+        list(read_records(dupe))
+    with pytest.raises(InputError, match="cannot tell the format"):
+        list(read_records(tmp_path / "contacts.xlsx"))
+    bad_bytes = tmp_path / "latin1.csv"
+    bad_bytes.write_bytes(b"email,first_name\na@example.com,Jos\xe9\nb@example.com,Bo\n")
+    records = list(read_records(bad_bytes))
+    assert records[0].values == {"__error__": "is not valid UTF-8 (save the file as UTF-8)"}
+    assert records[1].values == {"email": "b@example.com", "first_name": "Bo"}
