@@ -9,7 +9,7 @@ DEMO_DIR ?= demo
 DEMO_DB := sqlite:///$(DEMO_DIR)/tidings.db
 PYTEST_ARGS ?=
 
-.PHONY: install demo test lint format lock clean
+.PHONY: install demo test lint format lock docs clean
 
 install: $(STAMP)
 
@@ -34,6 +34,10 @@ lint: $(STAMP)
 format: $(STAMP)
 	$(VENV)/bin/ruff format .
 	$(VENV)/bin/ruff check --fix .
+
+# Regenerate the README's configuration table from tidings/config.py.
+docs: $(STAMP)
+	$(PY) -m tidings.config README.md
 
 # Refresh the pinned set after changing dependencies in pyproject.toml.
 lock: $(STAMP)

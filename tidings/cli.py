@@ -7,11 +7,13 @@ Each area registers its own Typer sub-app here; heavy imports stay inside the co
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 from typing import NoReturn
 
 import typer
 from rich.console import Console
 
+from crm import cli as crm_cli
 from tidings.errors import ConfigurationError, InputError
 
 app = typer.Typer(
@@ -40,6 +42,10 @@ def run_guarded(main: typer.Typer) -> None:
 
 db_app = typer.Typer(help="The CRM store: migrations.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
+app.add_typer(crm_cli.crm_app, name="crm")
+app.add_typer(crm_cli.contacts_app, name="contacts")
+app.add_typer(crm_cli.events_app, name="events")
+app.add_typer(crm_cli.orders_app, name="orders")
 
 
 @db_app.command("upgrade")
@@ -65,6 +71,29 @@ def db_current() -> None:
 
     engine = make_engine()
     console.print(f"current: {current_revision(engine) or 'empty'}; head: {head_revision(engine)}")
+
+
+@app.command("demo")
+def demo(
+    workdir: Path = typer.Option(Path("demo"), help="Where the demo writes its files."),
+    data: Path = typer.Option(Path("data/sample"), help="The sample CRM data to import."),
+) -> None:
+    """The main job on embedded defaults: create the store, import the sample CRM, report."""
+    from crm.db import make_engine, upgrade
+    from crm.importer import IMPORTERS
+    from crm.quality import quality_report
+    from tidings.config import get_settings
+
+    workdir.mkdir(parents=True, exist_ok=True)
+    engine = make_engine()
+    console.rule("1. the CRM store")
+    upgrade(engine)
+    console.print(f"store ready at {engine.url.render_as_string(hide_password=True)}")
+    console.rule("2. import the sample CRM data")
+    for kind in ("contacts", "events", "orders"):
+        crm_cli.print_import_report(IMPORTERS[kind](data / f"{kind}.csv", engine=engine))
+    console.rule("3. data quality")
+    crm_cli.print_quality(quality_report(engine=engine, stale_days=get_settings().stale_days))
 
 
 def main() -> None:

@@ -13,8 +13,9 @@ without documentation fails the suite.
 from __future__ import annotations
 
 from functools import lru_cache
+from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -43,6 +44,70 @@ class Settings(BaseSettings):
     stale_days: int = Field(
         365, ge=1, description="Contacts not updated for this many days count as stale."
     )
+    # channels (channels/, docs/channels.md)
+    sendgrid_host: str = Field(
+        "https://api.sendgrid.com",
+        description="SendGrid API base URL; EU data residency: https://api.eu.sendgrid.com.",
+    )
+    sendgrid_api_key: SecretStr | None = Field(None, description="SendGrid API key (Bearer).")
+    sendgrid_concurrency: int = Field(
+        16, ge=1, le=256, description="Concurrent SendGrid API calls per adapter (thread pool)."
+    )
+    sendgrid_timeout: float = Field(
+        10.0, gt=0, description="Seconds before one SendGrid API call times out."
+    )
+    smtp_host: str = Field("localhost", description="SMTP relay host.")
+    smtp_port: int = Field(587, ge=1, le=65535, description="SMTP relay port (465 for ssl).")
+    smtp_username: str | None = Field(None, description="SMTP AUTH user; unset: no AUTH.")
+    smtp_password: SecretStr | None = Field(None, description="SMTP AUTH password.")
+    smtp_security: Literal["none", "starttls", "ssl"] = Field(
+        "starttls", description="SMTP transport security: none, starttls or ssl (implicit TLS)."
+    )
+    smtp_timeout: float = Field(30.0, gt=0, description="SMTP socket timeout in seconds.")
+    smtp_ca_file: str | None = Field(
+        None, description="PEM file of CAs to trust for the SMTP server; unset: system CAs."
+    )
+    twilio_account_sid: str | None = Field(None, description="Twilio account SID (AC...).")
+    twilio_auth_token: SecretStr | None = Field(None, description="Twilio auth token.")
+    twilio_api_base: str = Field(
+        "https://api.twilio.com", description="Twilio REST API base URL (tests: a local server)."
+    )
+    twilio_from_number: str | None = Field(
+        None, description="Default SMS sender number (E.164) when a message names none."
+    )
+    twilio_messaging_service_sid: str | None = Field(
+        None, description="Default Twilio Messaging Service SID (MG...); used if no from number."
+    )
+    twilio_status_callback: str | None = Field(
+        None,
+        description="Public URL Twilio posts delivery status to; our message id is appended "
+        "as ?tidings_message_id=...",
+    )
+    twilio_concurrency: int = Field(
+        8, ge=1, le=256, description="Concurrent Twilio API calls per adapter (thread pool)."
+    )
+    outbox_dir: str = Field(
+        "outbox", description="Folder the sandbox 'outbox' channel writes .eml/.json files to."
+    )
+    rate_limits: dict[str, float] = Field(
+        default_factory=dict,
+        description="Sends per second per provider or provider:sender, as JSON, e.g. "
+        '{"twilio": 1, "twilio:+15005550006": 10, "sendgrid": 100}; unlisted: unlimited.',
+    )
+    send_max_attempts: int = Field(
+        4, ge=1, le=20, description="Attempts per message for retryable provider errors."
+    )
+    send_backoff_base: float = Field(
+        0.5, ge=0, description="First retry delay in seconds; doubles per attempt, with jitter."
+    )
+    send_backoff_max: float = Field(30.0, ge=0, description="Longest retry delay in seconds.")
+    send_max_retry_after: float = Field(
+        60.0,
+        ge=0,
+        description="Longest Retry-After the adapter waits in process; longer ones are handed "
+        "back to the engine as status 'retry'.",
+    )
+    # -- new settings go above this line (keep one Field with a description each) --
 
     @field_validator("default_region")
     @classmethod
@@ -62,3 +127,37 @@ class Settings(BaseSettings):
 def get_settings() -> Settings:
     """The process-wide settings, read once from the environment."""
     return Settings()
+
+
+def settings_markdown() -> str:
+    """The configuration table of the README, generated from ``Settings`` (see ``make docs``)."""
+    rows = ["| variable | default | meaning |", "| --- | --- | --- |"]
+    for name, info in Settings.model_fields.items():
+        default = info.default
+        shown = "unset" if default is None else f"`{default}`"
+        if info.annotation is not None and "SecretStr" in str(info.annotation):
+            shown = "unset (secret)"
+        meaning = (info.description or "").replace("|", "\\|")
+        rows.append(f"| `TIDINGS_{name.upper()}` | {shown} | {meaning} |")
+    return "\n".join(rows)
+
+
+START, END = "<!-- settings:start -->", "<!-- settings:end -->"
+
+
+def refresh_readme(text: str) -> str:
+    """``text`` with the block between the settings markers replaced by the current table."""
+    head, _, rest = text.partition(START)
+    _, _, tail = rest.partition(END)
+    return f"{head}{START}\n{settings_markdown()}\n{END}{tail}"
+
+
+if __name__ == "__main__":
+    import sys
+    from pathlib import Path
+
+    if len(sys.argv) > 1:
+        readme = Path(sys.argv[1])
+        readme.write_text(refresh_readme(readme.read_text()))
+    else:
+        print(settings_markdown())
