@@ -28,14 +28,14 @@ REDIS_URL = os.environ.get("TIDINGS_TEST_REDIS_URL", "redis://127.0.0.1:6379/15"
 REQUIRE_SERVICES = bool(os.environ.get("CI") or os.environ.get("TIDINGS_REQUIRE_SERVICES"))
 START_HINT = {
     "PostgreSQL": "pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start",
-    "Redis": 'redis-server --daemonize yes --bind 127.0.0.1 --port 6379 --save "" '
-    "--appendonly no",
+    "Redis": 'redis-server --daemonize yes --bind 127.0.0.1 --port 6379 --save "" --appendonly no',
 }
 
 
 def service_missing(name: str, error: Exception) -> None:
-    message = f"{name} is not reachable ({error.__class__.__name__}: {error}); start it: " + (
-        START_HINT[name]
+    message = (
+        f"{name} is not reachable ({error.__class__.__name__}: {error}); start it: "
+        + (START_HINT[name])
     )
     if REQUIRE_SERVICES:
         pytest.fail(message, pytrace=False)
@@ -91,7 +91,7 @@ def postgres_server() -> Iterator[PostgresServer]:
     server = PostgresServer(PG_URL)
     try:
         server.start()
-    except Exception as error:  # noqa: BLE001 - any failure to reach the server
+    except Exception as error:
         service_missing("PostgreSQL", error)
     yield server
     server.stop()
@@ -136,7 +136,7 @@ def redis_url() -> Iterator[str]:
     client = redis.Redis.from_url(REDIS_URL)
     try:
         client.ping()
-    except Exception as error:  # noqa: BLE001
+    except Exception as error:
         service_missing("Redis", error)
     client.flushdb()
     yield REDIS_URL

@@ -15,8 +15,10 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 HERE = Path(__file__).parent
-FIRST = "Ava Ben Chloe Dev Emma Finn Grace Hugo Isla Jack Kira Liam Maya Noah Olga Paul Rosa Sam".split()
-LAST = "Smith Jones Brown Garcia Müller Rossi Dubois Nowak Silva Kim Chen Patel Novak Berg".split()
+FIRST = "Ava Ben Chloe Dev Emma Finn Grace Hugo Isla Jack Kira Liam Maya Noah Olga Paul Sam"
+FIRST_NAMES = FIRST.split()
+LAST = "Smith Jones Brown Garcia Müller Rossi Dubois Nowak Silva Kim Chen Patel Novak Berg"
+LAST_NAMES = LAST.split()
 PLACES = [
     ("en_US", "America/New_York", "+1 212 555 {:04d}"),
     ("en_US", "America/Los_Angeles", "(415) 555-{:04d}"),
@@ -33,7 +35,7 @@ def main() -> None:
     rng = random.Random(7)
     contacts = []
     for n in range(1, 301):
-        first, last = rng.choice(FIRST), rng.choice(LAST)
+        first, last = rng.choice(FIRST_NAMES), rng.choice(LAST_NAMES)
         locale, tz, phone_format = rng.choice(PLACES)
         digits = rng.randrange(10000)
         phone = (

@@ -198,7 +198,7 @@ def test_orders_upsert_by_order_id(store: Engine, tmp_path: Path) -> None:
     header = "order_id,external_id,email,total,currency,status,placed_at,channel\n"
     orders.write_text(
         header + "O-1,C001,,49.90,usd,placed,2026-03-01T10:00:00Z,web\n"
-        "O-2,,carla@example.org,\"1,000.00\",EUR,paid,2026-03-02,app\n"
+        'O-2,,carla@example.org,"1,000.00",EUR,paid,2026-03-02,app\n'
         "O-3,C001,,12.00,EUD,placed,2026-03-03,web\n"
         "O-4,C001,,12.00,EUR,lost,2026-03-03,web\n"
     )
