@@ -40,7 +40,27 @@ _DATE = re.compile(r"\d{4}-\d{2}-\d{2}")
 _DATETIME = re.compile(r"\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}")
 
 
+# Plain addresses (the vast majority) are checked by this strict pattern, a subset of what
+# email-validator accepts; everything else (quoted parts, unicode, odd domains) goes to it.
+_PLAIN_EMAIL = re.compile(
+    r"[a-z0-9!#$%&'*+/=?^_`{|}~-]+(?:\.[a-z0-9!#$%&'*+/=?^_`{|}~-]+)*"
+    r"@(?:[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?\.)+([a-z]{2,63})"
+)
+_SPECIAL_USE_TLDS = frozenset({"arpa", "invalid", "local", "localhost", "onion", "test"})
+
+
 def normalize_email(value: str) -> str:
+    text = value.strip().lower()
+    plain = _PLAIN_EMAIL.fullmatch(text)
+    at = text.find("@")
+    if (
+        plain
+        and len(text) <= 254
+        and at <= 64
+        and plain.group(1) not in _SPECIAL_USE_TLDS
+        and "--" not in text[at:]  # IDNA rules on "xx--" labels: leave them to the validator
+    ):
+        return text
     try:
         result = validate_email(value.strip(), check_deliverability=False)
     except EmailNotValidError as exc:
