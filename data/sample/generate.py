@@ -74,7 +74,8 @@ def main() -> None:
         writer.writerows(contacts)
 
     good = [c for i, c in enumerate(contacts) if i not in (10, 20)]
-    events, orders = [], []
+    events: list[dict[str, str]] = []
+    orders: list[dict[str, str]] = []
     for c in good:
         when = START + timedelta(days=rng.randrange(600), minutes=rng.randrange(1440))
         for _ in range(rng.randrange(0, 12)):

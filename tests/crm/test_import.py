@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from typing import Any
 from decimal import Decimal
 from pathlib import Path
 
@@ -20,7 +21,7 @@ DATA = Path(__file__).parent / "data"
 MESSY = DATA / "messy_contacts.csv"
 
 
-def _contacts(engine: Engine) -> dict[str, dict[str, object]]:
+def _contacts(engine: Engine) -> dict[str, dict[str, Any]]:
     with Session(engine) as session:
         rows = session.scalars(select(Contact).order_by(Contact.id)).all()
     return {
@@ -37,7 +38,7 @@ def _contacts(engine: Engine) -> dict[str, dict[str, object]]:
     }
 
 
-def _consents(engine: Engine) -> dict[tuple[str, str], str]:
+def _consents(engine: Engine) -> dict[tuple[str | None, str], str]:
     with engine.connect() as conn:
         rows = conn.execute(
             select(Contact.external_id, Contact.email, Consent.channel, Consent.status).join(

@@ -11,7 +11,7 @@ from crm.models import Base
 from tests.conftest import PostgresServer
 
 
-def _diff(engine):  # type: ignore[no-untyped-def]
+def _diff(engine):
     with engine.connect() as connection:
         context = MigrationContext.configure(connection, opts={"compare_type": True})
         return compare_metadata(context, Base.metadata)
