@@ -24,7 +24,15 @@ import re
 from datetime import time
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    Tag,
+    field_validator,
+    model_validator,
+)
 
 from segments.rules import Duration, Rule
 
@@ -274,13 +282,29 @@ class QuietHours(_Strict):
     _check = field_validator("start", "end", mode="before")(_time_of_day)
 
 
+# Each setting below is a model or a plain value, told apart up front (a callable
+# discriminator) so that a mistake is reported once, from the side the user meant.
+Reentry = Annotated[
+    Annotated[ReentryAfter, Tag("model")] | Annotated[Literal["never", "always"], Tag("word")],
+    Discriminator(lambda v: "word" if isinstance(v, str) else "model"),
+]
+CapSetting = Annotated[
+    Annotated[FrequencyCap, Tag("model")] | Annotated[Literal[False], Tag("off")],
+    Discriminator(lambda v: "off" if v is False else "model"),
+]
+QuietSetting = Annotated[
+    Annotated[QuietHours, Tag("model")] | Annotated[Literal[False], Tag("off")],
+    Discriminator(lambda v: "off" if v is False else "model"),
+]
+
+
 class JourneySettings(_Strict):
-    reentry: Literal["never", "always"] | ReentryAfter = "never"
+    reentry: Reentry = Field("never", description="never, always, or {after: 30 days}")
     goal: Goal | None = None
-    frequency_cap: FrequencyCap | Literal[False] | None = Field(
+    frequency_cap: CapSetting | None = Field(
         None, description="Overrides the global cap; false: no cap."
     )
-    quiet_hours: QuietHours | Literal[False] | None = Field(
+    quiet_hours: QuietSetting | None = Field(
         None, description="Overrides the global quiet hours; false: none."
     )
     transactional: bool = Field(
