@@ -24,6 +24,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -92,6 +93,12 @@ class Contact(Base):
     attributes: Mapped[dict[str, Any]] = mapped_column(default=dict)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
+    # Scores written by segments/ml (usable in segment rules); NULL until first scored.
+    churn_risk: Mapped[float | None] = mapped_column(Float)
+    clv_90d: Mapped[Decimal | None] = mapped_column(Numeric(14, 2))
+    rfm_segment: Mapped[str | None] = mapped_column(String(32))
+    scores_model_version: Mapped[str | None] = mapped_column(String(64))
+    scored_at: Mapped[datetime | None]
 
 
 class Consent(Base):
@@ -214,7 +221,10 @@ class Message(Base):
     """The outbox: one row per message, committed before the provider is called."""
 
     __tablename__ = "messages"
-    __table_args__ = (Index(None, "status", "created_at"),)
+    __table_args__ = (
+        Index(None, "status", "created_at"),
+        Index(None, "contact_id", "created_at"),  # frequency caps
+    )
 
     id: Mapped[int] = _id()
     idempotency_key: Mapped[str] = mapped_column(String(255), unique=True)
@@ -228,6 +238,7 @@ class Message(Base):
     step_id: Mapped[str | None] = mapped_column(String(200))
     variant: Mapped[str | None] = mapped_column(String(64))
     channel: Mapped[str] = mapped_column(String(16))
+    purpose: Mapped[str] = mapped_column(String(32), default=Purpose.MARKETING.value)
     provider: Mapped[str | None] = mapped_column(String(32))
     template: Mapped[str | None] = mapped_column(String(255))
     to_address: Mapped[str] = mapped_column(String(320))
@@ -236,6 +247,7 @@ class Message(Base):
     provider_message_id: Mapped[str | None] = mapped_column(String(255), index=True)
     error: Mapped[str | None] = mapped_column(Text)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[datetime | None]  # a retryable failure: not before this time
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     sent_at: Mapped[datetime | None]
     updated_at: Mapped[datetime] = mapped_column(default=utcnow)
@@ -327,3 +339,30 @@ class Attribution(Base):
     model: Mapped[str] = mapped_column(String(32))  # last_touch, first_touch, linear, ...
     weight: Mapped[float] = mapped_column(Float)
     value: Mapped[Decimal] = mapped_column(Numeric(14, 4))
+
+
+class SegmentMembership(Base):
+    """A contact's stay in a segment: entered_at, and exited_at once it left (NULL while in).
+
+    At most one open stay per (segment, contact): the partial unique index is both the guard
+    and the index for "current members of segment S". A re-entry is a new row.
+    """
+
+    __tablename__ = "segment_memberships"
+    __table_args__ = (
+        Index(
+            "uq_segment_memberships_open",
+            "segment",
+            "contact_id",
+            unique=True,
+            sqlite_where=text("exited_at IS NULL"),
+            postgresql_where=text("exited_at IS NULL"),
+        ),
+        Index(None, "segment", "entered_at"),
+    )
+
+    id: Mapped[int] = _id()
+    segment: Mapped[str] = mapped_column(String(200))
+    contact_id: Mapped[int] = _contact_fk()
+    entered_at: Mapped[datetime] = mapped_column(default=utcnow)
+    exited_at: Mapped[datetime | None]

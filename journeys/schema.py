@@ -26,10 +26,13 @@ from typing import Annotated, Any, Literal
 
 from pydantic import (
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Discriminator,
     Field,
+    PlainSerializer,
     Tag,
+    WithJsonSchema,
     field_validator,
     model_validator,
 )
@@ -45,6 +48,8 @@ class _Strict(BaseModel):
 
 
 def _time_of_day(value: Any) -> Any:
+    if isinstance(value, time):
+        return value
     if isinstance(value, str):
         match = _HHMM.match(value.strip())
         if not match:
@@ -55,10 +60,15 @@ def _time_of_day(value: Any) -> Any:
     return value
 
 
-class TimeOfDay(_Strict):
-    at: time
-
-    _check = field_validator("at", mode="before")(_time_of_day)
+#: "HH:MM" in YAML (quoted, or YAML 1.1 reads it as a number), a ``time`` in Python.
+TimeOfDay = Annotated[
+    time,
+    BeforeValidator(_time_of_day),
+    PlainSerializer(lambda t: t.strftime("%H:%M"), return_type=str, when_used="json"),
+    WithJsonSchema(
+        {"type": "string", "pattern": "^([01]\\d|2[0-3]):[0-5]\\d$", "examples": ["09:00", "21:30"]}
+    ),
+]
 
 
 # -- triggers ---------------------------------------------------------------------------------
@@ -168,11 +178,9 @@ class WaitUntilStep(_Step):
     attribute: ``attribute: renewal_date, offset: -3 days, at: '09:00'``."""
 
     type: Literal["wait_until"]
-    at: Annotated[time, Field(description="HH:MM in the contact's timezone")]
+    at: TimeOfDay = Field(description="HH:MM in the contact's timezone")
     attribute: str | None = None
     offset: str | None = Field(None, description="e.g. '-3 days' before the attribute's date")
-
-    _check = field_validator("at", mode="before")(_time_of_day)
 
     @field_validator("offset")
     @classmethod
@@ -276,10 +284,8 @@ class FrequencyCap(_Strict):
 class QuietHours(_Strict):
     """No marketing sends between ``start`` and ``end`` in the contact's timezone."""
 
-    start: time
-    end: time
-
-    _check = field_validator("start", "end", mode="before")(_time_of_day)
+    start: TimeOfDay
+    end: TimeOfDay
 
 
 # Each setting below is a model or a plain value, told apart up front (a callable

@@ -14,6 +14,7 @@ import typer
 from rich.console import Console
 
 from crm import cli as crm_cli
+from segments import cli as segments_cli
 from tidings.errors import ConfigurationError, InputError
 
 app = typer.Typer(
@@ -46,6 +47,7 @@ app.add_typer(crm_cli.crm_app, name="crm")
 app.add_typer(crm_cli.contacts_app, name="contacts")
 app.add_typer(crm_cli.events_app, name="events")
 app.add_typer(crm_cli.orders_app, name="orders")
+app.add_typer(segments_cli.app, name="segment")
 
 
 @db_app.command("upgrade")

@@ -56,6 +56,11 @@ class Settings(BaseSettings):
     sendgrid_timeout: float = Field(
         10.0, gt=0, description="Seconds before one SendGrid API call times out."
     )
+    sendgrid_keepalive: bool = Field(
+        True,
+        description="Reuse HTTP connections to SendGrid (one per worker thread); false: the "
+        "SDK's own urllib transport, a new connection per message.",
+    )
     smtp_host: str = Field("localhost", description="SMTP relay host.")
     smtp_port: int = Field(587, ge=1, le=65535, description="SMTP relay port (465 for ssl).")
     smtp_username: str | None = Field(None, description="SMTP AUTH user; unset: no AUTH.")
@@ -106,6 +111,61 @@ class Settings(BaseSettings):
         ge=0,
         description="Longest Retry-After the adapter waits in process; longer ones are handed "
         "back to the engine as status 'retry'.",
+    )
+    # templates (templates/, docs/templates.md)
+    templates_dir: str = Field(
+        "templates", description="Folder of email/*.mjml, sms/*.sms.j2, partials/, samples.yaml."
+    )
+    public_url: str = Field(
+        "http://127.0.0.1:8000",
+        description="Public base URL of the web app: tracked links /t/c/, pixel /t/o/, "
+        "unsubscribe /u/. Use https in production (RFC 8058 one-click needs it).",
+    )
+    secret_key: SecretStr | None = Field(
+        None,
+        description="Secret that signs tracking and unsubscribe tokens. Unset: an INSECURE "
+        "built-in development key is used and a warning logged; never send real mail so.",
+    )
+    unsubscribe_mailto: str | None = Field(
+        None, description="Address added as mailto: to List-Unsubscribe; unset: https URL only."
+    )
+    sms_segment_limit: int = Field(
+        3, ge=1, description="Templates check and previews warn when an SMS needs more segments."
+    )
+    models_dir: str = Field(
+        "models",
+        description="Folder where `tidings models train` keeps the trained score models (joblib).",
+    )
+    scores_horizon_days: int = Field(
+        90,
+        ge=7,
+        le=730,
+        description="Horizon N of the scores: churn_risk = P(no order in the next N days), "
+        "clv_90d = expected revenue in the next N days.",
+    )
+    # journeys (journeys/, docs/journeys.md)
+    email_channel: Literal["outbox", "sendgrid", "smtp"] = Field(
+        "outbox", description="Channel that sends email: outbox (sandbox), sendgrid or smtp."
+    )
+    sms_channel: Literal["outbox", "twilio"] = Field(
+        "outbox", description="Channel that sends SMS: outbox (sandbox) or twilio."
+    )
+    email_from: str = Field(
+        "hello@tidings.example", description="From address when a template sets none."
+    )
+    email_from_name: str | None = Field(None, description="From name when a template sets none.")
+    frequency_cap: str | None = Field(
+        "3 per 7 days",
+        description="Marketing messages per contact per window ('off' for none); journeys may "
+        "override.",
+    )
+    quiet_hours: str | None = Field(
+        "21:00-08:00",
+        description="No marketing sends in this local-time window ('off' for none); deferred, "
+        "not dropped.",
+    )
+    default_timezone: str = Field(
+        "UTC", description="Timezone for contacts without one (quiet hours, wait_until)."
     )
     # -- new settings go above this line (keep one Field with a description each) --
 

@@ -49,8 +49,9 @@ steps:
 """
 
 REFS = References(
-    template_exists=lambda name, channel: (name, channel)
-    in {("welcome", "email"), ("order_shipped", "sms")},
+    template_exists=lambda name, channel: (
+        (name, channel) in {("welcome", "email"), ("order_shipped", "sms")}
+    ),
     segments={"new_signups", "vip"},
 )
 
@@ -147,3 +148,13 @@ def test_times_and_yaml_syntax() -> None:
     assert error.startswith("j.yaml:3:1: not valid YAML")
     [error] = errors_of("name: x\nname: y\n")
     assert "appears twice" in error and error.startswith("j.yaml:2:1")
+
+
+def test_a_stored_definition_validates_back_to_the_same_journey() -> None:
+    """The engine reloads versions from the store: model -> JSON -> model is lossless."""
+    journey = load_text(VALID, source="j.yaml")
+    dumped = journey.model_dump(mode="json")
+    assert dumped["steps"][1]["duration"] == "2 days"
+    assert dumped["settings"]["quiet_hours"] == {"start": "21:00", "end": "08:00"}
+    again = type(journey).model_validate(dumped)
+    assert again == journey and version_hash(again) == version_hash(journey)

@@ -1,0 +1,315 @@
+"""Load segment YAML files with errors that name file, line, key and a fix.
+
+>>> catalog = load_catalog(DEFAULT_DIR)  # doctest: +SKIP
+>>> catalog.core("engaged_buyers")      # doctest: +SKIP
+
+Every error of a file is reported at once (one :class:`SegmentErrors`, an ``InputError`` whose
+``errors`` lists each ``file:line:col`` problem). References between segments are checked when
+the catalog is built: an unknown name, or a cycle (``a -> b -> a``).
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import ValidationError
+
+from segments import core as core_nodes
+from segments.rules import KINDS, OPERATORS, Segment, SegmentRule
+from tidings.errors import InputError
+
+DEFAULT_DIR = Path(__file__).parent
+_VOCABULARY = sorted(
+    {
+        *KINDS,
+        *OPERATORS,
+        "performed",
+        "count",
+        "where",
+        "journey",
+        "step",
+        "channel",
+        "purpose",
+        "name",
+        "materialised",
+        "percent",
+        "seed",
+        "total_spend",
+        "average_value",
+        "last_order",
+        "first_order",
+        "status",
+        "description",
+        "rule",
+        "churn_risk",
+        "clv_90d",
+        "rfm_segment",
+        "scores_model_version",
+        "scored_at",
+    }
+)
+
+
+class SegmentErrors(InputError):
+    """All the problems found in one file (or catalog); ``errors`` holds each of them."""
+
+    def __init__(self, errors: list[InputError]) -> None:
+        self.errors = errors
+        first = errors[0]
+        lines = [str(e) for e in errors]
+        more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
+        super().__init__(first.message + more, location=first.location, hint=first.hint)
+        self.args = ("\n".join(lines),)
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
+class Marked(dict[Any, Any]):
+    """A YAML mapping that remembers where each key was written (1-based line and column)."""
+
+    marks: dict[Any, tuple[int, int]]
+    start: tuple[int, int]
+
+
+class _Loader(yaml.SafeLoader):
+    pass
+
+
+def _construct_mapping(loader: _Loader, node: yaml.MappingNode) -> Marked:
+    mapping = Marked()
+    mapping.marks = {}
+    mapping.start = (node.start_mark.line + 1, node.start_mark.column + 1)
+    loader.flatten_mapping(node)
+    for key_node, value_node in node.value:
+        key = loader.construct_object(key_node, deep=True)
+        mapping[key] = loader.construct_object(value_node, deep=True)
+        mapping.marks[key] = (key_node.start_mark.line + 1, key_node.start_mark.column + 1)
+    return mapping
+
+
+_Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
+
+
+def _locate(
+    data: Any, loc: tuple[Any, ...], *, at_value: bool = False
+) -> tuple[tuple[int, int] | None, list[str]]:
+    """Follow a pydantic error location through the data, skipping union tags; the mark of
+    the deepest key reached (or of the mapping there, ``at_value``) and the key path."""
+    best: tuple[int, tuple[int, int] | None, list[str]] = (-1, None, [])
+
+    def walk(node: Any, i: int, mark: tuple[int, int] | None, path: list[str]) -> None:
+        nonlocal best
+        if i > best[0]:
+            here = node.start if at_value and isinstance(node, Marked) else mark
+            best = (i, here, path)
+        if i == len(loc):
+            return
+        part = loc[i]
+        if isinstance(node, Marked) and part in node:
+            walk(node[part], i + 1, node.marks.get(part, mark), [*path, str(part)])
+        elif isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node):
+            item = node[part]
+            here = item.start if isinstance(item, Marked) else mark
+            walk(item, i + 1, here, [*path, f"[{part}]"])
+        if isinstance(part, str) and part in KINDS:  # a union tag, not a key of the data
+            walk(node, i + 1, mark, path)
+
+    walk(data, 0, None, [])
+    return best[1], best[2]
+
+
+def _where(source: str, mark: tuple[int, int] | None) -> str:
+    return f"{source}:{mark[0]}:{mark[1]}" if mark else source
+
+
+def _hint(error: Any, data: Any) -> str | None:
+    kind = error["type"]
+    loc = error["loc"]
+    if kind == "extra_forbidden" and loc:
+        key = str(loc[-1])
+        close = difflib.get_close_matches(key, _VOCABULARY, n=1)
+        return f"did you mean {close[0]!r}?" if close else "remove it, or check the reference"
+    if kind == "unknown_rule" and isinstance(error.get("input"), dict):
+        for key in error["input"]:
+            close = difflib.get_close_matches(str(key), list(KINDS), n=1)
+            if close:
+                return f"did you mean {close[0]!r}?"
+        return "a rule starts with one of: " + ", ".join(KINDS)
+    if "duration" in str(error.get("msg", "")):
+        text = str(error.get("input", ""))
+        unit = text.split()[-1] if text.split() else ""
+        close = difflib.get_close_matches(unit.lower(), ["minutes", "hours", "days", "weeks"], 1)
+        if close:
+            return f"did you mean '{text.rsplit(unit, 1)[0].strip()} {close[0]}'?"
+        return "write a number and a unit, e.g. '30 days', '2 weeks', '12 hours'"
+    return None
+
+
+def parse_segment(data: Any, *, source: str = "<inline>") -> Segment:
+    """Validate one segment document (already parsed YAML, ideally with marks)."""
+    try:
+        return Segment.model_validate(data)
+    except ValidationError as exc:
+        errors = []
+        for error in exc.errors():
+            at_value = error["type"] == "unknown_rule"
+            mark, path = _locate(data, tuple(error["loc"]), at_value=at_value)
+            key = ".".join(path).replace(".[", "[") or "(top)"
+            message = str(error["msg"]).removeprefix("Value error, ")
+            if error["type"] == "extra_forbidden":
+                message = f"unknown key {str(error['loc'][-1])!r}"
+            errors.append(
+                InputError(
+                    f"{key}: {message}", location=_where(source, mark), hint=_hint(error, data)
+                )
+            )
+        raise SegmentErrors(errors) from None
+
+
+def load_text(text: str, *, source: str = "<inline>") -> tuple[Segment, Any]:
+    try:
+        data = yaml.load(text, Loader=_Loader)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = _where(source, (mark.line + 1, mark.column + 1) if mark else None)
+        raise InputError(f"not valid YAML: {exc}", location=where) from None
+    if not isinstance(data, dict):
+        raise InputError("a segment file is a mapping with name and rule", location=source)
+    return parse_segment(data, source=source), data
+
+
+def load_file(path: Path) -> Segment:
+    """One segment file (its references are not checked: use :func:`load_catalog`)."""
+    return load_text(path.read_text(encoding="utf-8"), source=str(path))[0]
+
+
+def _references(
+    data: Any, mark: tuple[int, int] | None = None
+) -> Iterable[tuple[str, bool, tuple[int, int] | None]]:
+    """(name, materialised, mark) of every ``segment:`` reference in a rule document."""
+    if isinstance(data, Marked):
+        for key, value in data.items():
+            here = data.marks.get(key, mark)
+            if key == "where":  # event property filters: their keys are data, not rules
+                continue
+            if key == "segment":
+                ref = SegmentRule.model_validate({"segment": value}).segment
+                yield ref.name, ref.materialised, here
+            else:
+                yield from _references(value, here)
+    elif isinstance(data, list):
+        for item in data:
+            yield from _references(item, mark)
+
+
+@dataclass
+class Catalog:
+    """Segments by name, with references checked; ``core(name)`` inlines references."""
+
+    segments: dict[str, Segment] = field(default_factory=dict)
+    sources: dict[str, str] = field(default_factory=dict)
+
+    def get(self, name: str) -> Segment:
+        try:
+            return self.segments[name]
+        except KeyError:
+            close = difflib.get_close_matches(name, list(self.segments), n=1)
+            hint = f"did you mean {close[0]!r}?" if close else f"known: {', '.join(self.segments)}"
+            raise InputError(f"no segment named {name!r}", hint=hint) from None
+
+    def core(self, name_or_segment: str | Segment) -> core_nodes.Core:
+        seg = self.get(name_or_segment) if isinstance(name_or_segment, str) else name_or_segment
+        return self._core(seg, ())
+
+    def _core(self, seg: Segment, stack: tuple[str, ...]) -> core_nodes.Core:
+        if seg.name in stack:
+            cycle = " -> ".join([*stack[stack.index(seg.name) :], seg.name])
+            raise InputError(f"segments reference each other in a cycle: {cycle}")
+        return core_nodes.to_core(
+            seg.rule, lambda ref: self._core(self.get(ref), (*stack, seg.name))
+        )
+
+
+def check_references(catalog: Catalog, documents: dict[str, tuple[str, Any]]) -> list[InputError]:
+    """Unknown references and cycles, each at the ``segment:`` key that makes it."""
+    errors: list[InputError] = []
+    graph: dict[str, list[tuple[str, tuple[int, int] | None]]] = {}
+    for name, (source, data) in documents.items():
+        graph[name] = []
+        for ref, materialised, mark in _references(data.get("rule")):
+            if ref not in catalog.segments:
+                close = difflib.get_close_matches(ref, list(catalog.segments), n=1)
+                errors.append(
+                    InputError(
+                        f"segment: unknown segment {ref!r}",
+                        location=_where(source, mark),
+                        hint=f"did you mean {close[0]!r}?" if close else "define it in segments/",
+                    )
+                )
+            elif not materialised:
+                graph[name].append((ref, mark))
+    reported: set[frozenset[str]] = set()
+
+    def visit(name: str, path: list[str]) -> None:
+        for ref, mark in graph.get(name, []):
+            if ref in path or ref == name:
+                cycle = [*path[path.index(ref) :], name, ref] if ref != name else [name, ref]
+                key = frozenset(cycle)
+                if key not in reported:
+                    reported.add(key)
+                    source = documents[name][0]
+                    errors.append(
+                        InputError(
+                            f"segment: reference cycle {' -> '.join(cycle)}",
+                            location=_where(source, mark),
+                            hint="a segment cannot contain itself; use 'materialised: true' to "
+                            "read the stored membership instead, or remove one reference",
+                        )
+                    )
+            else:
+                visit(ref, [*path, name])
+
+    for name in graph:
+        visit(name, [])
+    return errors
+
+
+def load_catalog(directory: Path = DEFAULT_DIR, extra: Iterable[Path] = ()) -> Catalog:
+    """Every ``*.yaml`` / ``*.yml`` segment in ``directory`` (plus ``extra`` files)."""
+    catalog = Catalog()
+    documents: dict[str, tuple[str, Any]] = {}
+    errors: list[InputError] = []
+    paths = (
+        sorted([*directory.glob("*.yaml"), *directory.glob("*.yml")]) if directory.is_dir() else []
+    )
+    for path in [*paths, *extra]:
+        try:
+            seg, data = load_text(path.read_text(encoding="utf-8"), source=str(path))
+        except SegmentErrors as exc:
+            errors += exc.errors
+            continue
+        except InputError as exc:
+            errors.append(exc)
+            continue
+        if seg.name in catalog.segments:
+            errors.append(
+                InputError(
+                    f"name: segment {seg.name!r} is defined twice",
+                    location=_where(str(path), data.marks.get("name")),
+                    hint=f"also in {catalog.sources[seg.name]}",
+                )
+            )
+            continue
+        catalog.segments[seg.name] = seg
+        catalog.sources[seg.name] = str(path)
+        documents[seg.name] = (str(path), data)
+    errors += check_references(catalog, documents)
+    if errors:
+        raise SegmentErrors(errors)
+    return catalog
