@@ -15,6 +15,7 @@ from rich.console import Console
 
 from crm import cli as crm_cli
 from segments import cli as segments_cli
+from templates import cli as templates_cli
 from tidings.errors import ConfigurationError, InputError
 
 app = typer.Typer(
@@ -48,6 +49,7 @@ app.add_typer(crm_cli.contacts_app, name="contacts")
 app.add_typer(crm_cli.events_app, name="events")
 app.add_typer(crm_cli.orders_app, name="orders")
 app.add_typer(segments_cli.app, name="segment")
+app.add_typer(templates_cli.app, name="templates")
 
 
 @db_app.command("upgrade")
