@@ -131,10 +131,11 @@ class _Step(_Strict):
 
 
 class Variant(_Strict):
+    """A variant; when the template defines a subject variant of the same name, it is used."""
+
     name: str = Field(pattern=r"^[A-Za-z0-9_-]+$", max_length=32)
     weight: float = Field(gt=0)
     template: str | None = Field(None, description="Another template for this variant.")
-    subject: str | None = Field(None, description="Another subject (Jinja) for this variant.")
 
 
 class Experiment(_Strict):
@@ -153,19 +154,23 @@ class Experiment(_Strict):
         return self
 
 
-class EmailStep(_Step):
+class _SendStep(_Step):
+    template: str
+    purpose: Literal["marketing", "transactional"] | None = Field(
+        None, description="Default: transactional in a transactional journey, else marketing."
+    )
+    context: dict[str, Any] = Field(
+        default_factory=dict, description="Extra values for the template, e.g. an offer code."
+    )
+    experiment: Experiment | None = None
+
+
+class EmailStep(_SendStep):
     type: Literal["email"]
-    template: str
-    subject: str | None = Field(None, description="Overrides the template's subject.")
-    purpose: Literal["marketing", "transactional"] | None = None
-    experiment: Experiment | None = None
 
 
-class SmsStep(_Step):
+class SmsStep(_SendStep):
     type: Literal["sms"]
-    template: str
-    purpose: Literal["marketing", "transactional"] | None = None
-    experiment: Experiment | None = None
 
 
 class WaitStep(_Step):

@@ -14,6 +14,7 @@ import typer
 from rich.console import Console
 
 from crm import cli as crm_cli
+from journeys import cli as journeys_cli
 from segments import cli as segments_cli
 from templates import cli as templates_cli
 from tidings.errors import ConfigurationError, InputError
@@ -49,7 +50,10 @@ app.add_typer(crm_cli.contacts_app, name="contacts")
 app.add_typer(crm_cli.events_app, name="events")
 app.add_typer(crm_cli.orders_app, name="orders")
 app.add_typer(segments_cli.app, name="segment")
+app.add_typer(__import__("segments.ml.cli", fromlist=["app"]).app, name="models")
 app.add_typer(templates_cli.app, name="templates")
+app.add_typer(journeys_cli.app, name="journey")
+crm_cli.events_app.command("post")(journeys_cli.post)
 
 
 @db_app.command("upgrade")
@@ -82,14 +86,21 @@ def demo(
     workdir: Path = typer.Option(Path("demo"), help="Where the demo writes its files."),
     data: Path = typer.Option(Path("data/sample"), help="The sample CRM data to import."),
 ) -> None:
-    """The main job on embedded defaults: create the store, import the sample CRM, report."""
+    """The main job on embedded defaults: import the sample CRM, run the welcome journey and
+    an order-status SMS through the sandbox outbox, and show what was sent."""
     from crm.db import make_engine, upgrade
     from crm.importer import IMPORTERS
     from crm.quality import quality_report
+    from journeys.running import find_contact, run_once
+    from journeys.runtime import Runtime
+    from journeys.triggers import post_event
     from tidings.config import get_settings
 
     workdir.mkdir(parents=True, exist_ok=True)
-    engine = make_engine()
+    outbox = workdir / "outbox"
+    # The demo runs whatever the hour: quiet hours would defer the welcome emails to morning.
+    settings = get_settings().model_copy(update={"outbox_dir": str(outbox), "quiet_hours": "off"})
+    engine = make_engine(settings.database_url)
     console.rule("1. the CRM store")
     upgrade(engine)
     console.print(f"store ready at {engine.url.render_as_string(hide_password=True)}")
@@ -97,7 +108,32 @@ def demo(
     for kind in ("contacts", "events", "orders"):
         crm_cli.print_import_report(IMPORTERS[kind](data / f"{kind}.csv", engine=engine))
     console.rule("3. data quality")
-    crm_cli.print_quality(quality_report(engine=engine, stale_days=get_settings().stale_days))
+    crm_cli.print_quality(quality_report(engine=engine, stale_days=settings.stale_days))
+    console.rule("4. the welcome journey (new sign-ups, A/B subject test) -> outbox")
+    runtime = Runtime.from_settings(settings, db=engine)
+    runtime.load_journeys()
+    journeys_cli.print_summary(run_once(runtime, Path("journeys/welcome.yaml")))
+    console.rule("5. the shop posts order.shipped -> order-status SMS at once")
+    outcome = post_event(
+        runtime,
+        contact_id=find_contact(runtime, "C0002"),
+        name="order.shipped",
+        idempotency_key="demo-order-O00001",
+        properties={
+            "order": {
+                "number": "O00001",
+                "carrier": "DHL",
+                "tracking_url": "https://track.example.com/O1",
+            }
+        },
+    )
+    console.print(
+        "already sent in an earlier demo run"
+        if outcome.duplicate
+        else f"order_status: {outcome.sent} SMS sent at once"
+    )
+    console.rule(f"6. what was sent (files in {outbox})")
+    journeys_cli.print_outbox(outbox)
 
 
 def main() -> None:

@@ -26,7 +26,7 @@ steps:
     experiment:
       variants:
         - {name: A, weight: 50}
-        - {name: B, weight: 50, subject: "A gift for you, {{ contact.first_name }}"}
+        - {name: B, weight: 50}
       holdout: 10
   - id: pause
     type: wait

@@ -1,0 +1,1 @@
+"""Prefect flows: thin wiring over the engine (journeys, scores)."""

@@ -1,0 +1,239 @@
+"""``tidings journey ...`` and ``tidings events post``: validate, run and watch journeys.
+
+``post`` is registered under ``tidings events`` (next to ``events import``) by ``tidings.cli``.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+if TYPE_CHECKING:
+    from journeys.runtime import Runtime
+
+console = Console()
+app = typer.Typer(help="Journeys: validate, plan, run, pause and watch.", no_args_is_help=True)
+
+FILES = typer.Argument(None, help="Journey files (default: every journeys/*.yaml).")
+
+
+def _runtime() -> Runtime:
+    from journeys.runtime import Runtime
+
+    return Runtime.from_settings()
+
+
+def _files(files: list[Path] | None) -> list[Path]:
+    from journeys.loader import journey_files
+
+    return list(files) if files else journey_files()
+
+
+@app.command("validate")
+def validate(files: list[Path] | None = FILES) -> None:
+    """Check journeys: schema, step graph, and that templates and segments exist."""
+    from journeys.loader import load_file
+    from journeys.runtime import references
+    from segments.loader import DEFAULT_DIR, load_catalog
+    from templates.render import Renderer
+    from tidings.errors import InputError
+    from tidings.yamlfile import InputErrors
+
+    refs = references(Renderer(), set(load_catalog(DEFAULT_DIR).segments))
+    problems = 0
+    for path in _files(files):
+        try:
+            journey = load_file(path, references=refs)
+        except InputError as exc:
+            errors = exc.errors if isinstance(exc, InputErrors) else [exc]
+            problems += len(errors)
+            for error in errors:
+                console.print(f"[red]{error}[/]", highlight=False, soft_wrap=True)
+            continue
+        console.print(
+            f"[green]ok[/] {path}: {journey.name}, {len(journey.steps)} steps", highlight=False
+        )
+    if problems:
+        console.print(f"{problems} problem(s)")
+        raise typer.Exit(1)
+
+
+@app.command("schema")
+def schema(
+    out: Path | None = typer.Option(None, help="Write to this file (default: stdout)."),
+) -> None:
+    """The JSON Schema of journey files, for editor completion (generated from the models)."""
+    from journeys.schema import Journey
+
+    text = json.dumps(Journey.model_json_schema(), indent=2) + "\n"
+    if out:
+        out.write_text(text)
+        console.print(f"wrote {out}")
+    else:
+        typer.echo(text, nl=False)
+
+
+@app.command("plan")
+def plan(file: Path = typer.Argument(..., help="The journey file.")) -> None:
+    """A dry run on the current CRM data: who would enter, and what each step would do.
+
+    Nothing is written or sent: the plan runs in a transaction that is rolled back.
+    """
+    from journeys.planning import plan_journey
+
+    runtime = _runtime()
+    report = plan_journey(runtime, file)
+    console.print(f"[bold]{report.name}[/]: {report.entering} contacts would enter now")
+    table = Table("step", "type", "would send", "held back", "deferred", "waiting")
+    for row in report.steps:
+        held = ", ".join(f"{k} {v}" for k, v in sorted(row.held.items())) or "-"
+        table.add_row(row.step, row.type, str(row.sent), held, str(row.deferred), str(row.waiting))
+    console.print(table)
+    for note in report.notes:
+        console.print(note)
+
+
+@app.command("run")
+def run(
+    file: Path = typer.Argument(..., help="The journey file."),
+    local: bool = typer.Option(False, help="Run in this process, without Prefect."),
+) -> None:
+    """Enrol, tick and send a journey now (ephemeral Prefect flow, or --local)."""
+    from journeys.runtime import Runtime
+
+    if local:
+        from journeys.running import run_once
+
+        summary = run_once(Runtime.from_settings(), file, progress=console)
+    else:
+        console.print("starting a local Prefect flow run (the first start takes ~10-20 s) ...")
+        from flows.journeys import run_journey
+
+        summary = run_journey(str(file))
+    print_summary(summary)
+
+
+def print_summary(summary: dict[str, Any]) -> None:
+    table = Table("what", "count", title=f"journey {summary['journey']}", title_justify="left")
+    for key in (
+        "enrolled",
+        "processed",
+        "messages",
+        "deferred",
+        "completed",
+        "exited",
+        "sent",
+        "failed",
+        "retry",
+    ):
+        table.add_row(key, str(summary.get(key, 0)))
+    for reason, n in sorted(summary.get("held", {}).items()):
+        table.add_row(f"held: {reason}", str(n))
+    console.print(table)
+
+
+def print_outbox(folder: Path, *, limit: int = 8) -> None:
+    """What the sandbox outbox channel wrote: one line per message, newest last."""
+    files = (
+        sorted(folder.glob("*.json"), key=lambda p: p.stat().st_mtime) if folder.is_dir() else []
+    )
+    records = [json.loads(p.read_text()) for p in files]
+    emails = [r for r in records if r.get("channel") == "email"]
+    sms = [r for r in records if r.get("channel") == "sms"]
+    console.print(f"{len(emails)} emails and {len(sms)} SMS in {folder}")
+    table = Table("channel", "to", "subject / body")
+    for record in emails[:limit] + sms[-limit:]:
+        text = record.get("subject") if record["channel"] == "email" else record.get("body")
+        table.add_row(record["channel"], str(record["to"]), str(text))
+    console.print(table)
+
+
+@app.command("tick")
+def tick(name: str = typer.Argument(None, help="One journey (default: all).")) -> None:
+    """Advance due enrollments and send what they produced (what the scheduled flow does)."""
+    from journeys.running import tick_all
+
+    runtime = _runtime()
+    runtime.load_journeys()
+    for summary in tick_all(runtime, names=[name] if name else None):
+        print_summary(summary)
+
+
+@app.command("status")
+def status(name: str = typer.Argument(..., help="Journey name.")) -> None:
+    """Where the contacts of a journey are, per version and step, and what was sent."""
+    from journeys.running import journey_status
+
+    info = journey_status(_runtime(), name)
+    console.print(f"[bold]{name}[/]: {info['status']}, {len(info['versions'])} version(s)")
+    table = Table("version", "step", "state", "contacts")
+    for row in info["enrollments"]:
+        table.add_row(row["version"], row["step"] or "-", row["status"], str(row["count"]))
+    console.print(table)
+    messages = Table("step", "channel", "status", "messages")
+    for row in info["messages"]:
+        messages.add_row(row["step"] or "-", row["channel"], row["status"], str(row["count"]))
+    console.print(messages)
+
+
+@app.command("pause")
+def pause(name: str = typer.Argument(..., help="Journey name.")) -> None:
+    """Stop advancing a journey; contacts stay where they are."""
+    if not _runtime().engine.set_status(name, "paused"):
+        console.print(f"[red]no journey named {name!r} is registered[/]")
+        raise typer.Exit(1)
+    console.print(f"{name} paused")
+
+
+@app.command("resume")
+def resume(name: str = typer.Argument(..., help="Journey name.")) -> None:
+    """Continue a paused journey from where each contact stands."""
+    if not _runtime().engine.set_status(name, "active"):
+        console.print(f"[red]no journey named {name!r} is registered[/]")
+        raise typer.Exit(1)
+    console.print(f"{name} resumed")
+
+
+def post(
+    name: str = typer.Argument(..., help="Event name, e.g. order.shipped."),
+    contact: str = typer.Option(..., help="The contact's external_id or email."),
+    properties: str = typer.Option("{}", help="Event properties as a JSON object."),
+    key: str | None = typer.Option(None, help="Idempotency key (a retry with it is a no-op)."),
+    occurred_at: datetime | None = typer.Option(None, help="When it happened (default: now)."),
+) -> None:
+    """Record an event now; transactional journeys it triggers send at once."""
+    from journeys.running import find_contact
+    from journeys.triggers import post_event
+
+    try:
+        props = json.loads(properties)
+    except json.JSONDecodeError as exc:
+        console.print(f"[red]--properties is not JSON: {exc}[/]")
+        raise typer.Exit(2) from None
+    if not isinstance(props, dict):
+        console.print("[red]--properties must be a JSON object[/]")
+        raise typer.Exit(2)
+    runtime = _runtime()
+    runtime.load_journeys()
+    contact_id = find_contact(runtime, contact)
+    outcome = post_event(
+        runtime,
+        contact_id=contact_id,
+        name=name,
+        properties=props,
+        idempotency_key=key,
+        source="cli",
+        occurred_at=occurred_at.astimezone() if occurred_at else None,
+    )
+    if outcome.duplicate:
+        console.print("already recorded (same idempotency key): nothing done")
+        return
+    for journey, ids in outcome.enrollments.items():
+        console.print(f"{journey}: {len(ids)} enrolled")
+    console.print(f"sent {outcome.sent}, failed {outcome.failed}, woke {outcome.woken}")

@@ -1,0 +1,246 @@
+"""Send what the outbox holds: claim queued messages, render, hand to the channel, record.
+
+The sequence that makes sending exactly-once:
+
+1. the engine commits a ``queued`` message row (unique idempotency key) with the enrollment
+   move that made it;
+2. ``dispatch`` claims queued rows (PostgreSQL: ``FOR UPDATE SKIP LOCKED``) and commits them
+   as ``in_flight`` *before* any provider call;
+3. it renders each (the template version is pinned by content hash; only Jinja runs per
+   contact) and hands the batch to the channel;
+4. it records each result: ``sent`` with the provider's id, ``failed`` with the provider's
+   reason, or back to ``queued`` with ``next_attempt_at`` for a retryable error.
+
+A crash between 2 and 4 leaves rows ``in_flight``: the provider may or may not have them.
+They are never resent blindly: ``reconcile`` asks the provider (or the outbox folder) first.
+
+>>> dispatcher = Dispatcher(db=db, renderer=renderer, channels={"email": outbox})  # doctest: +SKIP
+>>> dispatcher.dispatch()  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import Engine, Table, bindparam, or_, select, update
+from sqlalchemy.orm import Session
+
+from channels.base import Channel
+from channels.record import record_results
+from channels.types import Outbound, OutboundEmail, OutboundSms, SendResult
+from crm.models import Contact, Enrollment, Message, MessageStatus
+from crm.types import utcnow
+from tidings.config import Settings, get_settings
+from tidings.errors import InputError, PermanentError
+
+messages_t: Table = Message.__table__  # type: ignore[assignment]
+
+
+@dataclass
+class DispatchStats:
+    claimed: int = 0
+    sent: int = 0
+    failed: int = 0
+    retry: int = 0
+    render_failed: int = 0
+    by_channel: dict[str, int] = field(default_factory=lambda: defaultdict(int))
+
+
+class Dispatcher:
+    def __init__(
+        self,
+        *,
+        db: Engine,
+        renderer: Any,
+        channels: Mapping[str, Channel[Any]],
+        settings: Settings | None = None,
+    ) -> None:
+        self.db = db
+        self.renderer = renderer
+        self.channels = channels
+        self.settings = settings or get_settings()
+
+    def claim(
+        self,
+        *,
+        now: datetime,
+        limit: int,
+        journey_ids: set[int] | None = None,
+        only: list[int] | None = None,
+    ) -> list[int]:
+        """Mark up to ``limit`` due queued messages in flight; committed before any send."""
+        with Session(self.db) as session, session.begin():
+            query = (
+                select(Message.id)
+                .where(
+                    Message.status == MessageStatus.QUEUED.value,
+                    or_(Message.next_attempt_at.is_(None), Message.next_attempt_at <= now),
+                )
+                .order_by(Message.id)
+                .limit(limit)
+            )
+            if journey_ids is not None:
+                query = query.where(Message.journey_id.in_(journey_ids))
+            if only is not None:
+                query = query.where(Message.id.in_(only))
+            if self.db.dialect.name == "postgresql":
+                query = query.with_for_update(skip_locked=True)
+            ids = list(session.scalars(query))
+            if ids:
+                session.execute(
+                    update(messages_t)
+                    .where(messages_t.c.id.in_(ids))
+                    .values(status=MessageStatus.IN_FLIGHT.value, updated_at=now)
+                )
+        return ids
+
+    def dispatch(
+        self,
+        *,
+        now: datetime | None = None,
+        limit: int = 1000,
+        journey_ids: set[int] | None = None,
+        only: list[int] | None = None,
+    ) -> DispatchStats:
+        """Send queued messages in batches of ``limit`` until none is due (or just ``only``)."""
+        stats = DispatchStats()
+        if only is not None and not only:
+            return stats
+        while True:
+            ids = self.claim(now=now or utcnow(), limit=limit, journey_ids=journey_ids, only=only)
+            if not ids:
+                return stats
+            self.send_claimed(ids, stats)
+            if len(ids) < limit:
+                return stats
+
+    def send_claimed(self, ids: list[int], stats: DispatchStats) -> None:
+        stats.claimed += len(ids)
+        with Session(self.db) as session:
+            rows = session.execute(
+                select(Message, Contact, Enrollment.context)
+                .join(Contact, Contact.id == Message.contact_id)
+                .outerjoin(Enrollment, Enrollment.id == Message.enrollment_id)
+                .where(Message.id.in_(ids))
+                .order_by(Message.id)
+            ).all()
+        outbound: dict[str, list[Outbound]] = defaultdict(list)
+        failures: list[SendResult] = []
+        subjects: list[dict[str, Any]] = []
+        for message, contact, context in rows:
+            try:
+                item = self.render(message, contact, context or {})
+            except (PermanentError, InputError) as exc:
+                stats.render_failed += 1
+                failures.append(
+                    SendResult(
+                        message_id=str(message.id),
+                        status="failed",
+                        provider="render",
+                        channel=message.channel,
+                        to=message.to_address,
+                        error=str(exc),
+                        attempts=0,
+                    )
+                )
+                continue
+            if isinstance(item, OutboundEmail):
+                subjects.append({"b_id": message.id, "b_subject": item.subject})
+            outbound[message.channel].append(item)
+        results: list[SendResult] = list(failures)
+        for channel_name, batch in outbound.items():
+            channel = self.channels.get(channel_name)
+            if channel is None:
+                results += [
+                    SendResult.failed(
+                        m, provider="none", error=f"no {channel_name} channel configured"
+                    )
+                    for m in batch
+                ]
+                continue
+            results += channel.send_batch(batch)
+            stats.by_channel[channel_name] += len(batch)
+        now = utcnow()
+        with Session(self.db) as session, session.begin():
+            record_results(session=session, results=results, now=now)
+            retry_later = [
+                {
+                    "b_id": int(r.message_id),
+                    "b_next": now + timedelta(seconds=r.retry_after or 60.0),
+                }
+                for r in results
+                if r.status == "retry" and not r.in_doubt
+            ]
+            if retry_later:
+                session.execute(
+                    update(messages_t)
+                    .where(messages_t.c.id == bindparam("b_id"))
+                    .values(next_attempt_at=bindparam("b_next")),
+                    retry_later,
+                )
+            if subjects:
+                session.execute(
+                    update(messages_t)
+                    .where(messages_t.c.id == bindparam("b_id"))
+                    .values(subject=bindparam("b_subject")),
+                    subjects,
+                )
+        for result in results:
+            if result.status == "accepted":
+                stats.sent += 1
+            elif result.status == "failed":
+                stats.failed += 1
+            else:
+                stats.retry += 1
+
+    def render(self, message: Message, contact: Contact, context: dict[str, Any]) -> Outbound:
+        # The trigger event's properties are top-level names too: {{ order.number }}.
+        trigger = context.get("trigger") or {}
+        properties = trigger.get("properties") or {} if isinstance(trigger, dict) else {}
+        values = {
+            **(message.meta or {}).get("context", {}),
+            **properties,
+            "event": properties,
+            "trigger": trigger,
+            "journey": {"step": message.step_id},
+        }
+        key = message.idempotency_key
+        if message.channel == "sms":
+            sms = self.renderer.render_sms(
+                message.template, contact=contact, message_id=message.id, context=values
+            )
+            return OutboundSms(
+                message_id=str(message.id),
+                idempotency_key=key,
+                to=message.to_address,
+                body=sms.body,
+                from_number=self.settings.twilio_from_number,
+                messaging_service_sid=self.settings.twilio_messaging_service_sid,
+            )
+        variant = message.variant
+        known = getattr(self.renderer.email(message.template), "subjects", {})
+        email = self.renderer.render_email(
+            message.template,
+            contact=contact,
+            message_id=message.id,
+            context=values,
+            variant=variant if variant in known else None,
+        )
+        return OutboundEmail(
+            message_id=str(message.id),
+            idempotency_key=key,
+            to=message.to_address,
+            from_email=email.from_email or self.settings.email_from,
+            from_name=email.from_name or self.settings.email_from_name,
+            subject=email.subject,
+            html=email.html,
+            text=email.text,
+            headers=dict(email.headers),
+            reply_to=email.reply_to,
+            categories=tuple(c for c in (message.step_id, message.variant) if c),
+            metadata={"idempotency_key": key},
+        )
