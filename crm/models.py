@@ -366,3 +366,32 @@ class SegmentMembership(Base):
     contact_id: Mapped[int] = _contact_fk()
     entered_at: Mapped[datetime] = mapped_column(default=utcnow)
     exited_at: Mapped[datetime | None]
+
+
+class ApiKey(Base):
+    """A key for the event API (web/): only its SHA-256 is stored; ``prefix`` finds the row."""
+
+    __tablename__ = "api_keys"
+
+    id: Mapped[int] = _id()
+    prefix: Mapped[str] = mapped_column(String(32), unique=True)
+    key_hash: Mapped[str] = mapped_column(String(64))
+    name: Mapped[str] = mapped_column(String(200))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    revoked_at: Mapped[datetime | None]
+    last_used_at: Mapped[datetime | None]
+
+
+class IdempotentRequest(Base):
+    """A response remembered for an ``Idempotency-Key`` (per API key), replayed on a retry."""
+
+    __tablename__ = "idempotent_requests"
+    __table_args__ = (UniqueConstraint("api_key_id", "key"),)
+
+    id: Mapped[int] = _id()
+    api_key_id: Mapped[int] = mapped_column(IdType, ForeignKey("api_keys.id", ondelete="CASCADE"))
+    key: Mapped[str] = mapped_column(String(255))
+    request_hash: Mapped[str] = mapped_column(String(64))
+    status_code: Mapped[int] = mapped_column(Integer)
+    response: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)

@@ -1,0 +1,112 @@
+"""Open pixel, click redirect and unsubscribe with the renderer's signed tokens."""
+
+from __future__ import annotations
+
+from sqlalchemy import select
+
+from crm.models import Consent, ConsentChange, MessageEvent
+from templates.tracking import sign_token
+
+BROWSER = {"User-Agent": "Mozilla/5.0 (Macintosh; Intel Mac OS X 14_0) AppleWebKit/605.1.15"}
+
+
+def events(store) -> list[tuple[str, bool, str | None]]:
+    with store.connect() as conn:
+        return [
+            tuple(r)
+            for r in conn.execute(
+                select(MessageEvent.type, MessageEvent.machine, MessageEvent.url).order_by(
+                    MessageEvent.id
+                )
+            )
+        ]
+
+
+def test_open_and_click(client, store, seeded) -> None:
+    mid = str(seeded["ann_email"])
+    opened = client.get(f"/t/o/{sign_token('o', mid, secret='test-secret')}", headers=BROWSER)
+    assert opened.status_code == 200 and opened.headers["content-type"] == "image/gif"
+    url = "https://shop.example.com/p/1?utm=x"
+    token = sign_token("c", mid, secret="test-secret", link_index=0, url=url)
+    clicked = client.get(f"/t/c/{token}", headers=BROWSER)
+    assert clicked.status_code == 302 and clicked.headers["location"] == url
+    assert client.head(f"/t/c/{token}", headers=BROWSER).status_code == 302
+    scanner = {"User-Agent": "Barracuda Sentinel (EE)"}
+    assert client.get(f"/t/c/{token}", headers=scanner).status_code == 302
+    assert events(store) == [
+        ("open", False, None),
+        ("click", False, url),
+        ("click", True, url),  # HEAD: a prefetcher
+        ("click", True, url),  # a link scanner
+    ]
+
+
+def test_forged_edited_and_wrong_kind_tokens_are_404_and_record_nothing(client, store, seeded):
+    mid = str(seeded["ann_email"])
+    good = sign_token("c", mid, secret="test-secret", link_index=0, url="https://shop.example.com/")
+    forged = sign_token("c", mid, secret="other", link_index=0, url="https://evil.example/")
+    parts = good.split(".")
+    evil = sign_token("c", mid, secret="other", link_index=0, url="https://evil.example/")
+    edited = ".".join([*parts[:2], evil.split(".")[2], parts[3]])
+    pixel = sign_token("o", mid, secret="test-secret")
+    for token in (forged, edited, "garbage", good[:-3], pixel):
+        assert client.get(f"/t/c/{token}", headers=BROWSER).status_code == 404, token
+    assert client.get(f"/t/o/{good}", headers=BROWSER).status_code == 404
+    assert events(store) == []
+
+
+def marketing_email(store, contact_id: int) -> str:
+    with store.connect() as conn:
+        return str(
+            conn.execute(
+                select(Consent.status).where(
+                    Consent.contact_id == contact_id,
+                    Consent.channel == "email",
+                    Consent.purpose == "marketing",
+                )
+            ).scalar_one()
+        )
+
+
+def test_get_never_unsubscribes_one_click_post_does(client, store, seeded) -> None:
+    token = sign_token("u", str(seeded["ann_email"]), secret="test-secret")
+    page = client.get(f"/u/{token}")
+    assert page.status_code == 200 and 'name="pref"' in page.text
+    assert marketing_email(store, seeded["ann"]) == "granted"
+    response = client.post(
+        f"/u/{token}",
+        content="List-Unsubscribe=One-Click",
+        headers={"Content-Type": "application/x-www-form-urlencoded"},
+    )
+    assert response.status_code == 200 and not response.cookies
+    assert marketing_email(store, seeded["ann"]) == "revoked"
+    with store.connect() as conn:
+        source = conn.execute(select(ConsentChange.source)).scalar_one()
+    assert source == "unsubscribe:one-click"
+    assert client.post(f"/u/{token}x", content="List-Unsubscribe=One-Click").status_code == 404
+
+
+def test_preference_centre_sets_each_channel_and_purpose(client, store, seeded) -> None:
+    token = sign_token("u", str(seeded["bob_email"]), secret="test-secret")
+    response = client.post(
+        f"/u/{token}",
+        data={"action": "save", "pref": ["email:transactional", "sms:transactional"]},
+    )
+    assert response.status_code == 200
+    with store.connect() as conn:
+        state = dict(
+            (f"{c}:{p}", s)
+            for c, p, s in conn.execute(
+                select(Consent.channel, Consent.purpose, Consent.status).where(
+                    Consent.contact_id == seeded["bob"]
+                )
+            )
+        )
+    assert state == {
+        "email:marketing": "revoked",
+        "sms:marketing": "revoked",
+        "email:transactional": "granted",
+        "sms:transactional": "granted",
+    }
+    page = client.get(f"/u/{token}")
+    assert 'value="email:marketing">' in page.text  # shown unchecked now
