@@ -104,6 +104,15 @@ class Channel(ABC, Generic[M]):
     def classify(self, error: Exception) -> ProviderRetryableError | ProviderPermanentError | None:
         """Map a provider exception to our errors; None means a bug: it propagates."""
 
+    def lookup(self, messages: Sequence[M]) -> dict[str, str | None]:
+        """Ask the provider whether it accepted ``messages`` (reconciliation after a crash).
+
+        Returns ``message_id -> provider message id`` for those it has, ``-> None`` for those
+        it certainly does not have (safe to send again). An id left out of the answer could not
+        be told: the caller must leave that message in flight. The default knows nothing.
+        """
+        return {}
+
     def rate_key(self, message: M) -> str:
         return f"{self.provider}:{message.sender}"
 

@@ -21,6 +21,7 @@ import json
 import os
 import re
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -119,6 +120,16 @@ class OutboxChannel(Channel[Outbound]):
             provider_message_id=f"outbox:{file_stem(message.message_id)}",
             raw={"files": [str(path) for path in response]},
         )
+
+    def lookup(self, messages: Sequence[Outbound]) -> dict[str, str | None]:
+        """Accepted when every file of the message is in the folder (each written atomically)."""
+        found: dict[str, str | None] = {}
+        for message in messages:
+            names = self.build_payload(message)
+            complete = all((self.folder / name).is_file() for name in names)
+            stem = file_stem(message.message_id)
+            found[message.message_id] = f"outbox:{stem}" if complete else None
+        return found
 
     def classify(self, error: Exception) -> ProviderRetryableError | ProviderPermanentError | None:
         if isinstance(error, OSError):

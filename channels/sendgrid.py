@@ -21,6 +21,7 @@ import socket
 import threading
 import time
 import urllib.error
+from collections.abc import Sequence
 from http.client import HTTPException, RemoteDisconnected
 from typing import Any
 
@@ -151,6 +152,25 @@ class SendGridChannel(Channel[OutboundEmail]):
             provider_message_id=provider_id,
             raw={"status": response.status_code},
         )
+
+    def lookup(self, messages: Sequence[OutboundEmail]) -> dict[str, str | None]:
+        """SendGrid's Email Activity API, filtered on our message id in ``unique_args``.
+
+        The feed lags behind sending by up to minutes: only ask about messages older than that
+        (``TIDINGS_RECONCILE_AFTER``). Errors leave a message unknown (in flight).
+        """
+        found: dict[str, str | None] = {}
+        for message in messages:
+            query = f"unique_args['{MESSAGE_ID_ARG}']=\"{message.message_id}\""
+            try:
+                response = self._client().client.messages.get(
+                    query_params={"query": query, "limit": 10}
+                )
+                records = json.loads(response.body or b"{}").get("messages", [])
+            except (http_errors.HTTPError, urllib.error.URLError, OSError, ValueError):
+                continue
+            found[message.message_id] = records[0].get("msg_id") if records else None
+        return found
 
     def classify(self, error: Exception) -> ProviderRetryableError | ProviderPermanentError | None:
         if isinstance(error, http_errors.HTTPError):

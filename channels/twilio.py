@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import threading
 import urllib.parse
+from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import requests
@@ -151,6 +153,23 @@ class TwilioChannel(Channel[OutboundSms]):
             provider_message_id=response.sid,
             raw={"status": response.status, "num_segments": response.num_segments},
         )
+
+    def lookup(self, messages: Sequence[OutboundSms]) -> dict[str, str | None]:
+        """Twilio's message list for the recipient (today and yesterday), matched on the body.
+
+        Twilio keeps no field of ours on a message, so the same body to the same number in
+        that window counts as ours: at worst a second identical SMS is not sent.
+        """
+        found: dict[str, str | None] = {}
+        since = datetime.now(UTC) - timedelta(days=1)
+        for message in messages:
+            try:
+                sent = self.client.messages.list(to=message.to, date_sent_after=since, limit=200)
+            except (TwilioRestException, OSError, requests.RequestException):
+                continue
+            match = next((m for m in sent if (m.body or "") == message.body), None)
+            found[message.message_id] = match.sid if match is not None else None
+        return found
 
     def classify(self, error: Exception) -> ProviderRetryableError | ProviderPermanentError | None:
         if isinstance(error, TwilioRestException):

@@ -16,8 +16,10 @@ if TYPE_CHECKING:
 
 console = Console()
 crm_app = typer.Typer(help="The CRM store: data quality.", no_args_is_help=True)
-contacts_app = typer.Typer(help="Contacts: import.", no_args_is_help=True)
-events_app = typer.Typer(help="Events: import.", no_args_is_help=True)
+contacts_app = typer.Typer(help="Contacts: import, and the contact card.", no_args_is_help=True)
+events_app = typer.Typer(
+    help="Events: import a file, or post one (journeys react).", no_args_is_help=True
+)
 orders_app = typer.Typer(help="Orders: import.", no_args_is_help=True)
 
 FILE = typer.Argument(..., help="A .csv (`,` or `;`, with or without BOM) or .jsonl file.")

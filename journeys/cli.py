@@ -165,6 +165,47 @@ def tick(name: str = typer.Argument(None, help="One journey (default: all).")) -
         print_summary(summary)
 
 
+@app.command("work")
+def work_command(
+    name: str = typer.Argument(..., help="Journey name."),
+    reconcile_after: str = typer.Option(
+        None, help="Reconcile messages in flight longer than this first (default: setting)."
+    ),
+) -> None:
+    """Work through a journey until nothing is due: reconcile, advance, send (a local worker)."""
+    from datetime import timedelta
+
+    from journeys.running import work
+    from segments.rules import parse_duration
+
+    runtime = _runtime()
+    runtime.load_journeys()
+    seconds = parse_duration(reconcile_after or runtime.settings.reconcile_after)
+    console.print("ready", highlight=False)
+    print_summary(work(runtime, name, reconcile_after=timedelta(seconds=seconds), report=console))
+
+
+@app.command("reconcile")
+def reconcile_command(
+    older_than: str = typer.Option(
+        None, help="Only messages in flight longer than this (default TIDINGS_RECONCILE_AFTER)."
+    ),
+) -> None:
+    """Ask the providers about messages left in flight by a crash; requeue what they lack."""
+    from datetime import timedelta
+
+    from journeys.reconcile import reconcile
+    from segments.rules import parse_duration
+
+    runtime = _runtime()
+    seconds = parse_duration(older_than or runtime.settings.reconcile_after)
+    stats = reconcile(runtime, older_than=timedelta(seconds=seconds))
+    console.print(
+        f"checked {stats.checked}: {stats.sent} had been sent, {stats.requeued} requeued, "
+        f"{stats.failed} failed, {stats.unknown} unknown (still in flight)"
+    )
+
+
 @app.command("status")
 def status(name: str = typer.Argument(..., help="Journey name.")) -> None:
     """Where the contacts of a journey are, per version and step, and what was sent."""

@@ -361,6 +361,14 @@ class JourneyEngine:
                 )
             return len(self._enroll(session, version, candidates, now=now))
 
+    def enroll_select(
+        self, version: Version, candidates: Any, *, now: datetime | None = None
+    ) -> int:
+        """Enrol the contacts a query selects (columns ``contact_id`` and ``entry_key``)."""
+        now = now or self.clock()
+        with Session(self.db) as session, session.begin():
+            return len(self._enroll(session, version, candidates, now=now))
+
     def enroll_contacts(
         self,
         version: Version,

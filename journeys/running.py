@@ -6,7 +6,7 @@ These are the plain functions the CLI and the Prefect flows (``flows/journeys.py
 from __future__ import annotations
 
 from collections import defaultdict
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -90,7 +90,15 @@ def tick_all(
     runtime: Runtime, *, names: list[str] | None = None, now: datetime | None = None
 ) -> list[dict[str, Any]]:
     """The scheduled tick: run due schedules, advance every active journey, send."""
+    from journeys.reconcile import reconcile
+    from segments.rules import parse_duration
+
     now = now or utcnow()
+    reconcile(
+        runtime,
+        older_than=timedelta(seconds=parse_duration(runtime.settings.reconcile_after)),
+        now=now,
+    )
     scheduled = run_schedules(runtime, now=now)
     with Session(runtime.db) as session:
         known = list(session.scalars(select(JourneyRow.name).distinct().order_by(JourneyRow.name)))
@@ -110,6 +118,39 @@ def tick_all(
         sent = runtime.dispatcher.dispatch(now=now, journey_ids={v.id for v in versions})
         results.append(summary(name, stats, sent, enrolled))
     return results
+
+
+def work(
+    runtime: Runtime,
+    name: str,
+    *,
+    reconcile_after: timedelta,
+    batch_size: int = 1000,
+    until_idle: bool = True,
+    report: Console | None = None,
+) -> dict[str, Any]:
+    """A worker's loop for one journey: reconcile what a dead worker left in flight, then
+    advance and send batch after batch. With ``until_idle`` it returns when nothing is due."""
+    from journeys.reconcile import reconcile
+
+    out = report or Console()
+    checked = reconcile(runtime, older_than=reconcile_after)
+    out.print(
+        f"reconciled: sent={checked.sent} requeued={checked.requeued} "
+        f"unknown={checked.unknown} failed={checked.failed}"
+    )
+    versions = {v.id: v for v in runtime.engine.versions(name) if v.status == "active"}
+    total = TickStats()
+    sent_total = 0
+    while True:
+        now = utcnow()
+        stats = runtime.engine.tick_batch(versions, now=now, batch_size=batch_size)
+        total.add(stats)
+        sent = runtime.dispatcher.dispatch(now=now, limit=batch_size, journey_ids=set(versions))
+        sent_total += sent.sent
+        if until_idle and stats.processed == 0 and sent.claimed == 0:
+            break
+    return {**summary(name, total), "sent": sent_total}
 
 
 def journey_status(runtime: Runtime, name: str) -> dict[str, Any]:

@@ -16,8 +16,10 @@ from rich.console import Console
 from crm import cli as crm_cli
 from journeys import cli as journeys_cli
 from segments import cli as segments_cli
+from segments.ml import cli as models_cli
 from templates import cli as templates_cli
 from tidings.errors import ConfigurationError, InputError
+from web import cli as web_cli
 
 app = typer.Typer(
     name="tidings",
@@ -50,10 +52,11 @@ app.add_typer(crm_cli.contacts_app, name="contacts")
 app.add_typer(crm_cli.events_app, name="events")
 app.add_typer(crm_cli.orders_app, name="orders")
 app.add_typer(segments_cli.app, name="segment")
-app.add_typer(__import__("segments.ml.cli", fromlist=["app"]).app, name="models")
+app.add_typer(models_cli.app, name="models")
 app.add_typer(templates_cli.app, name="templates")
 app.add_typer(journeys_cli.app, name="journey")
 crm_cli.events_app.command("post")(journeys_cli.post)
+web_cli.register(app)
 
 
 @db_app.command("upgrade")

@@ -167,6 +167,45 @@ class Settings(BaseSettings):
     default_timezone: str = Field(
         "UTC", description="Timezone for contacts without one (quiet hours, wait_until)."
     )
+    reconcile_after: str = Field(
+        "10 minutes",
+        description="Messages in flight longer than this are checked with the provider "
+        "(sent, or safe to send again) at each tick.",
+    )
+    # web (web/, docs/web.md)
+    sendgrid_webhook_public_key: str | None = Field(
+        None,
+        description="SendGrid Signed Event Webhook verification key (base64, from Mail Settings); "
+        "unset: /webhooks/sendgrid refuses every request.",
+    )
+    webhook_max_age: int = Field(
+        600,
+        ge=1,
+        description="Seconds a signed SendGrid webhook timestamp may be old (or ahead): replays "
+        "older than this are refused.",
+    )
+    twilio_help_text: str = Field(
+        "Reply STOP to unsubscribe, START to resubscribe.",
+        description="The answer to an inbound SMS HELP.",
+    )
+    web_max_body_bytes: int = Field(
+        2_000_000, ge=1024, description="Largest request body the web app accepts (413 above)."
+    )
+    ingest_stream: str = Field(
+        "tidings:ingest",
+        description="Redis stream that buffers webhook and event posts (with TIDINGS_REDIS_URL).",
+    )
+    ingest_batch_size: int = Field(
+        500, ge=1, le=10_000, description="Stream entries `tidings ingest` writes per transaction."
+    )
+    ingest_claim_idle_ms: int = Field(
+        60_000,
+        ge=100,
+        description="Pending stream entries idle this long (a dead consumer's) are claimed.",
+    )
+    idempotency_ttl_hours: int = Field(
+        24, ge=1, description="Hours an Idempotency-Key response is remembered by the event API."
+    )
     # -- new settings go above this line (keep one Field with a description each) --
 
     @field_validator("default_region")

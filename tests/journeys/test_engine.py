@@ -363,3 +363,85 @@ def test_two_workers_never_process_the_same_enrollment(store: Engine, engine_for
     with Session(store) as session:
         assert session.scalar(select(func.count(func.distinct(Message.contact_id)))) == 600
         assert session.scalar(select(func.count()).select_from(Message)) == 600
+
+
+def test_wait_until_split_update_and_webhook(store: Engine, engine_for) -> None:
+    import http.server
+    import socketserver
+
+    calls: list[dict[str, Any]] = []
+    answers = [500, 200]  # the first call fails: retried later, the second succeeds
+
+    class Hook(http.server.BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+            calls.append({"body": body, "key": self.headers["Idempotency-Key"]})
+            self.send_response(answers.pop(0) if answers else 200)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = socketserver.TCPServer(("127.0.0.1", 0), Hook)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    folks = people(40, attributes={"renewal_date": "2026-03-20"})
+    folks[0]["timezone"] = "America/New_York"
+    ids = add_contacts(store, folks)
+    eng = engine_for()
+    version = eng.register(
+        journey(f"""
+name: misc_test
+trigger: {{type: api}}
+steps:
+  - id: tag
+    type: update_contact
+    set: {{stage: "welcomed {{{{ contact.first_name }}}}", score: 3}}
+  - id: coin
+    type: split
+    paths: [{{weight: 1, next: renewal}}, {{weight: 1, next: done}}]
+  - id: renewal
+    type: wait_until
+    attribute: renewal_date
+    offset: -3 days
+    at: "09:00"
+  - id: hook
+    type: webhook
+    url: http://127.0.0.1:{server.server_address[1]}/hook
+    body: {{source: tidings}}
+  - id: done
+    type: exit
+""")
+    )
+    eng.enroll_contacts(version, ids.values(), entry_key="k", now=T0)
+    eng.tick("misc_test", now=T0)
+    with Session(store) as session:
+        attrs = session.scalar(select(Contact.attributes).where(Contact.id == ids["P0"]))
+        rows = {
+            c: (step, due)
+            for c, step, due in session.execute(
+                select(Enrollment.contact_id, Enrollment.step_id, Enrollment.next_due_at)
+            )
+        }
+    assert attrs == {"renewal_date": "2026-03-20", "stage": "welcomed Pat0", "score": 3}
+    waiting = {c: due for c, (step, due) in rows.items() if step == "renewal"}
+    assert 8 <= len(waiting) <= 32  # both paths of the split are taken
+    berlin = datetime(2026, 3, 17, 8, 0, tzinfo=UTC)  # 09:00 CET, 3 days before the 20th
+    new_york = datetime(2026, 3, 17, 13, 0, tzinfo=UTC)  # 09:00 EDT
+    for contact_id, due in waiting.items():
+        assert due == (new_york if contact_id == ids["P0"] else berlin)
+    assert eng.tick("misc_test", now=T0).processed == 0  # the split is stable: nothing moves
+    eng.tick("misc_test", now=new_york)  # all reach the webhook; the first call gets a 500
+    assert len(calls) == len(waiting)
+    eng.tick("misc_test", now=new_york + timedelta(minutes=2))  # that one is called again
+    keys = [c["key"] for c in calls]
+    assert len(calls) == len(waiting) + 1 and keys.count(keys[0]) == 2
+    assert {c["body"]["source"] for c in calls} == {"tidings"}
+    with Session(store) as session:
+        assert (
+            session.scalar(
+                select(func.count()).select_from(Enrollment).where(Enrollment.status == "active")
+            )
+            == 0
+        )
+    server.shutdown()

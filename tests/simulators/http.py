@@ -12,6 +12,7 @@ programmable: ``fail_next(3, status=429, retry_after=1)`` makes the next three r
 from __future__ import annotations
 
 import json
+import sys
 import threading
 import urllib.parse
 from collections import deque
@@ -84,6 +85,12 @@ class _Server(ThreadingHTTPServer):
     daemon_threads = True
     request_queue_size = 512
     simulator: SimulatorServer
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """A client that vanished mid-request (killed, timed out) is normal here."""
+        if isinstance(sys.exc_info()[1], ConnectionError):
+            return
+        super().handle_error(request, client_address)
 
 
 class SimulatorServer:

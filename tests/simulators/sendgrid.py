@@ -137,7 +137,37 @@ class SendGridSimulator(SimulatorServer):
     def sends(self) -> list[Recorded]:
         return [r for r in self.requests if r.method == "POST" and r.path == "/v3/mail/send"]
 
+    def _activity(self, request: Recorded) -> Reply:
+        """``GET /v3/messages?query=unique_args['k']="v"`` (the Email Activity API)."""
+        query = (request.query.get("query") or [""])[0]
+        match = re.fullmatch(r"unique_args\['([^']+)'\]=\"([^\"]*)\"", query.strip())
+        if match is None:
+            return Reply(400, {"errors": [_error("invalid query", "query")]})
+        key, value = match.groups()
+        with self.lock:
+            hits = [p for p in self.processed if p.custom_args.get(key) == value]
+        return Reply(
+            200,
+            {
+                "messages": [
+                    {
+                        "msg_id": p.x_message_id,
+                        "to_email": p.to,
+                        "subject": p.subject,
+                        "status": "processed",
+                        "opens_count": 0,
+                        "clicks_count": 0,
+                    }
+                    for p in hits[: int((request.query.get("limit") or ["10"])[0])]
+                ]
+            },
+        )
+
     def handle(self, request: Recorded) -> Reply:
+        if request.path == "/v3/messages" and request.method == "GET":
+            if request.headers.get("authorization") != f"Bearer {self.api_key}":
+                return Reply(401, {"errors": [_error("unauthorized", None)]})
+            return self._activity(request)
         if request.path != "/v3/mail/send" or request.method != "POST":
             return Reply(404, {"errors": [_error("resource not found", None)]})
         if request.headers.get("authorization") != f"Bearer {self.api_key}":
