@@ -113,7 +113,7 @@ def errors(predicted: np.ndarray, actual: np.ndarray) -> dict[str, float]:
 
 
 def run(url: str | None, folder: Path) -> dict[str, Any]:
-    from lifetimes import BetaGeoFitter  # type: ignore[import-untyped]
+    from lifetimes import BetaGeoFitter
 
     timings: dict[str, float] = {}
     url = url or f"sqlite:///{folder / 'cdnow.db'}"

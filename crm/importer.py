@@ -29,7 +29,8 @@ from typing import Any
 from sqlalchemy import Connection, Engine, Table, bindparam, insert, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
-from crm.models import Channel, Consent, ConsentChange, Contact, Event, Order, Purpose
+from crm.consent import ConsentWish, set_consents
+from crm.models import Channel, Contact, Event, Order, Purpose
 from crm.normalize import (
     FieldError,
     consent_status,
@@ -67,8 +68,6 @@ ORDER_STATUSES = frozenset(
 EVENT_NAMESPACE = uuid.UUID("6f1c2f9e-52a4-4c1e-9a51-5d1a0b3c7e11")
 
 contacts_t: Table = Contact.__table__  # type: ignore[assignment]
-consents_t: Table = Consent.__table__  # type: ignore[assignment]
-changes_t: Table = ConsentChange.__table__  # type: ignore[assignment]
 events_t: Table = Event.__table__  # type: ignore[assignment]
 orders_t: Table = Order.__table__  # type: ignore[assignment]
 
@@ -349,74 +348,14 @@ def _apply_contacts(
 def _apply_consents(
     conn: Connection, targets: list[dict[str, Any]], *, source: str, now: datetime
 ) -> set[int]:
-    """Record consent given in the file where it differs from the current state.
-
-    Returns the ids of contacts whose consent changed. Every change lands in the audit trail.
-    """
-    wanted = {(t["id"], ch): st for t in targets for ch, st in t["consents"].items()}
-    if not wanted:
-        return set()
-    purpose = Purpose.MARKETING.value
-    current = {
-        (r.contact_id, r.channel): (r.id, r.status)
-        for r in conn.execute(
-            select(
-                consents_t.c.id, consents_t.c.contact_id, consents_t.c.channel, consents_t.c.status
-            ).where(
-                consents_t.c.contact_id.in_({cid for cid, _ in wanted}),
-                consents_t.c.purpose == purpose,
-            )
-        )
-    }
-    inserts, updates, audit = [], [], []
-    for (contact_id, channel), status in wanted.items():
-        existing = current.get((contact_id, channel))
-        if existing and existing[1] == status:
-            continue
-        if existing:
-            updates.append(
-                {"_id": existing[0], "status": status, "source": source, "updated_at": now}
-            )
-        else:
-            inserts.append(
-                {
-                    "contact_id": contact_id,
-                    "channel": channel,
-                    "purpose": purpose,
-                    "status": status,
-                    "source": source,
-                    "updated_at": now,
-                }
-            )
-        audit.append(
-            {
-                "contact_id": contact_id,
-                "channel": channel,
-                "purpose": purpose,
-                "status": status,
-                "previous_status": existing[1] if existing else None,
-                "source": source,
-                "occurred_at": now,
-                "recorded_at": now,
-                "detail": {},
-            }
-        )
-    if inserts:
-        conn.execute(insert(consents_t), inserts)
-    if updates:
-        conn.execute(
-            update(consents_t)
-            .where(consents_t.c.id == bindparam("_id"))
-            .values(
-                status=bindparam("status"),
-                source=bindparam("source"),
-                updated_at=bindparam("updated_at"),
-            ),
-            updates,
-        )
-    if audit:
-        conn.execute(insert(changes_t), audit)
-    return {row["contact_id"] for row in audit}
+    """Record consent given in the file where it differs from the current state (each change
+    lands in the audit trail); returns the ids of contacts whose consent changed."""
+    wishes = [
+        ConsentWish(t["id"], channel, Purpose.MARKETING.value, status)
+        for t in targets
+        for channel, status in t["consents"].items()
+    ]
+    return set_consents(conn, wishes, source=source, now=now)
 
 
 def import_contacts(

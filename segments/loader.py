@@ -16,12 +16,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
 from pydantic import ValidationError
 
 from segments import core as core_nodes
 from segments.rules import KINDS, OPERATORS, Segment, SegmentRule
 from tidings.errors import InputError
+from tidings.yamlfile import InputErrors, Marked, load_yaml, validation_errors, where
 
 DEFAULT_DIR = Path(__file__).parent
 _VOCABULARY = sorted(
@@ -55,77 +55,8 @@ _VOCABULARY = sorted(
 )
 
 
-class SegmentErrors(InputError):
+class SegmentErrors(InputErrors):
     """All the problems found in one file (or catalog); ``errors`` holds each of them."""
-
-    def __init__(self, errors: list[InputError]) -> None:
-        self.errors = errors
-        first = errors[0]
-        lines = [str(e) for e in errors]
-        more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
-        super().__init__(first.message + more, location=first.location, hint=first.hint)
-        self.args = ("\n".join(lines),)
-
-    def __str__(self) -> str:
-        return str(self.args[0])
-
-
-class Marked(dict[Any, Any]):
-    """A YAML mapping that remembers where each key was written (1-based line and column)."""
-
-    marks: dict[Any, tuple[int, int]]
-    start: tuple[int, int]
-
-
-class _Loader(yaml.SafeLoader):
-    pass
-
-
-def _construct_mapping(loader: _Loader, node: yaml.MappingNode) -> Marked:
-    mapping = Marked()
-    mapping.marks = {}
-    mapping.start = (node.start_mark.line + 1, node.start_mark.column + 1)
-    loader.flatten_mapping(node)
-    for key_node, value_node in node.value:
-        key = loader.construct_object(key_node, deep=True)
-        mapping[key] = loader.construct_object(value_node, deep=True)
-        mapping.marks[key] = (key_node.start_mark.line + 1, key_node.start_mark.column + 1)
-    return mapping
-
-
-_Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
-
-
-def _locate(
-    data: Any, loc: tuple[Any, ...], *, at_value: bool = False
-) -> tuple[tuple[int, int] | None, list[str]]:
-    """Follow a pydantic error location through the data, skipping union tags; the mark of
-    the deepest key reached (or of the mapping there, ``at_value``) and the key path."""
-    best: tuple[int, tuple[int, int] | None, list[str]] = (-1, None, [])
-
-    def walk(node: Any, i: int, mark: tuple[int, int] | None, path: list[str]) -> None:
-        nonlocal best
-        if i > best[0]:
-            here = node.start if at_value and isinstance(node, Marked) else mark
-            best = (i, here, path)
-        if i == len(loc):
-            return
-        part = loc[i]
-        if isinstance(node, Marked) and part in node:
-            walk(node[part], i + 1, node.marks.get(part, mark), [*path, str(part)])
-        elif isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node):
-            item = node[part]
-            here = item.start if isinstance(item, Marked) else mark
-            walk(item, i + 1, here, [*path, f"[{part}]"])
-        if isinstance(part, str) and part in KINDS:  # a union tag, not a key of the data
-            walk(node, i + 1, mark, path)
-
-    walk(data, 0, None, [])
-    return best[1], best[2]
-
-
-def _where(source: str, mark: tuple[int, int] | None) -> str:
-    return f"{source}:{mark[0]}:{mark[1]}" if mark else source
 
 
 def _hint(error: Any, data: Any) -> str | None:
@@ -156,29 +87,12 @@ def parse_segment(data: Any, *, source: str = "<inline>") -> Segment:
     try:
         return Segment.model_validate(data)
     except ValidationError as exc:
-        errors = []
-        for error in exc.errors():
-            at_value = error["type"] == "unknown_rule"
-            mark, path = _locate(data, tuple(error["loc"]), at_value=at_value)
-            key = ".".join(path).replace(".[", "[") or "(top)"
-            message = str(error["msg"]).removeprefix("Value error, ")
-            if error["type"] == "extra_forbidden":
-                message = f"unknown key {str(error['loc'][-1])!r}"
-            errors.append(
-                InputError(
-                    f"{key}: {message}", location=_where(source, mark), hint=_hint(error, data)
-                )
-            )
+        errors = validation_errors(exc, data, source=source, hint=lambda e: _hint(e, data))
         raise SegmentErrors(errors) from None
 
 
 def load_text(text: str, *, source: str = "<inline>") -> tuple[Segment, Any]:
-    try:
-        data = yaml.load(text, Loader=_Loader)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = _where(source, (mark.line + 1, mark.column + 1) if mark else None)
-        raise InputError(f"not valid YAML: {exc}", location=where) from None
+    data = load_yaml(text, source=source)
     if not isinstance(data, dict):
         raise InputError("a segment file is a mapping with name and rule", location=source)
     return parse_segment(data, source=source), data
@@ -248,7 +162,7 @@ def check_references(catalog: Catalog, documents: dict[str, tuple[str, Any]]) ->
                 errors.append(
                     InputError(
                         f"segment: unknown segment {ref!r}",
-                        location=_where(source, mark),
+                        location=where(source, mark),
                         hint=f"did you mean {close[0]!r}?" if close else "define it in segments/",
                     )
                 )
@@ -267,7 +181,7 @@ def check_references(catalog: Catalog, documents: dict[str, tuple[str, Any]]) ->
                     errors.append(
                         InputError(
                             f"segment: reference cycle {' -> '.join(cycle)}",
-                            location=_where(source, mark),
+                            location=where(source, mark),
                             hint="a segment cannot contain itself; use 'materialised: true' to "
                             "read the stored membership instead, or remove one reference",
                         )
@@ -301,7 +215,7 @@ def load_catalog(directory: Path = DEFAULT_DIR, extra: Iterable[Path] = ()) -> C
             errors.append(
                 InputError(
                     f"name: segment {seg.name!r} is defined twice",
-                    location=_where(str(path), data.marks.get("name")),
+                    location=where(str(path), data.marks.get("name")),
                     hint=f"also in {catalog.sources[seg.name]}",
                 )
             )

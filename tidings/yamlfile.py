@@ -103,7 +103,7 @@ def locate(
             walk(
                 item, i + 1, item.start if isinstance(item, Marked) else mark, [*path, f"[{part}]"]
             )
-        elif isinstance(part, str):  # a union tag, not a key of the data
+        if isinstance(part, str) and isinstance(node, Marked):  # maybe a union tag: skip it
             walk(node, i + 1, mark, path)
 
     walk(data, 0, None, [])

@@ -20,9 +20,9 @@ from typing import Any
 
 from sqlalchemy import Engine, delete, insert, select, update
 
+from crm.consent import insert_ignore
 from crm.models import ApiKey, IdempotentRequest
 from crm.types import utcnow
-from web.consent import insert_ignore
 
 KEY_PREFIX = "tid"
 

@@ -26,9 +26,9 @@ from sqlalchemy import BigInteger, Connection, Engine, Table, any_, bindparam, s
 from sqlalchemy.dialects.postgresql import ARRAY
 
 from channels.types import MESSAGE_ID_ARG
+from crm.consent import ConsentWish, insert_ignore, set_consents, suppress
 from crm.models import Channel, Contact, Message, MessageEvent, MessageStatus, Purpose
 from crm.types import utcnow
-from web.consent import ConsentWish, insert_ignore, set_consents, suppress
 
 log = logging.getLogger("tidings.web")
 messages_t: Table = Message.__table__  # type: ignore[assignment]
@@ -308,7 +308,7 @@ def apply_sendgrid(conn: Connection, events: list[Any], stats: ApplyStats) -> No
             ConsentWish(cid, Channel.EMAIL.value, Purpose.MARKETING.value, "revoked")
             for cid in contact_ids
         ]
-        stats.consent_changes += set_consents(conn, wishes, source=source, now=now)
+        stats.consent_changes += len(set_consents(conn, wishes, source=source, now=now))
 
 
 def apply_twilio_status(conn: Connection, item: dict[str, Any], stats: ApplyStats) -> None:
@@ -405,9 +405,9 @@ def apply_twilio_inbound(conn: Connection, item: dict[str, Any], stats: ApplySta
         for purpose in Purpose
     ]
     source = f"twilio:{body.strip().upper()[:20]}"
-    stats.consent_changes += set_consents(conn, wishes, source=source, now=now)
+    stats.consent_changes += len(set_consents(conn, wishes, source=source, now=now))
     if keyword == "start":
-        from web.consent import suppressions_t
+        from crm.consent import suppressions_t
 
         conn.execute(
             suppressions_t.delete().where(

@@ -29,10 +29,10 @@ from fastapi.responses import HTMLResponse, RedirectResponse
 from sqlalchemy import select
 from starlette.concurrency import run_in_threadpool
 
+from crm.consent import ConsentWish, insert_ignore, set_consents
 from crm.models import Channel, Consent, Message, Purpose
 from crm.types import utcnow
 from templates.tracking import InvalidTokenError, TrackingToken, verify_token
-from web.consent import ConsentWish, insert_ignore, set_consents
 from web.store import as_message_id, events_t
 
 router = APIRouter(tags=["tracking"])
@@ -190,7 +190,7 @@ def _apply_unsubscribe(request: Request, message: Any, form: dict[str, list[str]
         done = "Your choices are saved."
     now = utcnow()
     with request.app.state.web.db.begin() as conn:
-        changed = set_consents(conn, wishes, source=source, now=now)
+        changed = len(set_consents(conn, wishes, source=source, now=now))
         conn.execute(
             insert_ignore(conn, events_t).values(
                 message_id=message.id,

@@ -1,12 +1,12 @@
-"""Consent and suppression writes shared by the webhooks and the unsubscribe page.
+"""Consent and suppression writes: imports, webhooks, the unsubscribe page and STOP replies.
 
 Every change of a consent lands in the audit trail (``consent_changes``) with its source
 (``sendgrid:spamreport``, ``twilio:STOP``, ``unsubscribe:one-click``...); setting a consent to
 the state it already has writes nothing, so a replayed webhook changes nothing.
 
->>> with engine.begin() as conn:                                     # doctest: +SKIP
+>>> with engine.begin() as conn:  # doctest: +SKIP
 ...     set_consents(conn, [ConsentWish(7, "sms", "marketing", "revoked")], source="twilio:STOP")
-1
+{7}
 """
 
 from __future__ import annotations
@@ -49,14 +49,15 @@ def set_consents(
     source: str,
     now: datetime | None = None,
     occurred_at: datetime | None = None,
-) -> int:
-    """Bring consents to the wished status; returns how many changed (each one audited)."""
+) -> set[int]:
+    """Bring consents to the wished status; returns the contacts whose consent changed (each
+    change audited)."""
     now = now or utcnow()
     wanted: dict[tuple[int, str, str], ConsentWish] = {}
     for wish in wishes:
         wanted[(wish.contact_id, wish.channel, wish.purpose)] = wish
     if not wanted:
-        return 0
+        return set()
     current = {
         (r.contact_id, r.channel, r.purpose): (r.id, r.status)
         for r in conn.execute(
@@ -70,10 +71,12 @@ def set_consents(
         )
     }
     inserts, updates, audit = [], [], []
+    changed: list[tuple[int, str, str]] = []
     for key, wish in wanted.items():
         existing = current.get(key)
         if existing and existing[1] == wish.status:
             continue
+        changed.append(key)
         values = {"status": wish.status, "source": source, "updated_at": now}
         if existing:
             updates.append({"_id": existing[0], **values})
@@ -107,7 +110,7 @@ def set_consents(
         )
     if audit:
         conn.execute(insert(changes_t), audit)
-    return len(audit)
+    return {key[0] for key in changed}
 
 
 def suppress(conn: Connection, rows: Iterable[tuple[str, str, str, str, dict[str, Any]]]) -> None:

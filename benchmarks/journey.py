@@ -1,0 +1,185 @@
+"""A journey broadcast end to end, and the latency of a transactional SMS.
+
+    .venv/bin/python benchmarks/journey.py --contacts 1000000   # the issue's size
+    .venv/bin/python benchmarks/journey.py --contacts 100000 --events 1000
+
+Broadcast: N contacts COPY'd into a fresh PostgreSQL database, enrolled in a one-email journey,
+then one worker (`journeys.running.work`: tick -> policy -> outbox rows -> render -> SendGrid
+adapter -> record) until done, against the SendGrid simulator in its own process. Baseline in
+the same run: the render+send ceiling, i.e. the same template rendered and sent through the same
+adapter to the same simulator with no database at all. Prints messages/s, the ratio, and the
+worker's peak RSS (flat memory: compare two sizes).
+
+Latency: E `order.shipped` events posted one after another through `journeys.triggers.post_event`
+(store the event, enrol, advance, render, send through the Twilio adapter to its simulator,
+record); p50 and p95 of the time until the provider has the SMS.
+"""
+
+from __future__ import annotations
+
+import argparse
+import resource
+import statistics
+import sys
+import time
+from datetime import timedelta
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from sqlalchemy import literal, select  # noqa: E402
+
+from benchmarks.import_contacts import Database  # noqa: E402
+from benchmarks.send import start_server  # noqa: E402
+from channels.sendgrid import SendGridChannel  # noqa: E402
+from channels.types import OutboundEmail  # noqa: E402
+from crm.db import make_engine  # noqa: E402
+from crm.models import Contact  # noqa: E402
+from journeys.loader import load_text  # noqa: E402
+from journeys.running import work  # noqa: E402
+from journeys.runtime import Runtime  # noqa: E402
+from journeys.triggers import post_event  # noqa: E402
+from templates.render import Renderer  # noqa: E402
+from tidings.config import Settings  # noqa: E402
+
+JOURNEY = """
+name: bench_broadcast
+trigger: {type: api}
+steps:
+  - {id: news, type: email, template: welcome}
+"""
+
+
+def load(url: str, n: int) -> None:
+    engine = make_engine(url)
+    raw = engine.raw_connection()
+    try:
+        cursor = raw.cursor()
+        with cursor.copy(
+            "COPY contacts (external_id, email, phone, first_name, attributes, "
+            "created_at, updated_at) FROM STDIN"
+        ) as copy:
+            for i in range(n):
+                copy.write_row(
+                    (
+                        f"B{i}",
+                        f"b{i}@example.com",
+                        f"+1415{i % 10_000_000:07d}",
+                        "Robin",
+                        "{}",
+                        "2026-01-01Z",
+                        "2026-01-01Z",
+                    )
+                )
+        cursor.execute(
+            "INSERT INTO consents (contact_id, channel, purpose, status, source, "
+            "updated_at) SELECT id, 'email', 'marketing', 'granted', 'bench', now() "
+            "FROM contacts"
+        )
+        raw.commit()
+    finally:
+        raw.close()
+    engine.dispose()
+
+
+def ceiling(settings: Settings, sample: int) -> float:
+    """Render + send only: the same template and adapter, no database."""
+    renderer = Renderer(settings=settings)
+    channel = SendGridChannel.from_settings(settings)
+    start = time.perf_counter()
+    for first in range(0, sample, 1000):
+        batch = []
+        for n in range(first, min(first + 1000, sample)):
+            contact = {"first_name": "Robin", "email": f"b{n}@example.com", "attributes": {}}
+            email = renderer.render_email("welcome", contact=contact, message_id=n)
+            batch.append(
+                OutboundEmail(
+                    message_id=str(n),
+                    idempotency_key=f"c{n}",
+                    to=f"b{n}@example.com",
+                    from_email=settings.email_from,
+                    subject=email.subject,
+                    html=email.html,
+                    text=email.text,
+                    headers=dict(email.headers),
+                )
+            )
+        channel.send_batch(batch)
+    channel.close()
+    return sample / (time.perf_counter() - start)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--contacts", type=int, default=100_000)
+    parser.add_argument("--events", type=int, default=1000)
+    parser.add_argument("--ceiling-sample", type=int, default=20_000)
+    parser.add_argument("--url", default="postgresql+psycopg://postgres@127.0.0.1:5432/test")
+    args = parser.parse_args()
+
+    sendgrid, sg_port = start_server("sendgrid", "SendGridSimulator", "api_key='SG.bench'")
+    twilio, tw_port = start_server("twilio", "TwilioSimulator", "")
+    db = Database(args.url)
+    url = db.fresh()
+    try:
+        settings = Settings(
+            database_url=url,
+            email_channel="sendgrid",
+            sms_channel="twilio",
+            sendgrid_host=f"http://127.0.0.1:{sg_port}",
+            sendgrid_api_key="SG.bench",
+            twilio_api_base=f"http://127.0.0.1:{tw_port}",
+            twilio_account_sid="AC" + "0" * 31 + "1",
+            twilio_auth_token="test-token",
+            twilio_from_number="+15005550006",
+            quiet_hours="off",
+            frequency_cap="off",
+            secret_key="bench",
+        )
+        load(url, args.contacts)
+        top = ceiling(settings, min(args.ceiling_sample, args.contacts))
+
+        runtime = Runtime.from_settings(settings)
+        version = runtime.engine.register(load_text(JOURNEY, source="bench.yaml"))
+        runtime.engine.enroll_select(
+            version, select(Contact.id.label("contact_id"), literal("b").label("entry_key"))
+        )
+        start = time.perf_counter()
+        summary = work(runtime, version.name, reconcile_after=timedelta(minutes=10))
+        seconds = time.perf_counter() - start
+        rate = summary["sent"] / seconds
+        rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        print(
+            f"broadcast: {summary['sent']:,} emails in {seconds:.1f} s = {rate:,.0f} msg/s; "
+            f"render+send ceiling {top:,.0f} msg/s; ratio {rate / top:.2f}; "
+            f"peak RSS {rss:.0f} MiB",
+            flush=True,
+        )
+
+        runtime.load(ROOT / "journeys" / "order_status.yaml")
+        latencies = []
+        for n in range(args.events):
+            begin = time.perf_counter()
+            outcome = post_event(
+                runtime,
+                contact_id=1 + n % args.contacts,
+                name="order.shipped",
+                properties={"order": {"number": str(n), "tracking_url": f"https://t.example/{n}"}},
+            )
+            latencies.append(time.perf_counter() - begin)
+            assert outcome.sent == 1, outcome
+        cuts = statistics.quantiles(latencies, n=100)
+        print(
+            f"transactional SMS, event -> provider: p50 {cuts[49] * 1000:.0f} ms, "
+            f"p95 {cuts[94] * 1000:.0f} ms over {args.events} events",
+            flush=True,
+        )
+    finally:
+        db.drop(url)
+        for proc in (sendgrid, twilio):
+            proc.kill()
+
+
+if __name__ == "__main__":
+    main()
