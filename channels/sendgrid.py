@@ -22,6 +22,7 @@ import threading
 import time
 import urllib.error
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from http.client import HTTPException, RemoteDisconnected
 from typing import Any
 
@@ -157,10 +158,11 @@ class SendGridChannel(Channel[OutboundEmail]):
         """SendGrid's Email Activity API, filtered on our message id in ``unique_args``.
 
         The feed lags behind sending by up to minutes: only ask about messages older than that
-        (``TIDINGS_RECONCILE_AFTER``). Errors leave a message unknown (in flight).
+        (``TIDINGS_RECONCILE_AFTER``). Errors leave a message unknown (in flight). Queries run
+        on the adapter's bounded thread pool.
         """
-        found: dict[str, str | None] = {}
-        for message in messages:
+
+        def ask(message: OutboundEmail) -> tuple[str, str | None] | None:
             query = f"unique_args['{MESSAGE_ID_ARG}']=\"{message.message_id}\""
             try:
                 response = self._client().client.messages.get(
@@ -168,9 +170,12 @@ class SendGridChannel(Channel[OutboundEmail]):
                 )
                 records = json.loads(response.body or b"{}").get("messages", [])
             except (http_errors.HTTPError, urllib.error.URLError, OSError, ValueError):
-                continue
-            found[message.message_id] = records[0].get("msg_id") if records else None
-        return found
+                return None
+            return message.message_id, (records[0].get("msg_id") if records else None)
+
+        with ThreadPoolExecutor(max(1, min(self.concurrency, len(messages)))) as pool:
+            answers = [a for a in pool.map(ask, messages) if a is not None]
+        return dict(answers)
 
     def classify(self, error: Exception) -> ProviderRetryableError | ProviderPermanentError | None:
         if isinstance(error, http_errors.HTTPError):

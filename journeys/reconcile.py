@@ -49,9 +49,24 @@ def reconcile(
     *,
     older_than: timedelta,
     now: datetime | None = None,
-    limit: int = 1000,
+    chunk: int = 200,
 ) -> ReconcileStats:
+    """Reconcile every message in flight longer than ``older_than``, ``chunk`` per
+    transaction (a crash mid-way keeps what was done)."""
     now = now or utcnow()
+    total = ReconcileStats()
+    unknown: set[int] = set()  # asked already in this run: not again
+    while True:
+        stats = _reconcile_chunk(runtime, older_than=older_than, now=now, limit=chunk, skip=unknown)
+        for name in ("checked", "sent", "requeued", "unknown", "failed"):
+            setattr(total, name, getattr(total, name) + getattr(stats, name))
+        if stats.checked < chunk:
+            return total
+
+
+def _reconcile_chunk(
+    runtime: Runtime, *, older_than: timedelta, now: datetime, limit: int, skip: set[int]
+) -> ReconcileStats:
     stats = ReconcileStats()
     with Session(runtime.db) as session, session.begin():
         query = (
@@ -61,6 +76,7 @@ def reconcile(
             .where(
                 Message.status == MessageStatus.IN_FLIGHT.value,
                 Message.updated_at <= now - older_than,
+                Message.id.not_in(skip),
             )
             .order_by(Message.id)
             .limit(limit)
@@ -86,6 +102,7 @@ def reconcile(
             for outbound in batch:
                 if outbound.message_id not in answers:
                     stats.unknown += 1
+                    skip.add(int(outbound.message_id))
                     continue
                 provider_id = answers[outbound.message_id]
                 kind = "queued" if provider_id is None else "sent"

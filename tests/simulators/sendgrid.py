@@ -121,12 +121,18 @@ class SendGridSimulator(SimulatorServer):
         self.api_key = api_key
         self.processed: list[Processed] = []
         self._by_message_id: dict[str, Processed] = {}
+        self._all_by_message_id: dict[str, list[Processed]] = {}
 
     def reset(self) -> None:
         super().reset()
         with self.lock:
             self.processed.clear()
             self._by_message_id.clear()
+            self._all_by_message_id.clear()
+
+    def processed_by(self, tidings_message_id: str) -> list[Processed]:
+        """Every accepted message carrying this id (more than one would be a double send)."""
+        return list(self._all_by_message_id.get(tidings_message_id, []))
 
     def accepted(self, tidings_message_id: str) -> Processed | None:
         """The accepted message carrying ``custom_args.tidings_message_id``, if any."""
@@ -145,7 +151,10 @@ class SendGridSimulator(SimulatorServer):
             return Reply(400, {"errors": [_error("invalid query", "query")]})
         key, value = match.groups()
         with self.lock:
-            hits = [p for p in self.processed if p.custom_args.get(key) == value]
+            if key == "tidings_message_id":  # indexed, like the real feed's message search
+                hits = [p for p in self.processed_by(value)]
+            else:
+                hits = [p for p in self.processed if p.custom_args.get(key) == value]
         return Reply(
             200,
             {
@@ -217,4 +226,7 @@ class SendGridSimulator(SimulatorServer):
                 self.processed.append(record)
                 if "tidings_message_id" in args:
                     self._by_message_id[args["tidings_message_id"]] = record
+                    self._all_by_message_id.setdefault(args["tidings_message_id"], []).append(
+                        record
+                    )
         return Reply(202, None, {"X-Message-Id": x_message_id})
