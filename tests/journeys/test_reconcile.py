@@ -22,7 +22,8 @@ def test_reconcile_asks_before_resending(runtime: Runtime, tmp_path: Path) -> No
     ids = add_contacts(runtime.db, people(6))
     version = runtime.engine.register(
         load_text(
-            "name: rec\ntrigger: {type: api}\nsteps:\n  - {id: a, type: email, template: welcome}\n",
+            "name: rec\ntrigger: {type: api}\n"
+            "steps:\n  - {id: a, type: email, template: welcome}\n",
             source="rec.yaml",
         )
     )
