@@ -27,8 +27,11 @@ from sqlalchemy import Table, bindparam, update
 from sqlalchemy.orm import Session
 
 from channels.types import SendResult
+from crm.db import insert_ignore
 from crm.models import Message, MessageStatus, Suppression
 from crm.types import utcnow
+
+suppressions_t: Table = Suppression.__table__  # type: ignore[assignment]
 
 
 def _message_id(result: SendResult) -> int:
@@ -108,25 +111,10 @@ def record_results(
         if rows:
             session.execute(statements[kind], rows)
     if suppressions:
-        _insert_suppressions(session, list(suppressions.values()))
+        session.execute(insert_ignore(session, suppressions_t), list(suppressions.values()))
     return {
         "sent": len(groups["sent"]),
         "failed": len(groups["failed"]),
         "retry": len(groups["queued"]) + len(groups["doubt"]),
         "suppressed": len(suppressions),
     }
-
-
-def _insert_suppressions(session: Session, rows: list[dict[str, Any]]) -> None:
-    table: Table = Suppression.__table__  # type: ignore[assignment]
-    dialect = session.get_bind().dialect.name
-    if dialect == "postgresql":
-        from sqlalchemy.dialects.postgresql import insert as pg_insert
-
-        session.execute(pg_insert(table).on_conflict_do_nothing(), rows)
-    elif dialect == "sqlite":
-        from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-
-        session.execute(sqlite_insert(table).on_conflict_do_nothing(), rows)
-    else:  # pragma: no cover - the store runs on SQLite and PostgreSQL
-        raise NotImplementedError(f"suppressions on {dialect}")

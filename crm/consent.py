@@ -17,8 +17,8 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import Connection, Table, bindparam, insert, select, update
-from sqlalchemy.dialects import postgresql, sqlite
 
+from crm.db import insert_ignore
 from crm.models import Consent, ConsentChange, Suppression
 from crm.types import utcnow
 
@@ -34,12 +34,6 @@ class ConsentWish:
     purpose: str
     status: str
     detail: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
-
-
-def insert_ignore(conn: Connection, table: Table) -> Any:
-    """``INSERT ... ON CONFLICT DO NOTHING`` for the connection's dialect."""
-    dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
-    return dialect.insert(table).on_conflict_do_nothing()
 
 
 def set_consents(

@@ -18,7 +18,8 @@ from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import Engine, create_engine, event, text
+from sqlalchemy import Connection, Engine, Table, create_engine, event, text
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.pool import StaticPool
 
@@ -26,7 +27,15 @@ from tidings.config import get_settings
 
 MIGRATIONS = Path(__file__).with_name("migrations")
 
-__all__ = ["current_revision", "head_revision", "make_engine", "session_scope", "text", "upgrade"]
+__all__ = [
+    "current_revision",
+    "head_revision",
+    "insert_ignore",
+    "make_engine",
+    "session_scope",
+    "text",
+    "upgrade",
+]
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
@@ -38,6 +47,19 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.execute("PRAGMA journal_mode=WAL")
     cursor.execute("PRAGMA synchronous=NORMAL")
     cursor.close()
+
+
+def insert_ignore(bind: Connection | Session, table: Table) -> Any:
+    """``INSERT ... ON CONFLICT DO NOTHING`` in the bind's dialect (SQLite or PostgreSQL):
+    the statement every idempotent write of tidings uses.
+
+    >>> rows = [{"channel": "email", "address": "a@example.com", "reason": "bounce",
+    ...          "source": "doc"}]
+    >>> with session_scope(engine) as session:  # doctest: +SKIP
+    ...     session.execute(insert_ignore(session, Suppression.__table__), rows)
+    """
+    name = bind.dialect.name if isinstance(bind, Connection) else bind.get_bind().dialect.name
+    return (postgresql if name == "postgresql" else sqlite).insert(table).on_conflict_do_nothing()
 
 
 def _sqlite_begin(connection: Any) -> None:

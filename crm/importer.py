@@ -27,9 +27,9 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Connection, Engine, Table, bindparam, insert, or_, select, update
-from sqlalchemy.dialects import postgresql, sqlite
 
 from crm.consent import ConsentWish, set_consents
+from crm.db import insert_ignore
 from crm.models import Channel, Contact, Event, Order, Purpose
 from crm.normalize import (
     FieldError,
@@ -166,14 +166,6 @@ def _identity(
     if external_id is None and email is None and not any(c == "email" for c, _ in problems):
         problems.append((None, "row has neither external_id nor email: give one of them"))
     return external_id, email
-
-
-def _insert_ignore(conn: Connection, table: Table, rows: list[dict[str, Any]]) -> None:
-    """Insert rows, skipping those that collide with a unique constraint (a concurrent import)."""
-    if not rows:
-        return
-    dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
-    conn.execute(dialect.insert(table).on_conflict_do_nothing(), rows)
 
 
 def _run(
@@ -481,7 +473,8 @@ def _apply_events(
         ).scalars()
     )
     fresh = [v for k, v in pending.items() if k not in known]
-    _insert_ignore(conn, events_t, fresh)
+    if fresh:
+        conn.execute(insert_ignore(conn, events_t), fresh)
     report.inserted += len(fresh)
     report.unchanged += len(resolved) - len(fresh)  # already stored, or twice in this batch
 
@@ -569,7 +562,8 @@ def _apply_orders(conn: Connection, rows: list[_Owned], report: ImportReport) ->
             changed.append(
                 {"_id": old["id"], "updated_at": now, **{f: values[f] for f in ORDER_FIELDS}}
             )
-    _insert_ignore(conn, orders_t, fresh)
+    if fresh:
+        conn.execute(insert_ignore(conn, orders_t), fresh)
     if changed:
         conn.execute(
             update(orders_t)

@@ -57,7 +57,7 @@ from journeys.state import (
     contacts_t,
     conversions_t,
     enrollments_t,
-    insert_ignore,
+    insert_new,
     matches,
     messages_t,
 )
@@ -113,22 +113,38 @@ class JourneyEngine(StepRunner):
         self._versions[version.id] = version
         return version
 
-    def versions(self, name: str) -> list[Version]:
-        """Every stored version of ``name``, oldest first (in-flight contacts keep theirs)."""
+    def versions(self, name: str | None = None) -> list[Version]:
+        """Every stored version of ``name`` (default: of every journey), oldest first.
+
+        In-flight contacts keep the version they entered. Definitions are read (and validated)
+        only for versions this engine has not seen yet; the status is always fresh.
+        """
+        query = select(
+            JourneyRow.id, JourneyRow.name, JourneyRow.version_hash, JourneyRow.status
+        ).order_by(JourneyRow.id)
+        if name is not None:
+            query = query.where(JourneyRow.name == name)
         with Session(self.db) as session:
-            rows = session.execute(
-                select(
-                    JourneyRow.id, JourneyRow.version_hash, JourneyRow.definition, JourneyRow.status
-                )
-                .where(JourneyRow.name == name)
-                .order_by(JourneyRow.id)
-            ).all()
+            rows = session.execute(query).all()
+            unseen = [row.id for row in rows if row.id not in self._versions]
+            definitions = (
+                {
+                    vid: definition
+                    for vid, definition in session.execute(
+                        select(JourneyRow.id, JourneyRow.definition).where(
+                            JourneyRow.id.in_(unseen)
+                        )
+                    )
+                }
+                if unseen
+                else {}
+            )
         found = []
-        for vid, digest, definition, status in rows:
+        for vid, journey_name, digest, status in rows:
             cached = self._versions.get(vid)
             if cached is None or cached.status != status:
-                journey = cached.journey if cached else s.Journey.model_validate(definition)
-                cached = Version(vid, name, digest, journey, status)
+                journey = cached.journey if cached else s.Journey.model_validate(definitions[vid])
+                cached = Version(vid, journey_name, digest, journey, status)
                 self._versions[vid] = cached
             found.append(cached)
         return found
@@ -349,7 +365,7 @@ class JourneyEngine(StepRunner):
                 active = [i for i in active if not i.parked]
             for item in active:  # a loop that did not reach a wait in MAX_WAVES steps
                 item.park(now + timedelta(minutes=1))
-            insert_ignore(session, messages_t, messages)
+            insert_new(session, messages_t, messages)
             stats.messages = sum(1 for m in messages if m["status"] == MessageStatus.QUEUED.value)
             session.execute(
                 update(enrollments_t)
@@ -430,7 +446,7 @@ class JourneyEngine(StepRunner):
                 )
                 if goal.exit:
                     item.finish("goal")
-            insert_ignore(session, conversions_t, conversions)
+            insert_new(session, conversions_t, conversions)
 
 
 def wake_waiting(

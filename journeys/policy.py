@@ -25,13 +25,14 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, time, timedelta
 from typing import Literal
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+from zoneinfo import ZoneInfo
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from crm.models import Consent as ConsentRow
 from crm.models import ConsentStatus, Message, MessageStatus, Purpose, Suppression
+from journeys.state import zone_of
 
 COUNTED = (
     MessageStatus.QUEUED.value,
@@ -68,13 +69,6 @@ class Decision:
 
 
 SEND = Decision("send")
-
-
-def _zone(name: str | None, default: str) -> ZoneInfo:
-    try:
-        return ZoneInfo(name or default)
-    except (ZoneInfoNotFoundError, ValueError):
-        return ZoneInfo(default)
 
 
 def quiet_until(now: datetime, zone: ZoneInfo, start: time, end: time) -> datetime | None:
@@ -175,7 +169,7 @@ def _decide(
         return Decision("hold", "frequency_cap")
     if rules.quiet_start is not None and rules.quiet_end is not None:
         until = quiet_until(
-            now, _zone(c.timezone, rules.default_timezone), rules.quiet_start, rules.quiet_end
+            now, zone_of(c.timezone, rules.default_timezone), rules.quiet_start, rules.quiet_end
         )
         if until is not None:
             return Decision("defer", "quiet_hours", until)

@@ -12,9 +12,9 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from sqlalchemy import (
     Table,
 )
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
+from crm.db import insert_ignore
 from crm.models import (
     Assignment,
     Contact,
@@ -134,10 +134,10 @@ def parse_quiet(text: str | None) -> tuple[Any, Any]:
     return hours.start, hours.end
 
 
-def insert_ignore(session: Session, table: Table, rows: list[dict[str, Any]]) -> None:
+def insert_new(session: Session, table: Table, rows: list[dict[str, Any]]) -> None:
+    """Insert ``rows``; those a unique constraint already holds (a rerun) are skipped."""
     if rows:
-        dialect = postgresql if session.get_bind().dialect.name == "postgresql" else sqlite
-        session.execute(dialect.insert(table).on_conflict_do_nothing(), rows)
+        session.execute(insert_ignore(session, table), rows)
 
 
 def zone_of(name: str | None, default: str) -> ZoneInfo:

@@ -35,7 +35,7 @@ from journeys.state import (
     as_date,
     assignments_t,
     contacts_t,
-    insert_ignore,
+    insert_new,
     matches,
     parse_cap,
     parse_quiet,
@@ -387,7 +387,7 @@ class StepRunner:
         name = experiment.name or f"{version.name}.{step.id}"
         weights = [(v.name, v.weight) for v in experiment.variants]
         table: Table = Experiment.__table__  # type: ignore[assignment]
-        insert_ignore(
+        insert_new(
             session,
             table,
             [
@@ -407,7 +407,7 @@ class StepRunner:
             i.id: variant_for(name, i.contact_id, weights, holdout=experiment.holdout)
             for i in group
         }
-        insert_ignore(
+        insert_new(
             session,
             assignments_t,
             [

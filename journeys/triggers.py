@@ -22,18 +22,20 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from cronsim import CronSim
-from sqlalchemy import select
-from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy import Table, select
 from sqlalchemy.orm import Session
 
+from crm.db import insert_ignore
 from crm.models import Event, Message
 from crm.models import Journey as JourneyRow
 from crm.types import utcnow
 from journeys import schema as s
 from journeys.engine import Version, wake_waiting
 from journeys.runtime import Runtime
+from journeys.state import matches
 
 SCHEDULE_LOOKBACK = timedelta(days=35)
+events_t: Table = Event.__table__  # type: ignore[assignment]
 
 
 @dataclass
@@ -53,20 +55,11 @@ def event_key(contact_id: int, name: str, occurred_at: datetime, properties: Any
     return "evt:" + hashlib.sha256(body.encode()).hexdigest()[:32]
 
 
-def active_versions(runtime: Runtime) -> list[Version]:
-    """The newest version of every active journey (new entries go there)."""
-    with Session(runtime.db) as session:
-        names = list(session.scalars(select(JourneyRow.name).distinct()))
-    latest = []
-    for name in names:
-        versions = runtime.engine.versions(name)
-        if versions and versions[-1].status == "active":
-            latest.append(versions[-1])
-    return latest
-
-
-def _matches(properties: dict[str, Any], where: dict[str, Any]) -> bool:
-    return all(properties.get(k) == v for k, v in where.items())
+def newest_active(versions: list[Version]) -> list[Version]:
+    """The newest version of every active journey (new entries go there), from ``versions``
+    ordered oldest first."""
+    newest = {version.name: version for version in versions}
+    return [version for version in newest.values() if version.status == "active"]
 
 
 def post_event(
@@ -85,9 +78,8 @@ def post_event(
     properties = properties or {}
     key = idempotency_key or event_key(contact_id, name, occurred_at, properties)
     with Session(runtime.db) as session, session.begin():
-        insert = postgresql.insert if runtime.db.dialect.name == "postgresql" else sqlite.insert
         stored = session.execute(
-            insert(Event)
+            insert_ignore(session, events_t)
             .values(
                 contact_id=contact_id,
                 name=name,
@@ -97,7 +89,6 @@ def post_event(
                 source=source,
                 idempotency_key=key,
             )
-            .on_conflict_do_nothing()
             .returning(Event.id)
         ).scalar()
     if stored is None:  # seen before: a retried POST must not enrol or send again
@@ -109,11 +100,12 @@ def post_event(
         "occurred_at": occurred_at.isoformat(),
         "event_id": stored,
     }
-    versions = active_versions(runtime)
+    every = runtime.engine.versions()  # one query for all journeys and their versions
+    active = newest_active(every)
     urgent: list[tuple[Version, list[int]]] = []
-    for version in versions:
+    for version in active:
         t = version.journey.trigger
-        if isinstance(t, s.EventTrigger) and t.event == name and _matches(properties, t.where):
+        if isinstance(t, s.EventTrigger) and t.event == name and matches(properties, t.where):
             ids = runtime.engine.enroll_contacts(
                 version,
                 [contact_id],
@@ -124,17 +116,18 @@ def post_event(
             outcome.enrollments[version.name] = ids
             if ids and version.journey.settings.transactional:
                 urgent.append((version, ids))
+    active_names = {version.name for version in active}
     with Session(runtime.db) as session, session.begin():
         outcome.woken = wake_waiting(
             session,
             contact_id=contact_id,
             event=name,
-            versions=[v for n in {v.name for v in versions} for v in runtime.engine.versions(n)],
+            versions=[v for v in every if v.name in active_names],
             now=now,
         )
     for version, ids in urgent:
-        all_versions = {v.id: v for v in runtime.engine.versions(version.name)}
-        runtime.engine.tick_batch(all_versions, now=now, batch_size=len(ids), only=ids)
+        of_journey = {v.id: v for v in every if v.name == version.name}
+        runtime.engine.tick_batch(of_journey, now=now, batch_size=len(ids), only=ids)
         with Session(runtime.db) as session:
             message_ids = list(
                 session.scalars(
@@ -173,7 +166,7 @@ def run_schedules(runtime: Runtime, *, now: datetime | None = None) -> dict[str,
     """
     now = now or utcnow()
     enrolled: dict[str, int] = {}
-    for version in active_versions(runtime):
+    for version in newest_active(runtime.engine.versions()):
         trigger = version.journey.trigger
         if not isinstance(trigger, s.ScheduleTrigger):
             continue

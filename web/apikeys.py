@@ -20,7 +20,7 @@ from typing import Any
 
 from sqlalchemy import Engine, delete, insert, select, update
 
-from crm.consent import insert_ignore
+from crm.db import insert_ignore
 from crm.models import ApiKey, IdempotentRequest
 from crm.types import utcnow
 

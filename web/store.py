@@ -26,7 +26,8 @@ from sqlalchemy import BigInteger, Connection, Engine, Table, any_, bindparam, s
 from sqlalchemy.dialects.postgresql import ARRAY
 
 from channels.types import MESSAGE_ID_ARG
-from crm.consent import ConsentWish, insert_ignore, set_consents, suppress
+from crm.consent import ConsentWish, set_consents, suppress
+from crm.db import insert_ignore
 from crm.models import Channel, Contact, Message, MessageEvent, MessageStatus, Purpose
 from crm.types import utcnow
 

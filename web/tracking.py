@@ -29,7 +29,8 @@ from fastapi.responses import HTMLResponse, RedirectResponse
 from sqlalchemy import select
 from starlette.concurrency import run_in_threadpool
 
-from crm.consent import ConsentWish, insert_ignore, set_consents
+from crm.consent import ConsentWish, set_consents
+from crm.db import insert_ignore
 from crm.models import Channel, Consent, Message, Purpose
 from crm.types import utcnow
 from templates.tracking import InvalidTokenError, TrackingToken, verify_token
