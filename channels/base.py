@@ -7,6 +7,9 @@ Retry-After from the provider wins, and pauses every worker of this adapter), up
 ``RetryPolicy.max_attempts``. A provider module fills in only ``build_payload``, ``post``,
 ``parse_result`` and ``classify``. HTTP providers set ``concurrency`` > 1 and the batch runs
 on a bounded thread pool; results come back in the order of the messages, one each.
+A provider that keeps no record we could query after a crash (SMTP) sets ``record_each``: the
+dispatcher then hands it one message at a time and commits each result before the next, so at
+most one message per worker is ever in doubt.
 
 >>> from channels.outbox import OutboxChannel
 >>> import tempfile
@@ -73,6 +76,9 @@ class Channel(ABC, Generic[M]):
 
     provider: ClassVar[str]
     concurrency: int = 1
+    #: True when ``lookup`` can never tell (no queryable provider record): the dispatcher
+    #: records each result before the next message goes out, not once per batch.
+    record_each: ClassVar[bool] = False
 
     def __init__(
         self,

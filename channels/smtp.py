@@ -7,6 +7,11 @@ reconnects once and sends that message again; a second drop is a retryable error
 Replies: 4xx retryable, 5xx permanent; 550 5.1.x at RCPT (no such user) also asks for a
 suppression (a hard bounce).
 
+Acceptance is per message (the server's 250 after DATA) and an SMTP server keeps no record we
+could ask for after a crash, so the adapter sets ``record_each``: the dispatcher records each
+result the moment it exists, and a crash leaves at most the one message whose 250 was not yet
+recorded in doubt.
+
 >>> channel = SmtpChannel(host="127.0.0.1", port=2525, security="none")  # doctest: +SKIP
 >>> with channel:                                                           # doctest: +SKIP
 ...     results = channel.send_batch(emails)
@@ -37,6 +42,7 @@ Security = Literal["none", "starttls", "ssl"]
 class SmtpChannel(Channel[OutboundEmail]):
     provider = "smtp"
     concurrency = 1  # one connection, messages in order
+    record_each = True
 
     def __init__(
         self,

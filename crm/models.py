@@ -61,7 +61,7 @@ class ConsentStatus(StrEnum):
 
 class MessageStatus(StrEnum):
     QUEUED = "queued"  # recorded, not yet handed to a provider
-    IN_FLIGHT = "in_flight"  # handed to a provider, acceptance not yet recorded
+    IN_FLIGHT = "in_flight"  # claimed by a dispatcher (handed over once handed_at is set)
     SENT = "sent"  # provider accepted it
     DELIVERED = "delivered"
     FAILED = "failed"  # permanent error, nothing more will happen
@@ -248,6 +248,8 @@ class Message(Base):
     error: Mapped[str | None] = mapped_column(Text)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     next_attempt_at: Mapped[datetime | None]  # a retryable failure: not before this time
+    # set just before the provider call; NULL while in flight = claimed, never handed over
+    handed_at: Mapped[datetime | None]
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     sent_at: Mapped[datetime | None]
     updated_at: Mapped[datetime] = mapped_column(default=utcnow)

@@ -190,20 +190,54 @@ def reconcile_command(
     older_than: str = typer.Option(
         None, help="Only messages in flight longer than this (default TIDINGS_RECONCILE_AFTER)."
     ),
+    sent: str = typer.Option(
+        None, "--sent", help="Message ids (comma-separated) the relay's log shows as accepted."
+    ),
+    resend: str = typer.Option(
+        None, "--resend", help="Message ids (comma-separated) to queue and send again."
+    ),
 ) -> None:
-    """Ask the providers about messages left in flight by a crash; requeue what they lack."""
+    """Ask the providers about messages left in flight by a crash; requeue what they lack.
+
+    What no provider can tell (SMTP) stays in flight and is listed; settle it with --sent or
+    --resend."""
     from datetime import timedelta
 
-    from journeys.reconcile import reconcile
+    from journeys.reconcile import reconcile, resolve
     from segments.rules import parse_duration
 
     runtime = _runtime()
+    if sent or resend:
+        for ids_text, as_sent in ((sent, True), (resend, False)):
+            if ids_text:
+                ids = _message_ids(ids_text, "--sent" if as_sent else "--resend")
+                done = resolve(runtime, ids, sent=as_sent)
+                console.print(
+                    f"{done} of {len(ids)} marked {'sent' if as_sent else 'to send again'} "
+                    "(only messages still in flight are changed)"
+                )
+        return
     seconds = parse_duration(older_than or runtime.settings.reconcile_after)
     stats = reconcile(runtime, older_than=timedelta(seconds=seconds))
     console.print(
         f"checked {stats.checked}: {stats.sent} had been sent, {stats.requeued} requeued, "
         f"{stats.failed} failed, {stats.unknown} unknown (still in flight)"
     )
+    if stats.unknown_ids:
+        listed = ",".join(str(i) for i in stats.unknown_ids)
+        console.print(
+            f"unknown: {listed}\nfind them in the relay's log, then "
+            f"`tidings journey reconcile --sent IDS` or `--resend IDS`"
+        )
+
+
+def _message_ids(text: str, option: str) -> list[int]:
+    try:
+        return [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise typer.BadParameter(
+            f"{text!r}: give message ids separated by commas, e.g. 12,15", param_hint=option
+        ) from None
 
 
 @app.command("status")

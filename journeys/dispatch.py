@@ -4,15 +4,22 @@ The sequence that makes sending exactly-once:
 
 1. the engine commits a ``queued`` message row (unique idempotency key) with the enrollment
    move that made it;
-2. ``dispatch`` claims queued rows (PostgreSQL: ``FOR UPDATE SKIP LOCKED``) and commits them
-   as ``in_flight`` *before* any provider call;
+2. ``claim`` takes queued rows (PostgreSQL: ``FOR UPDATE SKIP LOCKED``) and commits them as
+   ``in_flight`` with ``handed_at`` empty, *before* any provider call;
 3. it renders each (the template version is pinned by content hash; only Jinja runs per
-   contact) and hands the batch to the channel;
+   contact), commits ``handed_at`` and hands them to the channel: a whole batch at once, or,
+   for a channel whose provider keeps no record we could ask (``record_each``: SMTP), one
+   message at a time, each result committed together with the next message's ``handed_at``;
 4. it records each result: ``sent`` with the provider's id, ``failed`` with the provider's
    reason, or back to ``queued`` with ``next_attempt_at`` for a retryable error.
 
-A crash between 2 and 4 leaves rows ``in_flight``: the provider may or may not have them.
-They are never resent blindly: ``reconcile`` asks the provider (or the outbox folder) first.
+A crash between 2 and 4 leaves rows ``in_flight``. Those without ``handed_at`` never reached a
+provider: ``reconcile`` queues them again. The others are never resent blindly: ``reconcile``
+asks the provider (or the outbox folder) first. With ``record_each`` at most one message per
+crashed worker is in that state.
+
+Sending overlaps with preparing: while one batch is with the channel (a sender thread), the
+caller claims and renders the next (``Pipeline``); at most two batches are in memory.
 
 >>> dispatcher = Dispatcher(db=db, renderer=renderer, channels={"email": outbox})  # doctest: +SKIP
 >>> dispatcher.dispatch()  # doctest: +SKIP
@@ -21,7 +28,9 @@ They are never resent blindly: ``reconcile`` asks the provider (or the outbox fo
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -38,6 +47,7 @@ from tidings.config import Settings, get_settings
 from tidings.errors import InputError, PermanentError
 
 messages_t: Table = Message.__table__  # type: ignore[assignment]
+_by_id = update(messages_t).where(messages_t.c.id == bindparam("b_id"))
 
 
 @dataclass
@@ -48,6 +58,15 @@ class DispatchStats:
     retry: int = 0
     render_failed: int = 0
     by_channel: dict[str, int] = field(default_factory=lambda: defaultdict(int))
+
+
+@dataclass
+class Prepared:
+    """A claimed batch, rendered: what goes to each channel, and what failed to render."""
+
+    outbound: dict[str, list[Outbound]] = field(default_factory=lambda: defaultdict(list))
+    failures: list[SendResult] = field(default_factory=list)
+    subjects: dict[int, str] = field(default_factory=dict)
 
 
 class Dispatcher:
@@ -94,7 +113,7 @@ class Dispatcher:
                 session.execute(
                     update(messages_t)
                     .where(messages_t.c.id.in_(ids))
-                    .values(status=MessageStatus.IN_FLIGHT.value, updated_at=now)
+                    .values(status=MessageStatus.IN_FLIGHT.value, handed_at=None, updated_at=now)
                 )
         return ids
 
@@ -110,16 +129,24 @@ class Dispatcher:
         stats = DispatchStats()
         if only is not None and not only:
             return stats
-        while True:
-            ids = self.claim(now=now or utcnow(), limit=limit, journey_ids=journey_ids, only=only)
-            if not ids:
-                return stats
-            self.send_claimed(ids, stats)
-            if len(ids) < limit:
-                return stats
+        with self.pipeline(stats) as pipe:
+            while pipe.pump(now=now, limit=limit, journey_ids=journey_ids, only=only) == limit:
+                pass
+        return stats
 
-    def send_claimed(self, ids: list[int], stats: DispatchStats) -> None:
+    @contextmanager
+    def pipeline(self, stats: DispatchStats) -> Iterator[Pipeline]:
+        """A sender thread for this block; leaving the block waits for the last batch."""
+        pipe = Pipeline(self, stats)
+        try:
+            yield pipe
+        finally:
+            pipe.close()
+
+    def prepare(self, ids: list[int], stats: DispatchStats) -> Prepared:
+        """Load and render claimed messages; a message that cannot be rendered fails."""
         stats.claimed += len(ids)
+        prepared = Prepared()
         with Session(self.db) as session:
             rows = session.execute(
                 select(Message, Contact, Enrollment.context)
@@ -128,15 +155,12 @@ class Dispatcher:
                 .where(Message.id.in_(ids))
                 .order_by(Message.id)
             ).all()
-        outbound: dict[str, list[Outbound]] = defaultdict(list)
-        failures: list[SendResult] = []
-        subjects: list[dict[str, Any]] = []
         for message, contact, context in rows:
             try:
                 item = self.render(message, contact, context or {})
             except (PermanentError, InputError) as exc:
                 stats.render_failed += 1
-                failures.append(
+                prepared.failures.append(
                     SendResult(
                         message_id=str(message.id),
                         status="failed",
@@ -149,10 +173,14 @@ class Dispatcher:
                 )
                 continue
             if isinstance(item, OutboundEmail):
-                subjects.append({"b_id": message.id, "b_subject": item.subject})
-            outbound[message.channel].append(item)
-        results: list[SendResult] = list(failures)
-        for channel_name, batch in outbound.items():
+                prepared.subjects[message.id] = item.subject
+            prepared.outbound[message.channel].append(item)
+        return prepared
+
+    def deliver(self, prepared: Prepared, stats: DispatchStats) -> None:
+        """Hand a prepared batch to its channels and record every result."""
+        results: list[SendResult] = list(prepared.failures)
+        for channel_name, batch in prepared.outbound.items():
             channel = self.channels.get(channel_name)
             if channel is None:
                 results += [
@@ -162,8 +190,31 @@ class Dispatcher:
                     for m in batch
                 ]
                 continue
-            results += channel.send_batch(batch)
             stats.by_channel[channel_name] += len(batch)
+            if not channel.record_each:
+                self.record([], prepared.subjects, handed=batch)
+                results += channel.send_batch(batch)
+                continue
+            # one at a time: each result is committed with the next message's hand-over
+            self.record([], prepared.subjects, handed=batch[:1])
+            for n, item in enumerate(batch):
+                (result,) = channel.send_batch([item])
+                self.record([result], prepared.subjects, handed=batch[n + 1 : n + 2])
+                _count(stats, [result])
+        self.record(results, prepared.subjects)
+        _count(stats, results)
+
+    def record(
+        self,
+        results: Sequence[SendResult],
+        subjects: Mapping[int, str],
+        *,
+        handed: Sequence[Outbound] = (),
+    ) -> None:
+        """One transaction: the results (with retry times and subjects), and ``handed_at`` of
+        the messages about to go to the provider."""
+        if not results and not handed:
+            return
         now = utcnow()
         with Session(self.db) as session, session.begin():
             record_results(session=session, results=results, now=now)
@@ -176,26 +227,20 @@ class Dispatcher:
                 if r.status == "retry" and not r.in_doubt
             ]
             if retry_later:
+                session.execute(_by_id.values(next_attempt_at=bindparam("b_next")), retry_later)
+            titled = [
+                {"b_id": int(r.message_id), "b_subject": subjects[int(r.message_id)]}
+                for r in results
+                if int(r.message_id) in subjects
+            ]
+            if titled:
+                session.execute(_by_id.values(subject=bindparam("b_subject")), titled)
+            if handed:
                 session.execute(
                     update(messages_t)
-                    .where(messages_t.c.id == bindparam("b_id"))
-                    .values(next_attempt_at=bindparam("b_next")),
-                    retry_later,
+                    .where(messages_t.c.id.in_([int(m.message_id) for m in handed]))
+                    .values(handed_at=now)
                 )
-            if subjects:
-                session.execute(
-                    update(messages_t)
-                    .where(messages_t.c.id == bindparam("b_id"))
-                    .values(subject=bindparam("b_subject")),
-                    subjects,
-                )
-        for result in results:
-            if result.status == "accepted":
-                stats.sent += 1
-            elif result.status == "failed":
-                stats.failed += 1
-            else:
-                stats.retry += 1
 
     def render(self, message: Message, contact: Contact, context: dict[str, Any]) -> Outbound:
         # The trigger event's properties are top-level names too: {{ order.number }}.
@@ -244,3 +289,57 @@ class Dispatcher:
             categories=tuple(c for c in (message.step_id, message.variant) if c),
             metadata={"idempotency_key": key},
         )
+
+
+def _count(stats: DispatchStats, results: Sequence[SendResult]) -> None:
+    for result in results:
+        if result.status == "accepted":
+            stats.sent += 1
+        elif result.status == "failed":
+            stats.failed += 1
+        else:
+            stats.retry += 1
+
+
+class Pipeline:
+    """Claim and render in the caller's thread while the previous batch is being sent.
+
+    ``pump`` claims one batch, renders it, waits for the batch before it to be recorded, then
+    hands it to the sender thread and returns how many it claimed. An error in the sender is
+    raised by the next ``pump`` (or ``close``); nothing more is claimed after it.
+    """
+
+    def __init__(self, dispatcher: Dispatcher, stats: DispatchStats) -> None:
+        self.dispatcher = dispatcher
+        self.stats = stats
+        self._sender = ThreadPoolExecutor(1, thread_name_prefix="dispatch")
+        self._pending: Future[None] | None = None
+
+    def pump(
+        self,
+        *,
+        now: datetime | None = None,
+        limit: int = 1000,
+        journey_ids: set[int] | None = None,
+        only: list[int] | None = None,
+    ) -> int:
+        ids = self.dispatcher.claim(
+            now=now or utcnow(), limit=limit, journey_ids=journey_ids, only=only
+        )
+        prepared = self.dispatcher.prepare(ids, self.stats) if ids else None
+        self.wait()
+        if prepared is not None:
+            self._pending = self._sender.submit(self.dispatcher.deliver, prepared, self.stats)
+        return len(ids)
+
+    def wait(self) -> None:
+        """Until the batch with the sender is recorded (its error raised here)."""
+        pending, self._pending = self._pending, None
+        if pending is not None:
+            pending.result()
+
+    def close(self) -> None:
+        try:
+            self.wait()
+        finally:
+            self._sender.shutdown(wait=True)

@@ -1,13 +1,16 @@
 """Reconcile messages left in flight: ask the provider before anything is sent again.
 
 A message is ``in_flight`` from the commit just before its provider call until its result is
-recorded. If the process dies in between (or the provider's answer was lost to a timeout), we
-cannot know from our own records whether the provider has it. ``reconcile`` asks:
+recorded. A row whose ``handed_at`` is empty was claimed but never handed to a provider: it
+goes back to ``queued`` without asking. For the others (the process died after the hand-over,
+or the provider's answer was lost to a timeout) our own records cannot tell whether the
+provider has it. ``reconcile`` asks:
 
 - the provider has it -> ``sent`` with the provider's id (it will not be sent again);
 - the provider certainly does not -> back to ``queued`` (the next dispatch sends it);
 - the provider cannot tell (SMTP keeps no queryable record; an API error) -> left in flight
-  and counted as ``unknown``; ops decide (``tidings journey reconcile`` prints them).
+  and counted as ``unknown``; ops decide with ``resolve`` (``tidings journey reconcile
+  --sent IDS`` after finding them in the relay's log, ``--resend IDS`` otherwise).
 
 Only messages in flight for longer than ``older_than`` are touched, so a live worker's
 in-progress batch is never taken from it (PostgreSQL: rows are claimed ``FOR UPDATE SKIP
@@ -20,7 +23,7 @@ ReconcileStats(checked=12, sent=9, requeued=3, unknown=0, failed=0)
 from __future__ import annotations
 
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -42,6 +45,7 @@ class ReconcileStats:
     requeued: int = 0
     unknown: int = 0
     failed: int = 0
+    unknown_ids: list[int] = field(default_factory=list)
 
 
 def reconcile(
@@ -60,6 +64,7 @@ def reconcile(
         stats = _reconcile_chunk(runtime, older_than=older_than, now=now, limit=chunk, skip=unknown)
         for name in ("checked", "sent", "requeued", "unknown", "failed"):
             setattr(total, name, getattr(total, name) + getattr(stats, name))
+        total.unknown_ids += stats.unknown_ids
         if stats.checked < chunk:
             return total
 
@@ -88,6 +93,9 @@ def _reconcile_chunk(
         by_channel: dict[str, list[Any]] = defaultdict(list)
         updates: dict[str, list[dict[str, Any]]] = defaultdict(list)
         for message, contact, context in rows:
+            if message.handed_at is None:  # claimed, never handed over: nothing to ask
+                updates["queued"].append({"b_id": message.id, "b_error": None, "b_provider": None})
+                continue
             try:
                 outbound = runtime.dispatcher.render(message, contact, context or {})
             except (PermanentError, InputError) as exc:
@@ -102,6 +110,7 @@ def _reconcile_chunk(
             for outbound in batch:
                 if outbound.message_id not in answers:
                     stats.unknown += 1
+                    stats.unknown_ids.append(int(outbound.message_id))
                     skip.add(int(outbound.message_id))
                     continue
                 provider_id = answers[outbound.message_id]
@@ -119,7 +128,7 @@ def _reconcile_chunk(
             "queued": {
                 "status": MessageStatus.QUEUED.value,
                 "next_attempt_at": None,
-                "error": "reconciled: the provider had no record, sent again",
+                "error": "reconciled: not with the provider, to be sent again",
             },
             "failed": {"status": MessageStatus.FAILED.value, "error": bindparam("b_error")},
         }
@@ -134,3 +143,26 @@ def _reconcile_chunk(
         stats.requeued = len(updates["queued"])
         stats.failed = len(updates["failed"])
     return stats
+
+
+def resolve(runtime: Runtime, ids: list[int], *, sent: bool, now: datetime | None = None) -> int:
+    """A person's decision on messages reconcile could not settle: ``sent`` (found in the
+    relay's log: never send again) or not (queue to send again). Only rows still in flight are
+    touched; returns how many."""
+    now = now or utcnow()
+    values: dict[str, Any] = (
+        {"status": MessageStatus.SENT.value, "sent_at": now, "error": "resolved by ops: sent"}
+        if sent
+        else {
+            "status": MessageStatus.QUEUED.value,
+            "next_attempt_at": None,
+            "error": "resolved by ops: send again",
+        }
+    )
+    with Session(runtime.db) as session, session.begin():
+        done = session.connection().execute(
+            update(messages_t)
+            .where(messages_t.c.id.in_(ids), messages_t.c.status == MessageStatus.IN_FLIGHT.value)
+            .values(updated_at=now, **values)
+        )
+        return int(done.rowcount)

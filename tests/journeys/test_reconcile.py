@@ -12,7 +12,7 @@ from sqlalchemy.orm import Session
 from channels.smtp import SmtpChannel
 from crm.models import Message
 from journeys.loader import load_text
-from journeys.reconcile import reconcile
+from journeys.reconcile import reconcile, resolve
 from journeys.runtime import Runtime
 from tests.journeys.test_engine import T0, add_contacts, people
 from tests.journeys.test_triggers import runtime  # noqa: F401 - the fixture
@@ -33,7 +33,7 @@ def test_reconcile_asks_before_resending(runtime: Runtime, tmp_path: Path) -> No
     with Session(runtime.db) as session, session.begin():
         mids = list(session.scalars(select(Message.id).order_by(Message.id)))
         # a crash after the hand-off: rows still in flight, files there for the first three
-        session.execute(update(Message).values(status="in_flight", updated_at=T0))
+        session.execute(update(Message).values(status="in_flight", updated_at=T0, handed_at=T0))
     for mid in mids[3:]:
         for path in (tmp_path / "outbox").glob(f"*{mid}*"):
             path.unlink()
@@ -48,11 +48,22 @@ def test_reconcile_asks_before_resending(runtime: Runtime, tmp_path: Path) -> No
     assert statuses == ["sent"] * 3 + ["queued"] * 3
     assert runtime.dispatcher.dispatch(now=T0 + timedelta(hours=1)).sent == 3  # only those
 
-    # a channel that cannot tell (SMTP keeps no record we can query): left in flight
+    # a channel that cannot tell (SMTP keeps no record we can query): left in flight, unless
+    # the message was never handed over (claimed, then the crash): queued without asking
     with Session(runtime.db) as session, session.begin():
-        session.execute(update(Message).values(status="in_flight", updated_at=T0))
+        session.execute(update(Message).values(status="in_flight", updated_at=T0, handed_at=T0))
+        session.execute(update(Message).where(Message.id == mids[0]).values(handed_at=None))
     runtime.dispatcher.channels = {"email": SmtpChannel(host="127.0.0.1", port=1)}
     stats = reconcile(
         runtime, older_than=timedelta(minutes=10), now=T0 + timedelta(hours=2), chunk=4
     )
-    assert (stats.checked, stats.unknown, stats.sent, stats.requeued) == (6, 6, 0, 0)
+    assert (stats.checked, stats.unknown, stats.sent, stats.requeued) == (6, 5, 0, 1)
+    assert stats.unknown_ids == mids[1:]
+
+    # ops settle what nobody could tell: found in the relay's log, or to be sent again
+    assert resolve(runtime, mids[1:3], sent=True, now=T0) == 2
+    assert resolve(runtime, mids[3:], sent=False, now=T0) == 3
+    assert resolve(runtime, mids, sent=True, now=T0) == 0  # only rows still in flight change
+    with Session(runtime.db) as session:
+        statuses = list(session.scalars(select(Message.status).order_by(Message.id)))
+    assert statuses == ["queued", "sent", "sent", "queued", "queued", "queued"]
