@@ -4,11 +4,13 @@
     .venv/bin/python benchmarks/journey.py --contacts 100000 --events 1000
 
 Broadcast: N contacts COPY'd into a fresh PostgreSQL database, enrolled in a one-email journey,
-then one worker (`journeys.running.work`: tick -> policy -> outbox rows -> render -> SendGrid
-adapter -> record) until done, against the SendGrid simulator in its own process. Baseline in
-the same run: the render+send ceiling, i.e. the same template rendered and sent through the same
-adapter to the same simulator with no database at all. Prints messages/s, the ratio, and the
-worker's peak RSS (flat memory: compare two sizes).
+then W worker processes (`tidings journey work`: tick -> policy -> outbox rows -> render ->
+SendGrid adapter -> record; they share the work through FOR UPDATE SKIP LOCKED) until done,
+against the SendGrid simulator in its own process. Timed from starting the workers to the last
+one's exit (their start-up included). Baseline in the same run: the render+send ceiling, i.e.
+the same template rendered and sent through the same adapter to the same simulator with no
+database at all, in one process. Prints messages/s, the ratio, and the largest worker's peak
+RSS (flat memory: compare two sizes).
 
 Latency: E `order.shipped` events posted one after another through `journeys.triggers.post_event`
 (store the event, enrol, advance, render, send through the Twilio adapter to its simulator,
@@ -18,26 +20,26 @@ record); p50 and p95 of the time until the provider has the SMS.
 from __future__ import annotations
 
 import argparse
+import os
 import resource
 import statistics
+import subprocess
 import sys
 import time
-from datetime import timedelta
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from sqlalchemy import literal, select  # noqa: E402
+from sqlalchemy import func, literal, select  # noqa: E402
 
 from benchmarks.import_contacts import Database  # noqa: E402
 from benchmarks.send import start_server  # noqa: E402
 from channels.sendgrid import SendGridChannel  # noqa: E402
 from channels.types import OutboundEmail  # noqa: E402
 from crm.db import make_engine  # noqa: E402
-from crm.models import Contact  # noqa: E402
+from crm.models import Contact, Message  # noqa: E402
 from journeys.loader import load_text  # noqa: E402
-from journeys.running import work  # noqa: E402
 from journeys.runtime import Runtime  # noqa: E402
 from journeys.triggers import post_event  # noqa: E402
 from templates.render import Renderer  # noqa: E402
@@ -110,11 +112,54 @@ def ceiling(settings: Settings, sample: int) -> float:
     return sample / (time.perf_counter() - start)
 
 
+def broadcast(settings: Settings, name: str, workers: int) -> tuple[int, float, float]:
+    """Messages sent, seconds, and the largest worker's peak RSS (MiB)."""
+    env = {
+        **os.environ,
+        "TIDINGS_DATABASE_URL": settings.database_url,
+        "TIDINGS_EMAIL_CHANNEL": "sendgrid",
+        "TIDINGS_SENDGRID_HOST": settings.sendgrid_host,
+        "TIDINGS_SENDGRID_API_KEY": "SG.bench",
+        "TIDINGS_QUIET_HOURS": "off",
+        "TIDINGS_FREQUENCY_CAP": "off",
+        "TIDINGS_SECRET_KEY": "bench",
+    }
+    start = time.perf_counter()
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "tidings", "journey", "work", name],
+            env=env,
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for _ in range(workers)
+    ]
+    outputs = [proc.communicate()[0] for proc in procs]
+    seconds = time.perf_counter() - start
+    for proc, out in zip(procs, outputs, strict=True):
+        assert proc.returncode == 0, out
+    rss = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+    return sent_count(settings), seconds, rss
+
+
+def sent_count(settings: Settings) -> int:
+    engine = make_engine(settings.database_url)
+    with engine.connect() as conn:
+        sent = conn.execute(
+            select(func.count()).select_from(Message).where(Message.status == "sent")
+        ).scalar_one()
+    engine.dispose()
+    return int(sent)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--contacts", type=int, default=100_000)
     parser.add_argument("--events", type=int, default=1000)
     parser.add_argument("--ceiling-sample", type=int, default=20_000)
+    parser.add_argument("--workers", type=int, default=2, help="worker processes")
     parser.add_argument("--url", default="postgresql+psycopg://postgres@127.0.0.1:5432/test")
     args = parser.parse_args()
 
@@ -145,15 +190,13 @@ def main() -> None:
         runtime.engine.enroll_select(
             version, select(Contact.id.label("contact_id"), literal("b").label("entry_key"))
         )
-        start = time.perf_counter()
-        summary = work(runtime, version.name, reconcile_after=timedelta(minutes=10))
-        seconds = time.perf_counter() - start
-        rate = summary["sent"] / seconds
-        rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        sent, seconds, rss = broadcast(settings, version.name, args.workers)
+        assert sent == args.contacts, f"{sent} of {args.contacts} sent"
+        rate = sent / seconds
         print(
-            f"broadcast: {summary['sent']:,} emails in {seconds:.1f} s = {rate:,.0f} msg/s; "
-            f"render+send ceiling {top:,.0f} msg/s; ratio {rate / top:.2f}; "
-            f"peak RSS {rss:.0f} MiB",
+            f"broadcast: {sent:,} emails in {seconds:.1f} s by {args.workers} worker(s) = "
+            f"{rate:,.0f} msg/s; render+send ceiling {top:,.0f} msg/s; ratio {rate / top:.2f}; "
+            f"largest worker's peak RSS {rss:.0f} MiB",
             flush=True,
         )
 

@@ -92,6 +92,8 @@ class Channel(ABC, Generic[M]):
         self._sleep = sleep
         self._hold_lock = threading.Lock()
         self._hold_until = 0.0
+        self._pool: ThreadPoolExecutor | None = None
+        self._pool_lock = threading.Lock()
 
     # -- the hooks a provider module fills in --------------------------------------------
     @abstractmethod
@@ -127,7 +129,8 @@ class Channel(ABC, Generic[M]):
         """Acquire connections; called by ``send_batch`` (and ``__enter__``)."""
 
     def close(self) -> None:
-        """Release connections."""
+        """Release connections (a subclass that overrides it calls ``super().close()``)."""
+        self._stop_workers()
 
     def __enter__(self) -> Self:
         self.open()
@@ -149,9 +152,22 @@ class Channel(ABC, Generic[M]):
         self.open()
         if self.concurrency <= 1 or len(messages) == 1:
             return [self.send_one(message) for message in messages]
-        workers = min(self.concurrency, len(messages))
-        with ThreadPoolExecutor(workers, thread_name_prefix=f"send-{self.provider}") as pool:
-            return list(pool.map(self.send_one, messages))
+        return list(self._workers().map(self.send_one, messages))
+
+    def _workers(self) -> ThreadPoolExecutor:
+        """The adapter's sending threads: started once, kept across batches until ``close``."""
+        with self._pool_lock:
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(
+                    self.concurrency, thread_name_prefix=f"send-{self.provider}"
+                )
+            return self._pool
+
+    def _stop_workers(self) -> None:
+        with self._pool_lock:
+            pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.shutdown(wait=True)
 
     def send_one(self, message: M) -> SendResult:
         try:

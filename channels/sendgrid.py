@@ -102,6 +102,7 @@ class SendGridChannel(Channel[OutboundEmail]):
         return client
 
     def close(self) -> None:
+        super().close()
         if self.pool is not None:
             self.pool.close()
 

@@ -98,6 +98,7 @@ class SmtpChannel(Channel[OutboundEmail]):
         """Nothing yet: the connection opens with the first message, inside the retry loop."""
 
     def close(self) -> None:
+        super().close()
         with self._lock:
             conn, self._conn = self._conn, None
             if conn is not None:

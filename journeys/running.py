@@ -19,6 +19,7 @@ from crm.models import Contact, Enrollment, Message
 from crm.models import Journey as JourneyRow
 from crm.types import utcnow
 from journeys import schema as s
+from journeys.dispatch import DispatchStats
 from journeys.engine import TickStats, Version
 from journeys.runtime import Runtime
 from journeys.triggers import run_schedules
@@ -141,16 +142,17 @@ def work(
     )
     versions = {v.id: v for v in runtime.engine.versions(name) if v.status == "active"}
     total = TickStats()
-    sent_total = 0
-    while True:
-        now = utcnow()
-        stats = runtime.engine.tick_batch(versions, now=now, batch_size=batch_size)
-        total.add(stats)
-        sent = runtime.dispatcher.dispatch(now=now, limit=batch_size, journey_ids=set(versions))
-        sent_total += sent.sent
-        if until_idle and stats.processed == 0 and sent.claimed == 0:
-            break
-    return {**summary(name, total), "sent": sent_total}
+    sent = DispatchStats()
+    # the sender thread sends batch k while this thread advances and renders batch k+1
+    with runtime.dispatcher.pipeline(sent) as pipe:
+        while True:
+            now = utcnow()
+            stats = runtime.engine.tick_batch(versions, now=now, batch_size=batch_size)
+            total.add(stats)
+            claimed = pipe.pump(now=now, limit=batch_size, journey_ids=set(versions))
+            if until_idle and stats.processed == 0 and claimed == 0:
+                break
+    return summary(name, total, sent)
 
 
 def journey_status(runtime: Runtime, name: str) -> dict[str, Any]:
