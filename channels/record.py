@@ -19,15 +19,15 @@ retry      status ``queued`` (safe to send again) and the error; ``in_flight`` w
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Table, bindparam, update
+from sqlalchemy import Table
 from sqlalchemy.orm import Session
 
 from channels.types import SendResult
-from crm.db import insert_ignore
+from crm.db import insert_ignore, update_rows
 from crm.models import Message, MessageStatus, Suppression
 from crm.types import utcnow
 
@@ -58,14 +58,13 @@ def record_results(
     suppressions: dict[tuple[str, str], dict[str, Any]] = {}
     for result in results:
         row: dict[str, Any] = {
-            "b_id": _message_id(result),
-            "b_provider": result.provider,
-            "b_attempts": result.attempts,
-            "b_error": result.error,
-            "b_now": now,
+            "id": _message_id(result),
+            "provider": result.provider,
+            "attempts": result.attempts,
+            "error": result.error,
         }
         if result.status == "accepted":
-            row["b_pmid"] = result.provider_message_id
+            row["provider_message_id"] = result.provider_message_id
             groups["sent"].append(row)
         elif result.status == "failed":
             groups["failed"].append(row)
@@ -81,35 +80,27 @@ def record_results(
                 "created_at": now,
             }
 
-    common = {
-        "provider": bindparam("b_provider"),
-        "attempts": table.c.attempts + bindparam("b_attempts"),
-        "updated_at": bindparam("b_now"),
-    }
-    where = table.c.id == bindparam("b_id")
-    statements = {
-        "sent": update(table)
-        .where(where)
-        .values(
-            status=MessageStatus.SENT.value,
-            provider_message_id=bindparam("b_pmid"),
-            error=None,
-            sent_at=bindparam("b_now"),
-            **common,
-        ),
-        "failed": update(table)
-        .where(where)
-        .values(status=MessageStatus.FAILED.value, error=bindparam("b_error"), **common),
-        "queued": update(table)
-        .where(where)
-        .values(status=MessageStatus.QUEUED.value, error=bindparam("b_error"), **common),
-        "doubt": update(table)
-        .where(where)
-        .values(status=MessageStatus.IN_FLIGHT.value, error=bindparam("b_error"), **common),
+    status = {
+        "sent": MessageStatus.SENT.value,
+        "failed": MessageStatus.FAILED.value,
+        "queued": MessageStatus.QUEUED.value,
+        "doubt": MessageStatus.IN_FLIGHT.value,
     }
     for kind, rows in groups.items():
-        if rows:
-            session.execute(statements[kind], rows)
+
+        def set_clause(v: Mapping[str, Any], kind: str = kind) -> dict[str, Any]:
+            clause = {
+                "status": status[kind],
+                "provider": v["provider"],
+                "attempts": table.c.attempts + v["attempts"],
+                "error": None if kind == "sent" else v["error"],
+                "updated_at": now,
+            }
+            if kind == "sent":
+                clause.update(provider_message_id=v["provider_message_id"], sent_at=now)
+            return clause
+
+        update_rows(session, table, rows, set_=set_clause)
     if suppressions:
         session.execute(insert_ignore(session, suppressions_t), list(suppressions.values()))
     return {

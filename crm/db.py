@@ -9,7 +9,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -18,10 +18,24 @@ from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import Connection, Engine, Table, create_engine, event, text
+from sqlalchemy import (
+    Connection,
+    Engine,
+    Table,
+    bindparam,
+    cast,
+    column,
+    create_engine,
+    event,
+    func,
+    select,
+    text,
+    update,
+)
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.pool import StaticPool
+from sqlalchemy.sql.elements import ColumnElement
 
 from tidings.config import get_settings
 
@@ -31,9 +45,11 @@ __all__ = [
     "current_revision",
     "head_revision",
     "insert_ignore",
+    "insert_rows",
     "make_engine",
     "session_scope",
     "text",
+    "update_rows",
     "upgrade",
 ]
 
@@ -62,6 +78,85 @@ def insert_ignore(bind: Connection | Session, table: Table) -> Any:
     return (postgresql if name == "postgresql" else sqlite).insert(table).on_conflict_do_nothing()
 
 
+SetClause = Callable[[Mapping[str, Any]], Mapping[str, Any]]
+
+
+def update_rows(
+    bind: Connection | Session,
+    table: Table,
+    rows: Sequence[Mapping[str, Any]],
+    *,
+    key: str = "id",
+    set_: SetClause | None = None,
+) -> None:
+    """Update many rows, each with its own values, by ``key``.
+
+    PostgreSQL: one statement, each column's values passed as one array parameter
+    (``UPDATE .. FROM unnest(:ids, :statuses, ..) AS v``), so the SQL text is the same for any
+    number of rows and is prepared once. SQLite: an executemany (in process: no round trips to
+    save).
+
+    Every row maps the same column names to values. ``set_`` builds the SET clause from the
+    row's values (column name -> SQL expression) when it is more than "column = value", e.g.
+    ``lambda v: {"attempts": table.c.attempts + v["attempts"], "status": v["status"]}``.
+
+    >>> update_rows(session, messages_t, [{"id": 1, "status": "sent"}])  # doctest: +SKIP
+    """
+    if not rows:
+        return
+    names = list(rows[0])
+    build = set_ or (lambda v: {name: v[name] for name in names if name != key})
+    name = bind.dialect.name if isinstance(bind, Connection) else bind.get_bind().dialect.name
+    if name != "postgresql":
+        params = {n: bindparam(f"u_{n}", type_=table.c[n].type) for n in names}
+        bind.execute(
+            update(table).where(table.c[key] == params[key]).values(build(params)),
+            [{f"u_{n}": row[n] for n in names} for row in rows],
+        )
+        return
+    columns = _unnest(table, rows, names)
+    bind.execute(update(table).where(table.c[key] == columns[key]).values(build(columns)))
+
+
+def insert_rows(
+    bind: Connection | Session, table: Table, rows: Sequence[Mapping[str, Any]]
+) -> None:
+    """``insert_ignore`` many rows (each with the same column names): one statement with one
+    array parameter per column on PostgreSQL, an executemany on SQLite."""
+    if not rows:
+        return
+    name = bind.dialect.name if isinstance(bind, Connection) else bind.get_bind().dialect.name
+    if name != "postgresql":
+        bind.execute(insert_ignore(bind, table), list(rows))
+        return
+    names = list(rows[0])
+    columns = _unnest(table, rows, names)
+    bind.execute(
+        postgresql.insert(table)
+        .from_select(names, select(*columns.values()))
+        .on_conflict_do_nothing()
+    )
+
+
+def _unnest(
+    table: Table, rows: Sequence[Mapping[str, Any]], names: list[str]
+) -> dict[str, ColumnElement[Any]]:
+    """PostgreSQL ``unnest(:a, :b, ..) AS v(a, b, ..)``: the rows as one array per column."""
+    arrays = [
+        cast(
+            bindparam(f"u_{n}", [row[n] for row in rows], type_=postgresql.ARRAY(table.c[n].type)),
+            postgresql.ARRAY(table.c[n].type),
+        )
+        for n in names
+    ]
+    given = (
+        func.unnest(*arrays)
+        .table_valued(*(column(n, table.c[n].type) for n in names), name="v")
+        .render_derived()
+    )
+    return {n: given.c[n] for n in names}
+
+
 def _sqlite_begin(connection: Any) -> None:
     """Take the write lock when a transaction starts: SQLite cannot upgrade a read
     transaction to a write one while another connection writes ("database is locked" without
@@ -81,12 +176,7 @@ def make_engine(url: str | None = None, **kwargs: Any) -> Engine:
         event.listen(engine, "begin", _sqlite_begin)
         return engine
     kwargs.setdefault("pool_pre_ping", True)
-    engine = create_engine(url, **kwargs)
-    if engine.dialect.name == "postgresql":
-        # executemany of a plain INSERT as multi-row VALUES pages (as for INSERT .. RETURNING),
-        # one statement per 1,000 rows instead of one per row
-        engine.dialect.use_insertmanyvalues_wo_returning = True
-    return engine
+    return create_engine(url, **kwargs)
 
 
 @contextmanager

@@ -35,19 +35,19 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Engine, Table, bindparam, or_, select, update
+from sqlalchemy import Engine, Table, or_, select, update
 from sqlalchemy.orm import Session
 
 from channels.base import Channel
 from channels.record import record_results
 from channels.types import Outbound, OutboundEmail, OutboundSms, SendResult
+from crm.db import update_rows
 from crm.models import Contact, Enrollment, Message, MessageStatus
 from crm.types import utcnow
 from tidings.config import Settings, get_settings
 from tidings.errors import InputError, PermanentError
 
 messages_t: Table = Message.__table__  # type: ignore[assignment]
-_by_id = update(messages_t).where(messages_t.c.id == bindparam("b_id"))
 
 
 @dataclass
@@ -220,21 +220,19 @@ class Dispatcher:
             record_results(session=session, results=results, now=now)
             retry_later = [
                 {
-                    "b_id": int(r.message_id),
-                    "b_next": now + timedelta(seconds=r.retry_after or 60.0),
+                    "id": int(r.message_id),
+                    "next_attempt_at": now + timedelta(seconds=r.retry_after or 60.0),
                 }
                 for r in results
                 if r.status == "retry" and not r.in_doubt
             ]
-            if retry_later:
-                session.execute(_by_id.values(next_attempt_at=bindparam("b_next")), retry_later)
+            update_rows(session, messages_t, retry_later)
             titled = [
-                {"b_id": int(r.message_id), "b_subject": subjects[int(r.message_id)]}
+                {"id": int(r.message_id), "subject": subjects[int(r.message_id)]}
                 for r in results
                 if int(r.message_id) in subjects
             ]
-            if titled:
-                session.execute(_by_id.values(subject=bindparam("b_subject")), titled)
+            update_rows(session, messages_t, titled)
             if handed:
                 session.execute(
                     update(messages_t)

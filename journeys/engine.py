@@ -27,7 +27,6 @@ from sqlalchemy import (
     Engine,
     String,
     and_,
-    bindparam,
     cast,
     exists,
     literal,
@@ -39,6 +38,7 @@ from sqlalchemy.engine import CursorResult
 from sqlalchemy.orm import Session
 from sqlalchemy.sql.elements import ColumnElement
 
+from crm.db import insert_rows, update_rows
 from crm.models import (
     Enrollment,
     Event,
@@ -57,7 +57,6 @@ from journeys.state import (
     contacts_t,
     conversions_t,
     enrollments_t,
-    insert_new,
     matches,
     messages_t,
 )
@@ -365,30 +364,21 @@ class JourneyEngine(StepRunner):
                 active = [i for i in active if not i.parked]
             for item in active:  # a loop that did not reach a wait in MAX_WAVES steps
                 item.park(now + timedelta(minutes=1))
-            insert_new(session, messages_t, messages)
+            insert_rows(session, messages_t, messages)
             stats.messages = sum(1 for m in messages if m["status"] == MessageStatus.QUEUED.value)
-            session.execute(
-                update(enrollments_t)
-                .where(enrollments_t.c.id == bindparam("b_id"))
-                .values(
-                    step_id=bindparam("b_step"),
-                    status=bindparam("b_status"),
-                    next_due_at=bindparam("b_due"),
-                    context=bindparam("b_ctx"),
-                    updated_at=bindparam("b_now"),
-                    exit_reason=bindparam("b_reason"),
-                    exited_at=bindparam("b_exited"),
-                ),
+            update_rows(
+                session,
+                enrollments_t,
                 [
                     {
-                        "b_id": i.id,
-                        "b_step": i.step_id,
-                        "b_status": i.status,
-                        "b_due": i.next_due_at,
-                        "b_ctx": i.context,
-                        "b_now": now,
-                        "b_reason": i.exit_reason,
-                        "b_exited": now if i.status != "active" else None,
+                        "id": i.id,
+                        "step_id": i.step_id,
+                        "status": i.status,
+                        "next_due_at": i.next_due_at,
+                        "context": i.context,
+                        "updated_at": now,
+                        "exit_reason": i.exit_reason,
+                        "exited_at": now if i.status != "active" else None,
                     }
                     for i in items
                 ],
@@ -446,7 +436,7 @@ class JourneyEngine(StepRunner):
                 )
                 if goal.exit:
                     item.finish("goal")
-            insert_new(session, conversions_t, conversions)
+            insert_rows(session, conversions_t, conversions)
 
 
 def wake_waiting(

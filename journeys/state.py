@@ -12,9 +12,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from sqlalchemy import (
     Table,
 )
-from sqlalchemy.orm import Session
 
-from crm.db import insert_ignore
 from crm.models import (
     Assignment,
     Contact,
@@ -132,12 +130,6 @@ def parse_quiet(text: str | None) -> tuple[Any, Any]:
     start, _, end = text.partition("-")
     hours = s.QuietHours.model_validate({"start": start.strip(), "end": end.strip()})
     return hours.start, hours.end
-
-
-def insert_new(session: Session, table: Table, rows: list[dict[str, Any]]) -> None:
-    """Insert ``rows``; those a unique constraint already holds (a rerun) are skipped."""
-    if rows:
-        session.execute(insert_ignore(session, table), rows)
 
 
 def zone_of(name: str | None, default: str) -> ZoneInfo:

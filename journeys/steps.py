@@ -20,6 +20,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import Session
 
+from crm.db import insert_rows
 from crm.models import (
     Event,
     Experiment,
@@ -35,7 +36,6 @@ from journeys.state import (
     as_date,
     assignments_t,
     contacts_t,
-    insert_new,
     matches,
     parse_cap,
     parse_quiet,
@@ -387,7 +387,7 @@ class StepRunner:
         name = experiment.name or f"{version.name}.{step.id}"
         weights = [(v.name, v.weight) for v in experiment.variants]
         table: Table = Experiment.__table__  # type: ignore[assignment]
-        insert_new(
+        insert_rows(
             session,
             table,
             [
@@ -407,7 +407,7 @@ class StepRunner:
             i.id: variant_for(name, i.contact_id, weights, holdout=experiment.holdout)
             for i in group
         }
-        insert_new(
+        insert_rows(
             session,
             assignments_t,
             [
