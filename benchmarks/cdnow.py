@@ -1,7 +1,7 @@
 """CDNOW: tidings' scores vs the BG/NBD model (``lifetimes``), same calibration data, same run.
 
     .venv/bin/pip install -e '.[bench]'      # lifetimes (ships CDNOW_master.txt)
-    .venv/bin/python benchmarks/cdnow.py [--url postgresql+psycopg://...] [--out FILE.json]
+    flock /tmp/tidings-bench.lock .venv/bin/python benchmarks/cdnow.py [--url ...] [--out FILE.json]
 
 Steps, as in Fader, Hardie & Lee (2005), "Counting your customers the easy way":
 
@@ -14,11 +14,14 @@ Steps, as in Fader, Hardie & Lee (2005), "Counting your customers the easy way":
    (273 days = 39 weeks).
 3. tidings: ``segments.ml.models.train`` with ``as_of=1997-09-30``, a 60-day horizon and four
    snapshots 30 days apart (features as of 1997-08-01, 07-02, 06-02, 05-03, labels in the 60
-   days after each); the expected purchase days for 60 days are scaled to 273 days (x4.55).
+   days after each), with its own BG/NBD (``segments.ml.bgnbd``) as inputs, horizon curve and
+   blend, the blend chosen on the inner split ending at 1997-09-30 (``segments.ml.blend``);
+   predictions for 273 days. Also, same run: tidings' BG/NBD alone (fitted as of 1997-09-30 inside
+   ``train``) and the GBM alone (``bgnbd=False``: 60-day prediction scaled by 273/60).
 4. BG/NBD: ``lifetimes.BetaGeoFitter`` fitted on frequency / recency / T (weeks) computed from
    the same purchase days read back from the store; expected purchases in the next 39 weeks.
 5. Per customer: MAE and RMSE of predicted vs actual holdout purchase days, and the AUC of each
-   score for "buys again in the holdout".
+   score for "buys again in the holdout". The holdout is read after tidings' models are trained.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ import json
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -42,6 +46,7 @@ sys.path.insert(0, str(ROOT))
 
 from crm.db import make_engine, upgrade  # noqa: E402
 from crm.importer import import_contacts, import_orders  # noqa: E402
+from segments.ml.blend import expected as bgnbd_expected  # noqa: E402
 from segments.ml.features import build_features, purchase_days  # noqa: E402
 from segments.ml.models import TrainParams, end_of_day, train  # noqa: E402
 from tidings.config import Settings  # noqa: E402
@@ -134,6 +139,12 @@ def run(url: str | None, folder: Path) -> dict[str, Any]:
     buyers = features[features["frequency"] > 0]
     ours = models.predict(buyers, horizon_days=HOLDOUT_DAYS)
     timings["tidings_train_predict_s"] = time.perf_counter() - started
+    own_bgnbd = bgnbd_expected(models.bgnbd, buyers, HOLDOUT_DAYS)
+
+    started = time.perf_counter()
+    gbm_models = train(engine, as_of=CAL_END, params=replace(PARAMS, bgnbd=False))
+    gbm = gbm_models.predict(buyers, horizon_days=HOLDOUT_DAYS)
+    timings["gbm_alone_train_predict_s"] = time.perf_counter() - started
 
     days = purchase_days(engine, until=end_of_day(HOLDOUT_END))
     started = time.perf_counter()
@@ -152,6 +163,8 @@ def run(url: str | None, folder: Path) -> dict[str, Any]:
     actual = holdout.reindex(buyers.index).fillna(0).to_numpy(dtype=float)
     again = (actual > 0).astype(int)
     expected = ours["expected_orders"].to_numpy()
+    gbm_expected = gbm["expected_orders"].to_numpy()
+    assert models.bgnbd is not None
     return {
         "customers": len(buyers),
         "lines": lines,
@@ -160,12 +173,28 @@ def run(url: str | None, folder: Path) -> dict[str, Any]:
         "calibration_purchase_days": int(summary["frequency"].sum() + len(summary)),
         "holdout_purchase_days": float(actual.sum()),
         "model_version": models.version,
+        "tidings_blend": models.blend.describe(),
         "tidings_validation": models.metrics,
         "bgnbd_params": {k: float(v) for k, v in bg.params_.items()},
+        "tidings_bgnbd_params": {
+            "r": models.bgnbd.r,
+            "alpha_weeks": models.bgnbd.alpha / 7.0,
+            "a": models.bgnbd.a,
+            "b": models.bgnbd.b,
+        },
         "tidings": {
             **errors(expected, actual),
             "auc_expected_orders": auc(again, expected),
             "auc_one_minus_churn_risk": auc(again, 1 - ours["churn_risk"].to_numpy()),
+        },
+        "tidings_bgnbd_alone": {
+            **errors(own_bgnbd, actual),
+            "auc_expected_purchases": auc(again, own_bgnbd),
+        },
+        "tidings_gbm_alone": {
+            **errors(gbm_expected, actual),
+            "auc_expected_orders": auc(again, gbm_expected),
+            "auc_one_minus_churn_risk": auc(again, 1 - gbm["churn_risk"].to_numpy()),
         },
         "bgnbd": {
             **errors(theirs, actual),
@@ -178,6 +207,29 @@ def run(url: str | None, folder: Path) -> dict[str, Any]:
     }
 
 
+def table(result: dict[str, Any]) -> str:
+    """The README's markdown table from a result."""
+    rows = [
+        (f"tidings ({result['tidings_blend']})", "tidings", "auc_expected_orders"),
+        ("tidings' BG/NBD alone (`segments.ml.bgnbd`)", "tidings_bgnbd_alone", None),
+        ("tidings GBM alone (`bgnbd=False`)", "tidings_gbm_alone", "auc_expected_orders"),
+        ("BG/NBD (`lifetimes`)", "bgnbd", None),
+    ]
+    lines = [
+        f"| model | MAE | RMSE | predicted total (actual {result['holdout_purchase_days']:,.0f})"
+        ' | AUC "buys again in holdout" |',
+        "| --- | ---: | ---: | ---: | ---: |",
+    ]
+    for label, key, auc_key in rows:
+        r = result[key]
+        score = r[auc_key or "auc_expected_purchases"]
+        lines.append(
+            f"| {label} | {r['mae']:.3f} | {r['rmse']:.3f} | {r['predicted_total']:,.0f} "
+            f"| {score:.3f} |"
+        )
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--url", help="store URL (default: a SQLite file in a temp folder)")
@@ -187,6 +239,7 @@ def main() -> None:
         result = run(args.url, Path(tmp))
     text = json.dumps(result, indent=2, default=str)
     print(text)
+    print(table(result))
     if args.out:
         args.out.write_text(text + "\n")
 

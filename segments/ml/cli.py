@@ -84,6 +84,14 @@ def train_command(
         )
     else:
         console.print("out-of-time check skipped: not enough history before the last horizon")
+    if models.bgnbd is None:
+        console.print("expected orders: GBM (BG/NBD off, or it could not be fitted)")
+    else:
+        console.print(
+            f"expected orders: {models.blend.describe()}, longer horizons by the BG/NBD curve "
+            f"(BG/NBD r={models.bgnbd.r:.3g}, alpha={models.bgnbd.alpha:.3g} days, "
+            f"a={models.bgnbd.a:.3g}, b={models.bgnbd.b:.3g})"
+        )
 
 
 @app.command("score")

@@ -111,6 +111,11 @@ def test_too_little_history_is_a_clear_error(sqlite_url: str) -> None:
     upgrade(engine)
     with pytest.raises(InputError, match="no orders in the store"):
         ml.train(engine, as_of=synthetic.AS_OF)
+    synthetic.build(engine, per_kind=5)
+    # Orders from 365 days before AS_OF: as of AS_OF-300, the training rows (90 days earlier)
+    # have no purchase yet.
+    with pytest.raises(InputError, match="not enough history: no purchases up to"):
+        ml.train(engine, as_of=synthetic.AS_OF - timedelta(days=300))
     with pytest.raises(InputError, match="no trained models") as info:
         ml.load(Path(sqlite_url.removeprefix("sqlite:///")).parent / "nowhere")
     assert "tidings models train" in str(info.value.hint)
