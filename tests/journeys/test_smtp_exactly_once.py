@@ -28,18 +28,12 @@ from crm.models import Contact, Message
 from journeys.loader import load_text
 from journeys.reconcile import reconcile, resolve
 from journeys.runtime import Runtime
-from tests.journeys.test_exactly_once import load_contacts, start_worker, wait_ready
+from tests.journeys.test_exactly_once import JOURNEY, load_contacts, start_worker, wait_ready
 from tests.simulators.smtp import SmtpSimulator
 from tidings.config import Settings
 
 CONTACTS = 1500
 KILLS = 8
-JOURNEY = """
-name: broadcast_kill
-trigger: {type: api}
-steps:
-  - {id: news, type: email, template: welcome}
-"""
 
 
 @pytest.fixture
