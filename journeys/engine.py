@@ -26,6 +26,7 @@ from sqlalchemy import (
     Connection,
     Engine,
     String,
+    Table,
     and_,
     cast,
     exists,
@@ -38,7 +39,7 @@ from sqlalchemy.engine import CursorResult
 from sqlalchemy.orm import Session
 from sqlalchemy.sql.elements import ColumnElement
 
-from crm.db import insert_rows, update_rows
+from crm.db import insert_ignore, insert_rows, update_rows
 from crm.models import (
     Enrollment,
     Event,
@@ -64,6 +65,8 @@ from journeys.steps import StepRunner
 from tidings.config import Settings, get_settings
 from tidings.errors import InputError
 
+journeys_t: Table = JourneyRow.__table__  # type: ignore[assignment]
+
 
 class JourneyEngine(StepRunner):
     def __init__(
@@ -85,11 +88,6 @@ class JourneyEngine(StepRunner):
         """Store this version of the journey (once per content hash); new entries use it."""
         digest = version_hash(journey)
         with Session(self.db) as session, session.begin():
-            row = session.scalar(
-                select(JourneyRow).where(
-                    JourneyRow.name == journey.name, JourneyRow.version_hash == digest
-                )
-            )
             status = (
                 session.scalar(
                     select(JourneyRow.status)
@@ -99,15 +97,20 @@ class JourneyEngine(StepRunner):
                 )
                 or "active"
             )
-            if row is None:
-                row = JourneyRow(
+            # several workers start at once and register the same files: the first one wins
+            session.execute(
+                insert_ignore(session, journeys_t).values(
                     name=journey.name,
                     version_hash=digest,
                     definition=journey.model_dump(mode="json"),
                     status=status,
                 )
-                session.add(row)
-                session.flush()
+            )
+            row = session.scalars(
+                select(JourneyRow).where(
+                    JourneyRow.name == journey.name, JourneyRow.version_hash == digest
+                )
+            ).one()
             version = Version(row.id, journey.name, digest, journey, row.status)
         self._versions[version.id] = version
         return version

@@ -14,6 +14,7 @@ from sqlalchemy.orm import Session
 
 from channels.outbox import OutboxChannel
 from crm.models import Assignment, Consent, Contact, Enrollment, Event, Message, Suppression
+from crm.models import Journey as JourneyRow
 from journeys.dispatch import Dispatcher
 from journeys.engine import JourneyEngine
 from journeys.loader import load_text
@@ -363,6 +364,31 @@ def test_two_workers_never_process_the_same_enrollment(store: Engine, engine_for
     with Session(store) as session:
         assert session.scalar(select(func.count(func.distinct(Message.contact_id)))) == 600
         assert session.scalar(select(func.count()).select_from(Message)) == 600
+
+
+def test_workers_starting_at_once_register_one_version(store: Engine, engine_for) -> None:
+    """Every worker registers journeys/*.yaml when it starts; started together, they race."""
+    start = threading.Barrier(8)
+    got: list[int] = []
+    errors: list[BaseException] = []
+
+    def register() -> None:
+        eng = engine_for()
+        start.wait()
+        try:
+            got.append(eng.register(journey(WELCOME)).id)
+        except BaseException as error:
+            errors.append(error)
+
+    threads = [threading.Thread(target=register) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors[0]
+    assert len(set(got)) == 1 and len(got) == 8
+    with Session(store) as session:
+        assert session.scalar(select(func.count()).select_from(JourneyRow)) == 1
 
 
 def test_wait_until_split_update_and_webhook(store: Engine, engine_for) -> None:
