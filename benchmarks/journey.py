@@ -163,7 +163,11 @@ def main() -> None:
     parser.add_argument("--url", default="postgresql+psycopg://postgres@127.0.0.1:5432/test")
     args = parser.parse_args()
 
-    sendgrid, sg_port = start_server("sendgrid", "SendGridSimulator", "api_key='SG.bench'")
+    # keep=False: the simulator answers as SendGrid does but remembers nothing (1M emails of
+    # 25 KB would not fit in memory)
+    sendgrid, sg_port = start_server(
+        "sendgrid", "SendGridSimulator", "api_key='SG.bench', keep=False"
+    )
     twilio, tw_port = start_server("twilio", "TwilioSimulator", "")
     db = Database(args.url)
     url = db.fresh()

@@ -42,9 +42,6 @@ import sys, threading
 sys.path.insert(0, {root!r})
 from tests.simulators.{module} import {cls}
 sim = {cls}({kwargs}).start()
-if hasattr(sim, "processed"):
-    sim.processed = type("Sink", (list,), {{"append": lambda self, item: None}})()
-    sim.requests = type("Sink", (list,), {{"append": lambda self, item: None}})()
 print(sim.port, flush=True)
 sys.stdin.read()
 """
@@ -79,7 +76,7 @@ def start_server(module: str, cls: str, kwargs: str) -> tuple[subprocess.Popen[s
 
 
 def bench_sendgrid(emails: list[OutboundEmail], concurrency: int) -> tuple[float, float, float]:
-    proc, port = start_server("sendgrid", "SendGridSimulator", f"api_key={API_KEY!r}")
+    proc, port = start_server("sendgrid", "SendGridSimulator", f"api_key={API_KEY!r}, keep=False")
     host = f"http://127.0.0.1:{port}"
     try:
         channel = SendGridChannel(

@@ -192,27 +192,27 @@ class Dispatcher:
                 continue
             stats.by_channel[channel_name] += len(batch)
             if not channel.record_each:
-                self.record([], prepared.subjects, handed=batch)
+                self.record([], handed=batch, subjects=prepared.subjects)
                 results += channel.send_batch(batch)
                 continue
             # one at a time: each result is committed with the next message's hand-over
-            self.record([], prepared.subjects, handed=batch[:1])
+            self.record([], handed=batch[:1], subjects=prepared.subjects)
             for n, item in enumerate(batch):
                 (result,) = channel.send_batch([item])
-                self.record([result], prepared.subjects, handed=batch[n + 1 : n + 2])
+                self.record([result], handed=batch[n + 1 : n + 2], subjects=prepared.subjects)
                 _count(stats, [result])
-        self.record(results, prepared.subjects)
+        self.record(results)
         _count(stats, results)
 
     def record(
         self,
         results: Sequence[SendResult],
-        subjects: Mapping[int, str],
         *,
         handed: Sequence[Outbound] = (),
+        subjects: Mapping[int, str] | None = None,
     ) -> None:
-        """One transaction: the results (with retry times and subjects), and ``handed_at`` of
-        the messages about to go to the provider."""
+        """One transaction: the results (with retry times), and the hand-over of the messages
+        about to go to the provider (``handed_at``, and the subject they go with)."""
         if not results and not handed:
             return
         now = utcnow()
@@ -227,18 +227,18 @@ class Dispatcher:
                 if r.status == "retry" and not r.in_doubt
             ]
             update_rows(session, messages_t, retry_later)
-            titled = [
-                {"id": int(r.message_id), "subject": subjects[int(r.message_id)]}
-                for r in results
-                if int(r.message_id) in subjects
-            ]
-            update_rows(session, messages_t, titled)
-            if handed:
-                session.execute(
-                    update(messages_t)
-                    .where(messages_t.c.id.in_([int(m.message_id) for m in handed]))
-                    .values(handed_at=now)
-                )
+            update_rows(
+                session,
+                messages_t,
+                [
+                    {
+                        "id": int(m.message_id),
+                        "handed_at": now,
+                        "subject": (subjects or {}).get(int(m.message_id)),
+                    }
+                    for m in handed
+                ],
+            )
 
     def render(self, message: Message, contact: Contact, context: dict[str, Any]) -> Outbound:
         # The trigger event's properties are top-level names too: {{ order.number }}.

@@ -96,7 +96,9 @@ class _Server(ThreadingHTTPServer):
 class SimulatorServer:
     """Start with ``start()`` or ``with``; ``url`` is ``http://127.0.0.1:<port>``."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, keep: bool = True) -> None:
+        #: False for benchmarks: answer like the provider, remember nothing (flat memory)
+        self.keep = keep
         self.requests: list[Recorded] = []
         self.lock = threading.Lock()
         self._failures: deque[Failure] = deque()
@@ -155,8 +157,9 @@ class SimulatorServer:
             return self._failures.popleft() if self._failures else None
 
     def _dispatch(self, request: Recorded) -> Reply:
-        with self.lock:
-            self.requests.append(request)
+        if self.keep:
+            with self.lock:
+                self.requests.append(request)
         return self.handle(request)
 
     def handle(self, request: Recorded) -> Reply:

@@ -116,8 +116,8 @@ def validate(payload: Any) -> list[dict[str, Any]]:
 class SendGridSimulator(SimulatorServer):
     """``fail_next(n, status=429, retry_after=1)``; ``accepted(id)``; ``processed`` list."""
 
-    def __init__(self, *, api_key: str = "SG.test-key") -> None:
-        super().__init__()
+    def __init__(self, *, api_key: str = "SG.test-key", keep: bool = True) -> None:
+        super().__init__(keep=keep)
         self.api_key = api_key
         self.processed: list[Processed] = []
         self._by_message_id: dict[str, Processed] = {}
@@ -212,7 +212,7 @@ class SendGridSimulator(SimulatorServer):
         if errors:
             return Reply(400, {"errors": errors})
         x_message_id = secrets.token_urlsafe(16)
-        for personalization in payload["personalizations"]:
+        for personalization in payload["personalizations"] if self.keep else ():
             args = {**payload.get("custom_args", {}), **personalization.get("custom_args", {})}
             record = Processed(
                 x_message_id=x_message_id,
