@@ -96,7 +96,9 @@ class TickStats:
     deferred: int = 0
     completed: int = 0
     exited: int = 0
-    ids: list[int] = field(default_factory=list)  # the enrollments this tick moved
+    # the enrollments this one tick moved; ``add`` does not collect them (a worker's total
+    # over a million-contact broadcast would hold every id)
+    ids: list[int] = field(default_factory=list)
     deferred_steps: dict[str, int] = field(default_factory=lambda: defaultdict(int))
 
     def add(self, other: TickStats) -> None:
@@ -105,7 +107,6 @@ class TickStats:
         self.deferred += other.deferred
         self.completed += other.completed
         self.exited += other.exited
-        self.ids += other.ids
         for step, n in other.deferred_steps.items():
             self.deferred_steps[step] += n
         for reason, n in other.held.items():
