@@ -152,8 +152,8 @@ class Suppression(Base):
 class Event(Base):
     __tablename__ = "events"
     __table_args__ = (
-        Index(None, "contact_id", "name", "occurred_at"),
-        Index(None, "name", "occurred_at"),
+        Index(None, "contact_id", "name", "occurred_at"),  # one contact's events (segments)
+        Index(None, "name", "occurred_at", "contact_id"),  # who did X in a window, index-only
     )
 
     id: Mapped[int] = _id()
@@ -168,7 +168,10 @@ class Event(Base):
 
 class Order(Base):
     __tablename__ = "orders"
-    __table_args__ = (Index(None, "contact_id", "placed_at"),)
+    # One contact's orders with what RFM segment rules read, index-only on PostgreSQL.
+    __table_args__ = (
+        Index(None, "contact_id", "placed_at", postgresql_include=["total", "status"]),
+    )
 
     id: Mapped[int] = _id()
     order_id: Mapped[str] = mapped_column(String(255), unique=True)  # the shop's own id

@@ -114,7 +114,7 @@ def preview(
 
     from crm.db import make_engine, session_scope
     from segments.compile import contacts
-    from segments.membership import segment_statement
+    from segments.membership import segment_statement, tune_for_segments
 
     catalog, segment = _catalog(directory, target)
     assert segment is not None
@@ -122,6 +122,7 @@ def preview(
     stmt = segment_statement(segment, catalog=catalog, dialect=engine.dialect.name, now=_now(now))
     ids = stmt.subquery()
     with session_scope(engine) as session:
+        tune_for_segments(session)
         total = session.scalar(select(func.count()).select_from(ids)) or 0
         rows = session.execute(
             select(contacts.c.id, contacts.c.external_id, contacts.c.email, contacts.c.phone)

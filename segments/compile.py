@@ -1,7 +1,9 @@
 """Core segment nodes -> ONE SQLAlchemy Core ``select(contacts.c.id)`` statement.
 
-One compile function per core node kind; EXISTS for "has any", aggregate subqueries
-(``GROUP BY contact_id HAVING ...``) for counts and RFM metrics; never a Python loop over rows.
+One compile function per core node kind; never a Python loop over rows. A contact's events
+and orders are read by subqueries correlated on ``contact_id``: EXISTS for "has any", EXISTS
+with OFFSET for "at least n" (the scan stops at the n-th row), per-contact sum / avg / max / min
+for RFM metrics, so only contacts that pass the rule's cheaper conditions are looked at.
 SQLite and PostgreSQL give identical results: JSON values are compared only with values of
 their own JSON type (a string ``"5"`` never equals the number ``5``), dates in JSON are ISO 8601
 strings read as UTC unless they carry an offset, and ``now`` is a parameter.
@@ -18,6 +20,7 @@ WHERE contacts.locale IS NOT NULL AND contacts.locale = :locale_1
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any, assert_never
@@ -115,13 +118,7 @@ def predicate(node: c.Core, ctx: Ctx) -> tuple[Expr, bool]:
 def _junction(children: tuple[c.Core, ...], ctx: Ctx, join: Any, empty: Expr) -> tuple[Expr, bool]:
     if not children:
         return empty, False
-    if join is and_:
-        flat: list[c.Core] = []
-        for child in children:
-            flat.extend(child.children if isinstance(child, c.All) else (child,))
-        parts = _merge_orders(tuple(flat), ctx)
-    else:
-        parts = [predicate(child, ctx) for child in children]
+    parts = [predicate(child, ctx) for child in children]
     if len(parts) == 1:
         return parts[0]
     return join(*(p for p, _ in parts)), any(n for _, n in parts)
@@ -186,46 +183,61 @@ def _json_compare(node: c.Compare, column: Any, path: tuple[str, ...], ctx: Ctx)
 
 
 # -- events and orders -----------------------------------------------------------------------
+#
+# Everything about one contact's events or orders is a correlated subquery on
+# ``contact_id = contacts.id`` (served by the (contact_id, ...) indexes), so the database
+# looks only at the rows of contacts that pass the rule's other conditions, instead of
+# grouping every event or order by contact first. Plain EXISTS / NOT EXISTS are kept wherever
+# the meaning allows: PostgreSQL turns them into semi- and anti-joins and picks per query
+# between probing the index per contact and hashing the matching rows (a rare event).
 
 
-def _holds(op: str, n: Any, value: Any) -> bool:
-    """Whether ``value op n`` holds, in Python (for the empty group)."""
-    outcome = {"eq": value == n, "gt": value > n, "gte": value >= n, "lt": value < n}
-    outcome["lte"] = value <= n
-    return bool(outcome[op])
+#: A fresh ``SELECT 1 FROM <alias> WHERE contact_id = contacts.id AND ...`` for each use, so
+#: every subquery has its own alias (readable ``explain`` output, no accidental correlation).
+Rows = Callable[[], Select[Any]]
 
 
-def _aggregate(key: Any, conds: list[Expr], agg: Expr, op: str, value: Any, empty: Any) -> Expr:
-    """``id IN (... HAVING agg op value)``; when an empty group satisfies the comparison
-    (``count < 3``), ``id NOT IN (... HAVING NOT (agg op value))`` so contacts without rows
-    are members too."""
-    grouped = select(key).where(*conds).group_by(key)
-    condition = compare_op(agg, op, value)
-    if empty is not None and _holds(op, value, empty):
-        return contacts.c.id.not_in(grouped.having(not_(condition)))
-    return contacts.c.id.in_(grouped.having(condition))
+def _nth_row(rows: Rows, n: int) -> Expr:
+    """The contact has at least ``n`` rows: the n-th exists (the scan stops there)."""
+    if n <= 0:
+        return true()
+    if n == 1:
+        return exists(rows())
+    return exists(rows().offset(n - 1))
 
 
-def _exists_or_aggregate(key: Any, conds: list[Expr], count: Expr, op: str, n: int) -> Expr:
-    if (op, n) in {("gte", 1), ("gt", 0)}:
-        return exists(select(literal(1)).where(key == contacts.c.id, *conds))
-    if (op, n) in {("eq", 0), ("lte", 0), ("lt", 1)}:
-        return not_(exists(select(literal(1)).where(key == contacts.c.id, *conds)))
-    return _aggregate(key, conds, count, op, n, 0)
+def count_compare(rows: Rows, op: str, n: int) -> Expr:
+    """``count(rows) op n`` without reading more than n + 1 rows of a contact."""
+    match op:
+        case "gte":
+            return _nth_row(rows, n)
+        case "gt":
+            return _nth_row(rows, n + 1)
+        case "lt":
+            return not_(_nth_row(rows, n))
+        case "lte":
+            return not_(_nth_row(rows, n + 1))
+        case "eq":
+            return and_(_nth_row(rows, n), not_(_nth_row(rows, n + 1))) if n >= 0 else false()
+        case _:
+            raise AssertionError(op)
 
 
 def event_count(node: c.EventCount, ctx: Ctx) -> Expr:
-    e = events.alias()
-    inner = Ctx(ctx.dialect, ctx.now, {**ctx.json_columns, "properties": e.c.properties})
-    conds: list[Expr] = [e.c.name == node.name, e.c.occurred_at <= ctx.now]
-    if node.since is not None:
-        conds.append(e.c.occurred_at >= ctx.since(node.since))
-    conds += [predicate(f, inner)[0] for f in node.where]
-    return _exists_or_aggregate(e.c.contact_id, conds, func.count(), node.op, node.n)
+    def rows() -> Select[Any]:
+        e = events.alias()
+        inner = Ctx(ctx.dialect, ctx.now, {**ctx.json_columns, "properties": e.c.properties})
+        conds: list[Expr] = [e.c.name == node.name, e.c.occurred_at <= ctx.now]
+        if node.since is not None:
+            conds.append(e.c.occurred_at >= ctx.since(node.since))
+        conds += [predicate(f, inner)[0] for f in node.where]
+        return select(literal(1)).where(e.c.contact_id == contacts.c.id, *conds)
+
+    return count_compare(rows, node.op, node.n)
 
 
 def _order_rows(o: Any, node: c.OrderMetric, ctx: Ctx) -> list[Expr]:
-    conds: list[Expr] = [o.c.placed_at <= ctx.now]
+    conds: list[Expr] = [o.c.contact_id == contacts.c.id, o.c.placed_at <= ctx.now]
     if node.statuses is not None:
         conds.append(o.c.status.in_(node.statuses))
     else:
@@ -235,78 +247,39 @@ def _order_rows(o: Any, node: c.OrderMetric, ctx: Ctx) -> list[Expr]:
     return conds
 
 
-def _order_aggregate(o: Any, node: c.OrderMetric, ctx: Ctx) -> tuple[Expr, Any, Any]:
-    """(aggregate, value to compare with, the aggregate's value for a contact without orders)."""
+def _orders_of(node: c.OrderMetric, ctx: Ctx) -> Select[Any]:
+    o = orders.alias()
+    return select(literal(1)).where(*_order_rows(o, node, ctx))
+
+
+def order_metric(node: c.OrderMetric, ctx: Ctx) -> Expr:
     value = node.value
+    o = orders.alias()
+    agg: Expr
+    right: Any = value
     match node.metric:
         case "count":
             if not isinstance(value, int) or isinstance(value, bool):
                 raise ValueError(f"an order count is a whole number, not {value!r}")
-            return func.count(), value, 0
-        case "total_spend":
+            return count_compare(lambda: _orders_of(node, ctx), node.op, value)
+        case "total_spend" | "average_value":
             if value_kind(value) != "number":
-                raise ValueError(f"total_spend is an amount, not {value!r}")
-            return func.sum(o.c.total), value, 0
-        case "average_value":
-            if value_kind(value) != "number":
-                raise ValueError(f"average_value is an amount, not {value!r}")
-            return func.avg(o.c.total), value, None
+                raise ValueError(f"{node.metric} is an amount, not {value!r}")
+            agg = func.sum(o.c.total) if node.metric == "total_spend" else func.avg(o.c.total)
         case "last_order" | "first_order":
             if not isinstance(value, datetime | Ago):
                 raise ValueError(f"{node.metric} is a date: use within, older_than, gte ...")
             column = o.c.placed_at
+            # max/min over an index on (contact_id, placed_at): one index entry per contact
             agg = func.max(column) if node.metric == "last_order" else func.min(column)
-            return agg, literal(ctx.at(value), column.type), None
+            right = literal(ctx.at(value), column.type)
         case _:
             assert_never(node.metric)
-
-
-def order_metric(node: c.OrderMetric, ctx: Ctx) -> Expr:
-    o = orders.alias()
-    conds = _order_rows(o, node, ctx)
-    agg, value, empty = _order_aggregate(o, node, ctx)
-    if node.metric == "count":
-        return _exists_or_aggregate(o.c.contact_id, conds, agg, node.op, value)
-    return _aggregate(o.c.contact_id, conds, agg, node.op, value, empty)
-
-
-def _mergeable(node: c.Core) -> bool:
-    """An order metric that a contact without orders never meets (``id IN (... HAVING)``)."""
-    if not isinstance(node, c.OrderMetric):
-        return False
-    empty = {"count": 0, "total_spend": 0}.get(node.metric)
-    return empty is None or not _holds(node.op, node.value, empty)
-
-
-def orders_together(nodes: list[c.OrderMetric], ctx: Ctx) -> Expr:
-    """Several RFM conditions over the same orders: one subquery, one HAVING (all of them)."""
-    o = orders.alias()
-    having = []
-    for node in nodes:
-        agg, value, _ = _order_aggregate(o, node, ctx)
-        having.append(compare_op(agg, node.op, value))
-    grouped = select(o.c.contact_id).where(*_order_rows(o, nodes[0], ctx))
-    return contacts.c.id.in_(grouped.group_by(o.c.contact_id).having(and_(*having)))
-
-
-def _merge_orders(children: tuple[c.Core, ...], ctx: Ctx) -> list[tuple[Expr, bool]]:
-    groups: dict[tuple[Any, ...], list[c.OrderMetric]] = {}
-    for child in children:
-        if _mergeable(child):
-            assert isinstance(child, c.OrderMetric)
-            groups.setdefault((child.since, child.statuses), []).append(child)
-    parts: list[tuple[Expr, bool]] = []
-    done: set[tuple[Any, ...]] = set()
-    for child in children:
-        if isinstance(child, c.OrderMetric) and _mergeable(child):
-            key = (child.since, child.statuses)
-            if len(groups[key]) > 1:
-                if key not in done:
-                    done.add(key)
-                    parts.append((orders_together(groups[key], ctx), False))
-                continue
-        parts.append(predicate(child, ctx))
-    return parts
+    per_contact: Expr = select(agg).where(*_order_rows(o, node, ctx)).scalar_subquery()
+    if node.metric == "total_spend":  # a contact without orders has spent 0
+        return compare_op(func.coalesce(per_contact, 0), node.op, right)
+    # no orders: no average, no first or last order, so not a member (and never NULL)
+    return func.coalesce(compare_op(per_contact, node.op, right), false())
 
 
 # -- messages, consent, membership, samples ----------------------------------------------------

@@ -206,6 +206,13 @@ class Settings(BaseSettings):
     idempotency_ttl_hours: int = Field(
         24, ge=1, description="Hours an Idempotency-Key response is remembered by the event API."
     )
+    segment_work_mem: str = Field(
+        "64MB",
+        pattern=r"^([1-9][0-9]*(kB|MB|GB))?$",
+        description="PostgreSQL work_mem (SET LOCAL) in the transaction that evaluates or "
+        "refreshes a segment, e.g. 64MB; empty: the server's. That transaction also sets "
+        "jit = off (docs/segments.md).",
+    )
     # -- new settings go above this line (keep one Field with a description each) --
 
     @field_validator("default_region")
