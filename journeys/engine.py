@@ -249,8 +249,9 @@ class JourneyEngine(StepRunner):
                     (literal("m:") + cast(m.id, String)).label("entry_key"),
                 ).where(m.segment == trigger.segment, m.exited_at.is_(None))
             else:
-                from segments.membership import segment_statement
+                from segments.membership import segment_statement, tune_for_segments
 
+                tune_for_segments(session)
                 ids = segment_statement(
                     segment, dialect=self.db.dialect.name, now=now, catalog=self._catalog()
                 ).subquery()

@@ -184,8 +184,10 @@ class StepRunner:
         self, session: Session, step: s.BranchStep, group: list[Item], now: datetime
     ) -> None:
         from segments.compile import compile_core
+        from segments.membership import tune_for_segments
         from segments.rules import Segment
 
+        tune_for_segments(session)  # SET LOCAL: work_mem for the rules, no JIT
         pending = {i.contact_id: i for i in group}
         for n, branch in enumerate(step.branches):
             if not pending:
