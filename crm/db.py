@@ -74,8 +74,12 @@ def insert_ignore(bind: Connection | Session, table: Table) -> Any:
     >>> with session_scope(engine) as session:  # doctest: +SKIP
     ...     session.execute(insert_ignore(session, Suppression.__table__), rows)
     """
-    name = bind.dialect.name if isinstance(bind, Connection) else bind.get_bind().dialect.name
-    return (postgresql if name == "postgresql" else sqlite).insert(table).on_conflict_do_nothing()
+    dialect = postgresql if _dialect(bind) == "postgresql" else sqlite
+    return dialect.insert(table).on_conflict_do_nothing()
+
+
+def _dialect(bind: Connection | Session) -> str:
+    return bind.dialect.name if isinstance(bind, Connection) else bind.get_bind().dialect.name
 
 
 SetClause = Callable[[Mapping[str, Any]], Mapping[str, Any]]
@@ -106,8 +110,7 @@ def update_rows(
         return
     names = list(rows[0])
     build = set_ or (lambda v: {name: v[name] for name in names if name != key})
-    name = bind.dialect.name if isinstance(bind, Connection) else bind.get_bind().dialect.name
-    if name != "postgresql":
+    if _dialect(bind) != "postgresql":
         params = {n: bindparam(f"u_{n}", type_=table.c[n].type) for n in names}
         bind.execute(
             update(table).where(table.c[key] == params[key]).values(build(params)),
@@ -125,8 +128,7 @@ def insert_rows(
     array parameter per column on PostgreSQL, an executemany on SQLite."""
     if not rows:
         return
-    name = bind.dialect.name if isinstance(bind, Connection) else bind.get_bind().dialect.name
-    if name != "postgresql":
+    if _dialect(bind) != "postgresql":
         bind.execute(insert_ignore(bind, table), list(rows))
         return
     names = list(rows[0])

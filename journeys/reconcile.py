@@ -43,9 +43,19 @@ class ReconcileStats:
     checked: int = 0
     sent: int = 0
     requeued: int = 0
-    unknown: int = 0
     failed: int = 0
-    unknown_ids: list[int] = field(default_factory=list)
+    unknown_ids: list[int] = field(default_factory=list)  # the provider could not tell
+
+    @property
+    def unknown(self) -> int:
+        return len(self.unknown_ids)
+
+    def add(self, other: ReconcileStats) -> None:
+        self.checked += other.checked
+        self.sent += other.sent
+        self.requeued += other.requeued
+        self.failed += other.failed
+        self.unknown_ids += other.unknown_ids
 
 
 def reconcile(
@@ -59,12 +69,11 @@ def reconcile(
     transaction (a crash mid-way keeps what was done)."""
     now = now or utcnow()
     total = ReconcileStats()
-    unknown: set[int] = set()  # asked already in this run: not again
+    asked: set[int] = set()  # could not tell in this run: not asked again
     while True:
-        stats = _reconcile_chunk(runtime, older_than=older_than, now=now, limit=chunk, skip=unknown)
-        for name in ("checked", "sent", "requeued", "unknown", "failed"):
-            setattr(total, name, getattr(total, name) + getattr(stats, name))
-        total.unknown_ids += stats.unknown_ids
+        stats = _reconcile_chunk(runtime, older_than=older_than, now=now, limit=chunk, skip=asked)
+        total.add(stats)
+        asked.update(stats.unknown_ids)
         if stats.checked < chunk:
             return total
 
@@ -109,9 +118,7 @@ def _reconcile_chunk(
             answers = channel.lookup(batch) if channel is not None else {}
             for outbound in batch:
                 if outbound.message_id not in answers:
-                    stats.unknown += 1
                     stats.unknown_ids.append(int(outbound.message_id))
-                    skip.add(int(outbound.message_id))
                     continue
                 provider_id = answers[outbound.message_id]
                 kind = "queued" if provider_id is None else "sent"
