@@ -66,7 +66,6 @@ class Prepared:
 
     outbound: dict[str, list[Outbound]] = field(default_factory=lambda: defaultdict(list))
     failures: list[SendResult] = field(default_factory=list)
-    subjects: dict[int, str] = field(default_factory=dict)
 
 
 class Dispatcher:
@@ -172,8 +171,6 @@ class Dispatcher:
                     )
                 )
                 continue
-            if isinstance(item, OutboundEmail):
-                prepared.subjects[message.id] = item.subject
             prepared.outbound[message.channel].append(item)
         return prepared
 
@@ -192,14 +189,14 @@ class Dispatcher:
                 continue
             stats.by_channel[channel_name] += len(batch)
             if not channel.record_each:
-                self.record([], handed=batch, subjects=prepared.subjects)
+                self.record([], handed=batch)
                 results += channel.send_batch(batch)
                 continue
             # one at a time: each result is committed with the next message's hand-over
-            self.record([], handed=batch[:1], subjects=prepared.subjects)
+            self.record([], handed=batch[:1])
             for n, item in enumerate(batch):
                 (result,) = channel.send_batch([item])
-                self.record([result], handed=batch[n + 1 : n + 2], subjects=prepared.subjects)
+                self.record([result], handed=batch[n + 1 : n + 2])
                 _count(stats, [result])
         self.record(results)
         _count(stats, results)
@@ -209,7 +206,6 @@ class Dispatcher:
         results: Sequence[SendResult],
         *,
         handed: Sequence[Outbound] = (),
-        subjects: Mapping[int, str] | None = None,
     ) -> None:
         """One transaction: the results (with retry times), and the hand-over of the messages
         about to go to the provider (``handed_at``, and the subject they go with)."""
@@ -234,7 +230,7 @@ class Dispatcher:
                     {
                         "id": int(m.message_id),
                         "handed_at": now,
-                        "subject": (subjects or {}).get(int(m.message_id)),
+                        "subject": m.subject if isinstance(m, OutboundEmail) else None,
                     }
                     for m in handed
                 ],
