@@ -44,12 +44,12 @@ import pandas as pd  # type: ignore[import-untyped]
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from crm.db import make_engine, upgrade  # noqa: E402
-from crm.importer import import_contacts, import_orders  # noqa: E402
-from segments.ml.blend import expected as bgnbd_expected  # noqa: E402
-from segments.ml.features import build_features, purchase_days  # noqa: E402
-from segments.ml.models import TrainParams, end_of_day, train  # noqa: E402
 from tidings.config import Settings  # noqa: E402
+from tidings.crm.db import make_engine, upgrade  # noqa: E402
+from tidings.crm.importer import import_contacts, import_orders  # noqa: E402
+from tidings.segments.ml.blend import expected as bgnbd_expected  # noqa: E402
+from tidings.segments.ml.features import build_features, purchase_days  # noqa: E402
+from tidings.segments.ml.models import TrainParams, end_of_day, train  # noqa: E402
 
 CAL_END = datetime(1997, 9, 30, tzinfo=UTC)
 HOLDOUT_END = datetime(1998, 6, 30, tzinfo=UTC)

@@ -24,9 +24,9 @@ from pathlib import Path
 from sqlalchemy import create_engine, insert, text
 from sqlalchemy.engine import make_url
 
-from crm.db import make_engine, upgrade
-from crm.models import Contact
-from crm.types import utcnow
+from tidings.crm.db import make_engine, upgrade
+from tidings.crm.models import Contact
+from tidings.crm.types import utcnow
 
 ROOT = Path(__file__).resolve().parents[1]
 TIDINGS = Path(sys.executable).with_name("tidings")

@@ -37,8 +37,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from sqlalchemy import create_engine, func, insert, select, text
 from sqlalchemy.engine import make_url
 
-from crm.db import make_engine, upgrade
-from crm.models import Contact, Message, MessageEvent
+from tidings.crm.db import make_engine, upgrade
+from tidings.crm.models import Contact, Message, MessageEvent
 
 ROOT = Path(__file__).resolve().parents[1]
 BATCH = 100
@@ -223,7 +223,7 @@ def main() -> None:
                 sys.executable,
                 "-m",
                 "uvicorn",
-                "web.app:create_app",
+                "tidings.web.app:create_app",
                 "--factory",
                 "--port",
                 str(port),

@@ -35,15 +35,15 @@ from sqlalchemy import func, literal, select  # noqa: E402
 
 from benchmarks.import_contacts import Database  # noqa: E402
 from benchmarks.send import start_server  # noqa: E402
-from channels.sendgrid import SendGridChannel  # noqa: E402
-from channels.types import OutboundEmail  # noqa: E402
-from crm.db import make_engine  # noqa: E402
-from crm.models import Contact, Message  # noqa: E402
-from journeys.loader import load_text  # noqa: E402
-from journeys.runtime import Runtime  # noqa: E402
-from journeys.triggers import post_event  # noqa: E402
-from templates.render import Renderer  # noqa: E402
+from tidings.channels.sendgrid import SendGridChannel  # noqa: E402
+from tidings.channels.types import OutboundEmail  # noqa: E402
 from tidings.config import Settings  # noqa: E402
+from tidings.crm.db import make_engine  # noqa: E402
+from tidings.crm.models import Contact, Message  # noqa: E402
+from tidings.journeys.loader import load_text  # noqa: E402
+from tidings.journeys.runtime import Runtime  # noqa: E402
+from tidings.journeys.triggers import post_event  # noqa: E402
+from tidings.templates.render import Renderer  # noqa: E402
 
 JOURNEY = """
 name: bench_broadcast

@@ -26,9 +26,9 @@ sys.path.insert(0, str(ROOT))
 from jinja2 import StrictUndefined  # noqa: E402
 from jinja2.sandbox import SandboxedEnvironment  # noqa: E402
 
-from templates.filters import FILTERS  # noqa: E402
-from templates.render import Renderer, contact_context  # noqa: E402
 from tidings.config import Settings  # noqa: E402
+from tidings.templates.filters import FILTERS  # noqa: E402
+from tidings.templates.render import Renderer, contact_context  # noqa: E402
 
 ARTICLE = """
     <mj-section>

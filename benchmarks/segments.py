@@ -39,10 +39,10 @@ from sqlalchemy.engine import make_url
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from crm.db import make_engine, session_scope, upgrade
-from segments.membership import count, refresh, segment_statement, tune_for_segments
-from segments.rules import Segment
 from tidings.config import get_settings
+from tidings.crm.db import make_engine, session_scope, upgrade
+from tidings.segments.membership import count, refresh, segment_statement, tune_for_segments
+from tidings.segments.rules import Segment
 
 NOW = datetime(2026, 11, 1, tzinfo=UTC)
 SEGMENT = Segment.model_validate(

@@ -30,11 +30,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from channels.base import RetryPolicy  # noqa: E402
-from channels.mime import mime_bytes  # noqa: E402
-from channels.sendgrid import SendGridChannel  # noqa: E402
-from channels.smtp import SmtpChannel  # noqa: E402
-from channels.types import OutboundEmail  # noqa: E402
+from tidings.channels.base import RetryPolicy  # noqa: E402
+from tidings.channels.mime import mime_bytes  # noqa: E402
+from tidings.channels.sendgrid import SendGridChannel  # noqa: E402
+from tidings.channels.smtp import SmtpChannel  # noqa: E402
+from tidings.channels.types import OutboundEmail  # noqa: E402
 
 API_KEY = "SG.bench"
 SERVER = """

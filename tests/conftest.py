@@ -19,7 +19,13 @@ import pytest
 from sqlalchemy import Engine, create_engine, text
 from sqlalchemy.engine import make_url
 
-from crm.db import make_engine, upgrade
+# Engine tests run on a fixture project of their own, never on the example content at the top
+# of the repository (a marketer editing welcome.mjml must not break them); set before anything
+# reads the settings. tests/test_project.py validates the example project on its own.
+FIXTURE_PROJECT = Path(__file__).resolve().parent / "fixtures" / "project"
+os.environ["TIDINGS_PROJECT_DIR"] = str(FIXTURE_PROJECT)
+
+from tidings.crm.db import make_engine, upgrade  # noqa: E402
 
 PG_URL = os.environ.get(
     "TIDINGS_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"

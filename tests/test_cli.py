@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from crm import cli as crm_cli
 from tidings import cli
 from tidings.cli import app
+from tidings.cli import crm as crm_cli
 from tidings.config import Settings, get_settings, refresh_readme
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -1,7 +1,10 @@
 """Settings in one place (STYLE.md 5).
 
-Every setting is an environment variable ``TIDINGS_<NAME>``; a ``.env`` file in the working
-directory is read too. Constructor arguments override both:
+Every setting is an environment variable ``TIDINGS_<NAME>``; a ``.env`` file in the project
+folder (``TIDINGS_PROJECT_DIR``, default the working directory) is read too, and the project's
+``channels/*.yaml`` give the channel settings (which provider, senders, rate limits). The order,
+first wins: constructor arguments, the environment, ``.env``, ``channels/``, the defaults.
+Relative paths (a SQLite file, the outbox and models folders) are read from the project folder:
 
 >>> Settings(database_url="sqlite:///:memory:").database_url
 'sqlite:///:memory:'
@@ -12,16 +15,29 @@ without documentation fails the suite.
 
 from __future__ import annotations
 
+import os
 from functools import lru_cache
+from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, SecretStr, ValidationInfo, field_validator
+from pydantic_settings import (
+    BaseSettings,
+    DotEnvSettingsSource,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
 
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
-        env_prefix="TIDINGS_", env_file=".env", extra="ignore", frozen=True
+        env_prefix="TIDINGS_", extra="ignore", frozen=True, validate_default=True
+    )
+
+    project_dir: Path = Field(
+        Path("."),
+        description="The tidings project: journeys/, segments/, templates/, channels/, .env. "
+        "Default: the working directory (`--project DIR` on the command line).",
     )
 
     database_url: str = Field(
@@ -91,8 +107,8 @@ class Settings(BaseSettings):
     twilio_concurrency: int = Field(
         8, ge=1, le=256, description="Concurrent Twilio API calls per adapter (thread pool)."
     )
-    outbox_dir: str = Field(
-        "outbox", description="Folder the sandbox 'outbox' channel writes .eml/.json files to."
+    outbox_dir: Path = Field(
+        Path("outbox"), description="Folder the sandbox 'outbox' channel writes .eml/.json files to."
     )
     rate_limits: dict[str, float] = Field(
         default_factory=dict,
@@ -113,9 +129,6 @@ class Settings(BaseSettings):
         "back to the engine as status 'retry'.",
     )
     # templates (templates/, docs/templates.md)
-    templates_dir: str = Field(
-        "templates", description="Folder of email/*.mjml, sms/*.sms.j2, partials/, samples.yaml."
-    )
     public_url: str = Field(
         "http://127.0.0.1:8000",
         description="Public base URL of the web app: tracked links /t/c/, pixel /t/o/, "
@@ -132,8 +145,8 @@ class Settings(BaseSettings):
     sms_segment_limit: int = Field(
         3, ge=1, description="Templates check and previews warn when an SMS needs more segments."
     )
-    models_dir: str = Field(
-        "models",
+    models_dir: Path = Field(
+        Path("models"),
         description="Folder where `tidings models train` keeps the trained score models (joblib).",
     )
     scores_horizon_days: int = Field(
@@ -215,6 +228,64 @@ class Settings(BaseSettings):
     )
     # -- new settings go above this line (keep one Field with a description each) --
 
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        from tidings.project import ChannelsSource
+
+        given = getattr(init_settings, "init_kwargs", {}).get("project_dir")
+        project = Path(given or os.environ.get("TIDINGS_PROJECT_DIR") or ".")
+        dotenv = DotEnvSettingsSource(settings_cls, env_file=project / ".env")
+        return (init_settings, env_settings, dotenv, ChannelsSource(settings_cls, project))
+
+    @field_validator("project_dir")
+    @classmethod
+    def _absolute_project(cls, value: Path) -> Path:
+        return value.expanduser().resolve()
+
+    @field_validator("outbox_dir", "models_dir")
+    @classmethod
+    def _in_project(cls, value: Path, info: ValidationInfo) -> Path:
+        project: Path = info.data["project_dir"]
+        return project / value.expanduser()
+
+    @field_validator("database_url")
+    @classmethod
+    def _sqlite_in_project(cls, value: str, info: ValidationInfo) -> str:
+        """``sqlite:///tidings.db`` is the project's store, wherever the command runs."""
+        from sqlalchemy.engine import make_url
+
+        url = make_url(value)
+        if url.get_backend_name() != "sqlite" or url.database in {None, "", ":memory:"}:
+            return value
+        if url.database.startswith("file:") or Path(url.database).is_absolute():
+            return value
+        project: Path = info.data["project_dir"]
+        path = project / url.database
+        return url.set(database=str(path)).render_as_string(hide_password=False)
+
+    @property
+    def journeys_dir(self) -> Path:
+        return self.project_dir / "journeys"
+
+    @property
+    def segments_dir(self) -> Path:
+        return self.project_dir / "segments"
+
+    @property
+    def templates_dir(self) -> Path:
+        return self.project_dir / "templates"
+
+    @property
+    def channels_dir(self) -> Path:
+        return self.project_dir / "channels"
+
     @field_validator("default_region")
     @classmethod
     def _region_upper(cls, value: str) -> str:
@@ -231,8 +302,14 @@ class Settings(BaseSettings):
 
 @lru_cache(maxsize=1)
 def get_settings() -> Settings:
-    """The process-wide settings, read once from the environment."""
+    """The process-wide settings, read once from the environment and the project."""
     return Settings()
+
+
+def use_project(directory: str | Path) -> None:
+    """Make ``directory`` the project of this process (``--project``) and read it anew."""
+    os.environ["TIDINGS_PROJECT_DIR"] = str(Path(directory).expanduser().resolve())
+    get_settings.cache_clear()
 
 
 def settings_markdown() -> str:

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from sqlalchemy import Engine, insert, select
 
-from channels.base import RetryPolicy
-from channels.types import OutboundEmail, OutboundSms
-from crm.db import session_scope
-from crm.models import Contact, Message
+from tidings.channels.base import RetryPolicy
+from tidings.channels.types import OutboundEmail, OutboundSms
+from tidings.crm.db import session_scope
+from tidings.crm.models import Contact, Message
 
 FAST = RetryPolicy(max_attempts=4, base=0.001, cap=0.01, max_retry_after=5.0)
 

@@ -7,14 +7,14 @@ from typing import Any
 
 import pytest
 
-from channels.base import Channel, RetryPolicy, parse_retry_after
-from channels.types import (
+from tests.channels.helpers import FAST, sms
+from tidings.channels.base import Channel, RetryPolicy, parse_retry_after
+from tidings.channels.types import (
     OutboundSms,
     ProviderPermanentError,
     ProviderRetryableError,
     SendResult,
 )
-from tests.channels.helpers import FAST, sms
 
 
 class Scripted(Channel[OutboundSms]):

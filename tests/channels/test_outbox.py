@@ -7,9 +7,9 @@ from email import message_from_bytes
 from email import policy as email_policy
 from pathlib import Path
 
-from channels import get_channel
-from channels.outbox import OutboxChannel, file_stem
 from tests.channels.helpers import email, sms
+from tidings.channels import get_channel
+from tidings.channels.outbox import OutboxChannel, file_stem
 from tidings.config import Settings
 
 

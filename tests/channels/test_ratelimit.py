@@ -9,7 +9,7 @@ import uuid
 import pytest
 import redis
 
-from channels.ratelimit import LocalRateLimiter, RateLimiter, RedisRateLimiter, window_max
+from tidings.channels.ratelimit import LocalRateLimiter, RateLimiter, RedisRateLimiter, window_max
 
 RATE, BURST, SECONDS = 40.0, 4.0, 1.0
 

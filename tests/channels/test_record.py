@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 from sqlalchemy import Engine, event
 
-from channels.record import record_results
-from channels.types import SendResult
-from crm.db import session_scope
 from tests.channels.helpers import message_rows, outbox_rows
+from tidings.channels.record import record_results
+from tidings.channels.types import SendResult
+from tidings.crm.db import session_scope
 
 
 def test_each_outcome_lands_on_its_row_in_one_statement_per_kind(store: Engine) -> None:

@@ -9,14 +9,14 @@ from dataclasses import replace
 import pytest
 from sqlalchemy import Engine, select
 
-from channels import get_channel
-from channels.record import record_results
-from channels.sendgrid import SendGridChannel
-from crm.db import session_scope
-from crm.models import Suppression
 from tests.channels.helpers import FAST, email, message_rows, outbox_rows
 from tests.simulators.sendgrid import SendGridSimulator
+from tidings.channels import get_channel
+from tidings.channels.record import record_results
+from tidings.channels.sendgrid import SendGridChannel
 from tidings.config import Settings
+from tidings.crm.db import session_scope
+from tidings.crm.models import Suppression
 from tidings.errors import ConfigurationError
 
 

@@ -7,14 +7,14 @@ from pathlib import Path
 import pytest
 from sqlalchemy import Engine, select
 
-from channels.mime import message_id_header
-from channels.record import record_results
-from channels.smtp import SmtpChannel
-from crm.db import session_scope
-from crm.models import Suppression
 from tests.channels.helpers import FAST, email, message_rows, outbox_rows
 from tests.simulators.smtp import SmtpSimulator
 from tests.simulators.tls import make_self_signed
+from tidings.channels.mime import message_id_header
+from tidings.channels.record import record_results
+from tidings.channels.smtp import SmtpChannel
+from tidings.crm.db import session_scope
+from tidings.crm.models import Suppression
 from tidings.errors import ConfigurationError
 
 

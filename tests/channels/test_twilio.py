@@ -8,15 +8,15 @@ import urllib.parse
 from sqlalchemy import Engine, select
 from twilio.rest import Client  # type: ignore[import-untyped]
 
-from channels import get_channel
-from channels.ratelimit import LocalRateLimiter
-from channels.record import record_results
-from channels.twilio import TwilioChannel
-from crm.db import session_scope
-from crm.models import Suppression
 from tests.channels.helpers import FAST, message_rows, outbox_rows, sms
 from tests.simulators.twilio import TwilioSimulator, num_segments
+from tidings.channels import get_channel
+from tidings.channels.ratelimit import LocalRateLimiter
+from tidings.channels.record import record_results
+from tidings.channels.twilio import TwilioChannel
 from tidings.config import Settings
+from tidings.crm.db import session_scope
+from tidings.crm.models import Suppression
 
 CALLBACK = "https://hooks.shop.example/twilio/status?src=tidings"
 

@@ -11,10 +11,10 @@ import pytest
 from sqlalchemy import Engine, func, select
 from sqlalchemy.orm import Session
 
-from crm.importer import import_contacts, import_events, import_orders
-from crm.models import Consent, ConsentChange, Contact, Event, Order
-from crm.readers import read_records
 from tidings.config import Settings
+from tidings.crm.importer import import_contacts, import_events, import_orders
+from tidings.crm.models import Consent, ConsentChange, Contact, Event, Order
+from tidings.crm.readers import read_records
 from tidings.errors import InputError
 
 DATA = Path(__file__).parent / "data"
@@ -124,7 +124,7 @@ def test_batch_size_does_not_change_the_result(store: Engine, tmp_path: Path) ->
     import_contacts(MESSY, engine=store, settings=Settings(import_batch_size=2))
     batched = _contacts(store)
     consents = _consents(store)
-    from crm.db import make_engine, upgrade
+    from tidings.crm.db import make_engine, upgrade
 
     reference = make_engine(f"sqlite:///{tmp_path / 'ref.db'}")
     upgrade(reference)

@@ -5,9 +5,9 @@ from __future__ import annotations
 import tracemalloc
 from pathlib import Path
 
-from crm.db import make_engine, upgrade
-from crm.importer import import_contacts
 from tidings.config import Settings
+from tidings.crm.db import make_engine, upgrade
+from tidings.crm.importer import import_contacts
 
 
 def write_contacts(path: Path, rows: int) -> None:

@@ -6,9 +6,9 @@ from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy import inspect
 
-from crm.db import current_revision, downgrade, head_revision, make_engine, upgrade
-from crm.models import Base
 from tests.conftest import PostgresServer
+from tidings.crm.db import current_revision, downgrade, head_revision, make_engine, upgrade
+from tidings.crm.models import Base
 
 
 def _diff(engine):

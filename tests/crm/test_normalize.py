@@ -7,7 +7,7 @@ from email_validator import EmailNotValidError, validate_email
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from crm.normalize import FieldError, normalize_email, parse_timestamp, typed_value
+from tidings.crm.normalize import FieldError, normalize_email, parse_timestamp, typed_value
 
 LOCAL = st.text(alphabet="abcXYZ019.-_+'!", min_size=1, max_size=12)
 LABEL = st.text(alphabet="abz09-", min_size=1, max_size=8)

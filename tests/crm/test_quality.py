@@ -6,8 +6,8 @@ from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import Engine, insert
 
-from crm.models import Contact, Event
-from crm.quality import quality_report
+from tidings.crm.models import Contact, Event
+from tidings.crm.quality import quality_report
 
 NOW = datetime(2026, 6, 1, 12, 0, tzinfo=UTC)
 

@@ -10,10 +10,10 @@ import pytest
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
-from crm.db import make_engine, upgrade
-from crm.models import Journey, Message
 from tests.journeys.test_engine import add_contacts, people
 from tidings.config import get_settings
+from tidings.crm.db import make_engine, upgrade
+from tidings.crm.models import Journey, Message
 
 
 @pytest.fixture(scope="module")
@@ -37,7 +37,7 @@ def store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
     }.items():
         monkeypatch.setenv(f"TIDINGS_{name}", value)
     get_settings.cache_clear()
-    from flows import journeys as flows
+    from tidings.flows import journeys as flows
 
     flows.runtime.cache_clear()
     yield url
@@ -46,8 +46,8 @@ def store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
 
 
 def test_tick_and_broadcast_flows(harness: None, store: str, tmp_path: Path) -> None:
-    from crm.types import utcnow
-    from flows.journeys import broadcast, journey_tick
+    from tidings.crm.types import utcnow
+    from tidings.flows.journeys import broadcast, journey_tick
 
     engine = make_engine(store)
     add_contacts(engine, people(30, created_at=utcnow()))

@@ -9,14 +9,14 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from journeys import cli as journeys_cli
+from tests.conftest import FIXTURE_PROJECT
 from tests.journeys.test_engine import add_contacts, people
 from tidings import cli
 from tidings.cli import app
+from tidings.cli import journeys as journeys_cli
 from tidings.config import get_settings
 
 runner = CliRunner()
-ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture
@@ -57,11 +57,11 @@ def test_schema_is_generated_from_the_models() -> None:
 
 
 def test_plan_run_status_pause_and_post(env: Path, store_url: str) -> None:
-    from crm.db import make_engine
-    from crm.types import utcnow
+    from tidings.crm.db import make_engine
+    from tidings.crm.types import utcnow
 
     add_contacts(make_engine(store_url), people(4, created_at=utcnow()))  # new sign-ups
-    welcome = ROOT / "journeys" / "welcome.yaml"
+    welcome = FIXTURE_PROJECT / "journeys" / "welcome.yaml"
 
     plan = runner.invoke(app, ["journey", "plan", str(welcome)])
     assert plan.exit_code == 0, plan.output

@@ -12,14 +12,14 @@ import pytest
 from sqlalchemy import Engine, func, insert, select, update
 from sqlalchemy.orm import Session
 
-from channels.outbox import OutboxChannel
-from crm.models import Assignment, Consent, Contact, Enrollment, Event, Message, Suppression
-from crm.models import Journey as JourneyRow
-from journeys.dispatch import Dispatcher
-from journeys.engine import JourneyEngine
-from journeys.loader import load_text
-from templates.render import Renderer
+from tidings.channels.outbox import OutboxChannel
 from tidings.config import Settings
+from tidings.crm.models import Assignment, Consent, Contact, Enrollment, Event, Message, Suppression
+from tidings.crm.models import Journey as JourneyRow
+from tidings.journeys.dispatch import Dispatcher
+from tidings.journeys.engine import JourneyEngine
+from tidings.journeys.loader import load_text
+from tidings.templates.render import Renderer
 
 # A Wednesday, 10:00 UTC: outside the default quiet hours everywhere used below.
 T0 = datetime(2026, 3, 4, 10, 0, tzinfo=UTC)

@@ -26,12 +26,12 @@ import pytest
 from sqlalchemy import func, literal, select
 from sqlalchemy.orm import Session
 
-from crm.db import make_engine
-from crm.models import Contact, Message
-from journeys.engine import JourneyEngine
-from journeys.loader import load_text
 from tests.simulators.sendgrid import SendGridSimulator
 from tidings.config import Settings
+from tidings.crm.db import make_engine
+from tidings.crm.models import Contact, Message
+from tidings.journeys.engine import JourneyEngine
+from tidings.journeys.loader import load_text
 
 CONTACTS = int(os.environ.get("TIDINGS_KILL_TEST_CONTACTS", "100000"))
 KILLS = 20

@@ -6,8 +6,8 @@ import textwrap
 
 import pytest
 
-from journeys.loader import References, load_text, version_hash
 from tidings.errors import InputError
+from tidings.journeys.loader import References, load_text, version_hash
 from tidings.yamlfile import InputErrors
 
 VALID = """\

@@ -14,11 +14,11 @@ from hypothesis import strategies as st
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from crm.db import make_engine
-from crm.models import Base, Consent, Contact, Message, Suppression
-from journeys.engine import JourneyEngine
-from journeys.schema import Journey
 from tidings.config import Settings
+from tidings.crm.db import make_engine
+from tidings.crm.models import Base, Consent, Contact, Message, Suppression
+from tidings.journeys.engine import JourneyEngine
+from tidings.journeys.schema import Journey
 
 ZONES = ["UTC", "Europe/Berlin", "America/Los_Angeles", "Asia/Tokyo", "Australia/Sydney"]
 START = datetime(2026, 3, 28, 0, 0, tzinfo=UTC)  # a daylight-saving weekend in Europe

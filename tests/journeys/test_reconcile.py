@@ -9,13 +9,13 @@ from pathlib import Path
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
-from channels.smtp import SmtpChannel
-from crm.models import Message
-from journeys.loader import load_text
-from journeys.reconcile import reconcile, resolve
-from journeys.runtime import Runtime
 from tests.journeys.test_engine import T0, add_contacts, people
 from tests.journeys.test_triggers import runtime  # noqa: F401 - the fixture
+from tidings.channels.smtp import SmtpChannel
+from tidings.crm.models import Message
+from tidings.journeys.loader import load_text
+from tidings.journeys.reconcile import reconcile, resolve
+from tidings.journeys.runtime import Runtime
 
 
 def test_reconcile_asks_before_resending(runtime: Runtime, tmp_path: Path) -> None:  # noqa: F811

@@ -24,13 +24,13 @@ import pytest
 from sqlalchemy import func, literal, select
 from sqlalchemy.orm import Session
 
-from crm.models import Contact, Message
-from journeys.loader import load_text
-from journeys.reconcile import reconcile, resolve
-from journeys.runtime import Runtime
 from tests.journeys.test_exactly_once import JOURNEY, load_contacts, start_worker, wait_ready
 from tests.simulators.smtp import SmtpSimulator
 from tidings.config import Settings
+from tidings.crm.models import Contact, Message
+from tidings.journeys.loader import load_text
+from tidings.journeys.reconcile import reconcile, resolve
+from tidings.journeys.runtime import Runtime
 
 CONTACTS = 1500
 KILLS = 8

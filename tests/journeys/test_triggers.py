@@ -11,13 +11,13 @@ import pytest
 from sqlalchemy import func, insert, select, update
 from sqlalchemy.orm import Session
 
-from crm.models import Consent, Enrollment, Message, Order
-from crm.models import Journey as JourneyRow
-from journeys.loader import DEFAULT_DIR
-from journeys.runtime import Runtime
-from journeys.triggers import latest_occurrence, post_event, run_schedules
+from tests.conftest import FIXTURE_PROJECT
 from tests.journeys.test_engine import T0, add_contacts, people
 from tidings.config import Settings
+from tidings.crm.models import Consent, Enrollment, Message, Order
+from tidings.crm.models import Journey as JourneyRow
+from tidings.journeys.runtime import Runtime
+from tidings.journeys.triggers import latest_occurrence, post_event, run_schedules
 
 ORDER = {
     "order": {
@@ -217,5 +217,5 @@ def test_schedules_enrol_each_run_once(runtime: Runtime) -> None:
 
 
 def test_example_journeys_are_valid() -> None:
-    names = sorted(p.stem for p in DEFAULT_DIR.glob("*.yaml"))
+    names = sorted(p.stem for p in (FIXTURE_PROJECT / "journeys").glob("*.yaml"))
     assert names == ["abandoned_cart", "order_status", "welcome", "winback"]

@@ -12,8 +12,8 @@ from typing import Any
 
 from sqlalchemy import Engine
 
-from crm.db import session_scope
-from crm.models import (
+from tidings.crm.db import session_scope
+from tidings.crm.models import (
     Consent,
     Contact,
     Event,

@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from crm.db import make_engine, upgrade
 from tests.segments.crm_fixture import NOW, build_crm
 from tidings.cli import app
 from tidings.config import get_settings
+from tidings.crm.db import make_engine, upgrade
 
 
 @pytest.fixture

@@ -6,10 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from segments.core import All, Column, Compare, EventCount, Not
-from segments.loader import SegmentErrors, load_catalog, load_file, load_text
-from segments.rules import parse_duration
 from tidings.errors import InputError
+from tidings.segments.core import All, Column, Compare, EventCount, Not
+from tidings.segments.loader import SegmentErrors, load_catalog, load_file, load_text
+from tidings.segments.rules import parse_duration
 
 
 def write(directory: Path, name: str, text: str) -> Path:
@@ -152,7 +152,7 @@ rule:
     - event: x
       count: {ne: 2}
 """)
-    from segments.core import to_core
+    from tidings.segments.core import to_core
 
     core = to_core(seg.rule)
     assert isinstance(core, All)

@@ -7,11 +7,11 @@ from typing import Any
 
 from sqlalchemy import Engine, event, select, update
 
-from crm.db import session_scope
-from crm.models import Contact, SegmentMembership
-from segments.loader import Catalog, parse_segment
-from segments.membership import count, current_members, evaluate, refresh
 from tests.segments.crm_fixture import NOW, build_crm
+from tidings.crm.db import session_scope
+from tidings.crm.models import Contact, SegmentMembership
+from tidings.segments.loader import Catalog, parse_segment
+from tidings.segments.membership import count, current_members, evaluate, refresh
 
 PRO = parse_segment({"name": "pro", "rule": {"attribute": "plan", "eq": "pro"}})
 

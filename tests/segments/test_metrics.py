@@ -17,14 +17,14 @@ from typing import Any, Literal
 import pytest
 from sqlalchemy import Engine, event, text
 
-from crm.db import make_engine, session_scope, upgrade
-from segments import core as c
-from segments.compile import compile_core
-from segments.loader import parse_segment
-from segments.membership import count, tune_for_segments
-from segments.rules import Ago
 from tests.segments.crm_fixture import CONTACTS, EVENTS, NOW, ORDERS, ago, build_crm
 from tidings.config import get_settings
+from tidings.crm.db import make_engine, session_scope, upgrade
+from tidings.segments import core as c
+from tidings.segments.compile import compile_core
+from tidings.segments.loader import parse_segment
+from tidings.segments.membership import count, tune_for_segments
+from tidings.segments.rules import Ago
 
 OPS: tuple[c.CountOp, ...] = ("eq", "gt", "gte", "lt", "lte")
 DAY = 86400.0

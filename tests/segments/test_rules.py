@@ -4,19 +4,18 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 from sqlalchemy import Engine, event
 
-from crm.db import make_engine, session_scope, upgrade
-from segments.compile import bucket_of
-from segments.loader import Catalog, parse_segment
-from segments.membership import evaluate
 from tests.conftest import PostgresServer
 from tests.segments.crm_fixture import CONTACTS, NOW, build_crm
+from tidings.crm.db import make_engine, session_scope, upgrade
+from tidings.segments.compile import bucket_of
+from tidings.segments.loader import Catalog, parse_segment
+from tidings.segments.membership import evaluate
 
 ALL = set(CONTACTS)
 
@@ -216,11 +215,12 @@ def test_one_statement_per_evaluation(crm: Crm) -> None:
 
 
 def test_example_segments_compile_and_run(crm: Crm) -> None:
-    from segments.loader import DEFAULT_DIR, load_catalog
+    from tests.conftest import FIXTURE_PROJECT
+    from tidings.segments.loader import load_catalog
 
-    catalog = load_catalog(DEFAULT_DIR)
+    catalog = load_catalog(FIXTURE_PROJECT / "segments")
     assert len(catalog.segments) >= 3
     with session_scope(crm.engine) as session:
         for name in catalog.segments:
             evaluate(name, session=session, catalog=catalog, now=NOW)
-    assert Path(DEFAULT_DIR).is_dir()
+    assert (FIXTURE_PROJECT / "segments").is_dir()

@@ -4,11 +4,11 @@ from pathlib import Path
 
 import pytest
 
-from templates.render import Renderer
+from tests.conftest import FIXTURE_PROJECT
 from tidings.config import Settings
+from tidings.templates.render import Renderer
 
-ROOT = Path(__file__).resolve().parents[2]
-SHIPPED = ROOT / "templates"
+SHIPPED = FIXTURE_PROJECT / "templates"
 SECRET = "test-secret-key"
 
 

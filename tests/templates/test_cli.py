@@ -8,11 +8,11 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from crm.db import make_engine, session_scope, upgrade
-from crm.models import Contact
 from tests.templates.conftest import SHIPPED, mjml, write_email
 from tidings.cli import app
 from tidings.config import get_settings
+from tidings.crm.db import make_engine, session_scope, upgrade
+from tidings.crm.models import Contact
 
 runner = CliRunner()
 
@@ -59,7 +59,7 @@ def test_check_reports_every_problem_with_file_and_line(broken_dir: Path) -> Non
 
 def test_bare_jinja_loop_between_components_survives_compilation(tmp_path: Path) -> None:
     """{% %} tags travel through MRML and the CSS inliner as comments, so no <mj-raw> needed."""
-    from templates.render import Renderer
+    from tidings.templates.render import Renderer
 
     body = (
         "<mjml><mj-body>\n{% for i in [1, 2, 3] %}\n"

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from templates.render import Renderer, TemplateRenderError
 from tests.templates.conftest import SECRET, mjml, write_email
 from tidings.config import Settings
+from tidings.templates.render import Renderer, TemplateRenderError
 
 EVIL = "<script>alert(1)</script>"
 

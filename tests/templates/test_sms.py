@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from templates.sms import GSM_BASIC, GSM_EXTENSION, count_segments, split_parts
+from tidings.templates.sms import GSM_BASIC, GSM_EXTENSION, count_segments, split_parts
 
 # (message, encoding, segments, characters, units) worked out by hand from the 3GPP tables.
 TABLE = [

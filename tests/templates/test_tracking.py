@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from templates.render import Renderer
-from templates.tracking import InvalidTokenError, sign_token, verify_token
 from tests.templates.conftest import SECRET, mjml, write_email
 from tidings.config import Settings
+from tidings.templates.render import Renderer
+from tidings.templates.tracking import InvalidTokenError, sign_token, verify_token
 
 LINKS = mjml(
     '<mj-text><a href="https://shop.example.com/a?x=1&amp;y=2">A</a>\n'

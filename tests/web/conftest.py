@@ -14,10 +14,10 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from fastapi.testclient import TestClient
 from sqlalchemy import Engine, insert
 
-from crm.db import make_engine, upgrade
-from crm.models import Base, Consent, Contact, Message
 from tidings.config import Settings
-from web.app import create_app
+from tidings.crm.db import make_engine, upgrade
+from tidings.crm.models import Base, Consent, Contact, Message
+from tidings.web.app import create_app
 
 TWILIO_TOKEN = "twilio-test-auth-token"
 PUBLIC_URL = "https://hooks.example.com"

@@ -9,10 +9,10 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import func, select
 
-from crm.models import Contact, Event, Order
-from journeys.runtime import Runtime
-from web.apikeys import authenticate, create_key, revoke_key
-from web.app import create_app
+from tidings.crm.models import Contact, Event, Order
+from tidings.journeys.runtime import Runtime
+from tidings.web.apikeys import authenticate, create_key, revoke_key
+from tidings.web.app import create_app
 
 ORDER = {"order": {"number": "10042", "carrier": "DHL", "tracking_url": "https://t.example/1"}}
 

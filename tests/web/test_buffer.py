@@ -13,13 +13,13 @@ from fastapi.testclient import TestClient
 from sqlalchemy import func, select
 from sqlalchemy.engine import make_url
 
-from crm.db import make_engine
-from crm.models import Event, MessageEvent
 from tests.web.conftest import make_settings, seed
 from tests.web.proxy import TcpProxy
-from web.apikeys import create_key
-from web.app import create_app
-from web.buffer import Consumer, StreamSink
+from tidings.crm.db import make_engine
+from tidings.crm.models import Event, MessageEvent
+from tidings.web.apikeys import create_key
+from tidings.web.app import create_app
+from tidings.web.buffer import Consumer, StreamSink
 
 
 def wait_for(condition, timeout: float = 30.0) -> bool:
@@ -140,8 +140,8 @@ def test_dead_consumer_entries_are_claimed_and_events_posted(
     dead = Consumer(settings, db=store, name="dead")
     assert len(dead._read(block_ms=10)) == 2  # read, then "crashed" before writing
     assert stored(store) == 0
-    from journeys.runtime import Runtime
-    from web.events import make_poster
+    from tidings.journeys.runtime import Runtime
+    from tidings.web.events import make_poster
 
     runtime = Runtime.from_settings(settings, db=store)
     alive = Consumer(settings, db=store, name="alive", post_events=lambda: make_poster(runtime))

@@ -12,8 +12,8 @@ from typer.testing import CliRunner
 
 from tests.web.conftest import seed
 from tidings.cli import app
-from web.apikeys import authenticate
-from web.app import create_app
+from tidings.web.apikeys import authenticate
+from tidings.web.app import create_app
 
 runner = CliRunner()
 

@@ -14,10 +14,10 @@ from pathlib import Path
 import schemathesis
 from hypothesis import HealthCheck, settings
 
-from crm.db import make_engine, upgrade
 from tests.web.conftest import Signer, make_settings, seed
-from web.apikeys import create_key
-from web.app import create_app
+from tidings.crm.db import make_engine, upgrade
+from tidings.web.apikeys import create_key
+from tidings.web.app import create_app
 
 TMP = Path(tempfile.mkdtemp(prefix="tidings-fuzz-"))
 URL = f"sqlite:///{TMP / 'tidings.db'}"

@@ -10,9 +10,9 @@ import orjson
 from fastapi.testclient import TestClient
 from sqlalchemy import Engine, func, select
 
-from crm.models import Consent, ConsentChange, Message, MessageEvent, Suppression
 from tests.web.conftest import Signer, make_settings
-from web.app import create_app
+from tidings.crm.models import Consent, ConsentChange, Message, MessageEvent, Suppression
+from tidings.web.app import create_app
 
 # The sendgrid-python SDK's unit test vector (test/unit/test_eventwebhook.py).
 SDK_PUBLIC_KEY = (

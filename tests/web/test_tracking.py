@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from sqlalchemy import select
 
-from crm.models import Consent, ConsentChange, MessageEvent
-from templates.tracking import sign_token
+from tidings.crm.models import Consent, ConsentChange, MessageEvent
+from tidings.templates.tracking import sign_token
 
 BROWSER = {"User-Agent": "Mozilla/5.0 (Macintosh; Intel Mac OS X 14_0) AppleWebKit/605.1.15"}
 

@@ -7,8 +7,8 @@ from urllib.parse import urlencode
 from sqlalchemy import select
 from twilio.request_validator import RequestValidator  # type: ignore[import-untyped]
 
-from crm.models import Consent, ConsentChange, Message, MessageEvent, Suppression
 from tests.web.conftest import PUBLIC_URL, TWILIO_TOKEN
+from tidings.crm.models import Consent, ConsentChange, Message, MessageEvent, Suppression
 
 VALIDATOR = RequestValidator(TWILIO_TOKEN)
 REVOKED = {"marketing": "revoked", "transactional": "revoked"}

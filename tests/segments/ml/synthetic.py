@@ -14,7 +14,7 @@ from decimal import Decimal
 
 from sqlalchemy import Engine, insert, select
 
-from crm.models import Contact, Event, Order
+from tidings.crm.models import Contact, Event, Order
 
 AS_OF = datetime(2026, 6, 30, tzinfo=UTC)
 KINDS = ("steady", "lapsed", "oneoff", "prospect")

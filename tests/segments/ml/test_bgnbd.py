@@ -9,7 +9,7 @@ from scipy.integrate import quad  # type: ignore[import-untyped]
 from scipy.special import betaln  # type: ignore[import-untyped]
 from scipy.stats import beta as beta_dist  # type: ignore[import-untyped]
 
-from segments.ml.bgnbd import BgNbd, fit, log_likelihood, simulate
+from tidings.segments.ml.bgnbd import BgNbd, fit, log_likelihood, simulate
 
 TRUE = BgNbd(r=0.5, alpha=20.0, a=0.8, b=2.5)
 

@@ -12,11 +12,12 @@ import pandas as pd  # type: ignore[import-untyped]
 import pytest
 from sqlalchemy import Engine, delete
 
-from crm.db import make_engine, upgrade
-from crm.models import Order
-from segments.ml import models as ml
-from segments.ml.bgnbd import BgNbd, simulate
-from segments.ml.blend import (
+from tests.segments.ml import synthetic
+from tidings.crm.db import make_engine, upgrade
+from tidings.crm.models import Order
+from tidings.segments.ml import models as ml
+from tidings.segments.ml.bgnbd import BgNbd, simulate
+from tidings.segments.ml.blend import (
     WEIGHTS,
     Blend,
     bgnbd_columns,
@@ -26,8 +27,7 @@ from segments.ml.blend import (
     fit_at,
     poisson_deviance,
 )
-from segments.ml.features import FEATURES, build_features
-from tests.segments.ml import synthetic
+from tidings.segments.ml.features import FEATURES, build_features
 
 FAST = ml.TrainParams(horizon_days=90, snapshots=2, max_iter=60, learning_rate=0.1)
 

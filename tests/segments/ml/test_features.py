@@ -8,9 +8,9 @@ from decimal import Decimal
 import pandas as pd  # type: ignore[import-untyped]
 from sqlalchemy import Engine, insert, select
 
-from crm.models import Contact, Event, Order
-from segments.ml.features import FEATURES, build_features
 from tests.segments.ml import synthetic
+from tidings.crm.models import Contact, Event, Order
+from tidings.segments.ml.features import FEATURES, build_features
 
 CUT = datetime(2026, 3, 31, 23, 59, tzinfo=UTC)
 

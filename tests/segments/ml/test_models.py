@@ -13,17 +13,17 @@ import pytest
 from sqlalchemy import Engine, select
 from typer.testing import CliRunner
 
-from crm.db import make_engine, session_scope, upgrade
-from crm.models import Contact
-from segments.membership import count
-from segments.ml import models as ml
-from segments.ml.features import FEATURES, build_features
-from segments.ml.rfm import NO_ORDERS, fit_rfm, name_clusters
-from segments.ml.scoring import score_contacts
-from segments.rules import Segment
 from tests.segments.ml import synthetic
 from tidings.config import get_settings
+from tidings.crm.db import make_engine, session_scope, upgrade
+from tidings.crm.models import Contact
 from tidings.errors import InputError
+from tidings.segments.membership import count
+from tidings.segments.ml import models as ml
+from tidings.segments.ml.features import FEATURES, build_features
+from tidings.segments.ml.rfm import NO_ORDERS, fit_rfm, name_clusters
+from tidings.segments.ml.scoring import score_contacts
+from tidings.segments.rules import Segment
 
 FAST = ml.TrainParams(horizon_days=90, snapshots=2, max_iter=60, learning_rate=0.1)
 
@@ -187,7 +187,7 @@ def test_cli_train_then_score(cli_env: str) -> None:
 
 
 def test_flow_tasks_run_without_a_prefect_server(cli_env: str) -> None:
-    from flows.scores import features_task, score_task, train_task
+    from tidings.flows.scores import features_task, score_task, train_task
 
     summary = features_task.fn("2026-06-30")
     assert summary == {"contacts": 60, "buyers": 45}

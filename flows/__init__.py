@@ -1,1 +1,0 @@
-"""Prefect flows: thin wiring over the engine (journeys, scores)."""

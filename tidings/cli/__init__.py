@@ -1,0 +1,180 @@
+"""The ``tidings`` command line.
+
+Each area registers its own Typer sub-app here; heavy imports stay inside the commands so
+``tidings --help`` answers at once.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import NoReturn
+
+import typer
+from rich.console import Console
+
+from tidings.cli import crm as crm_cli
+from tidings.cli import journeys as journeys_cli
+from tidings.cli import models as models_cli
+from tidings.cli import segments as segments_cli
+from tidings.cli import templates as templates_cli
+from tidings.cli import web as web_cli
+from tidings.errors import ConfigurationError, InputError
+
+app = typer.Typer(
+    name="tidings",
+    help="Marketing automation: journeys in YAML, exactly-once sending, real statistics.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+console = Console()
+err_console = Console(stderr=True)
+
+
+def fail(message: str, code: int = 2) -> NoReturn:
+    """Print an error the user can act on and exit non-zero."""
+    err_console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    raise typer.Exit(code)
+
+
+def run_guarded(main: typer.Typer) -> None:
+    try:
+        main()
+    except (ConfigurationError, InputError) as exc:
+        err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        sys.exit(2)
+
+
+@app.callback()
+def project_option(
+    project: Path | None = typer.Option(
+        None,
+        "--project",
+        "-p",
+        envvar="TIDINGS_PROJECT_DIR",
+        help="The project folder (journeys/, segments/, templates/, channels/, .env). "
+        "Default: the working directory.",
+    ),
+) -> None:
+    """Every command reads its content from one project folder."""
+    from tidings.config import use_project
+
+    if project is not None:
+        if not project.is_dir():
+            fail(f"--project {project}: no such folder (create one with `tidings init {project}`)")
+        use_project(project)
+
+
+@app.command("init")
+def init(directory: Path = typer.Argument(..., help="The new project folder.")) -> None:
+    """Write a new project: one working journey, its segment and templates, channels, flows."""
+    from tidings.project import init_project
+
+    init_project(directory)
+    console.print(f"[green]created[/] {directory}", highlight=False)
+    console.print(
+        f"next: cd {directory} && tidings db upgrade && tidings journey validate && "
+        "tidings journey run journeys/welcome.yaml",
+        highlight=False,
+        soft_wrap=True,
+    )
+
+
+db_app = typer.Typer(help="The CRM store: migrations.", no_args_is_help=True)
+app.add_typer(db_app, name="db")
+app.add_typer(crm_cli.crm_app, name="crm")
+app.add_typer(crm_cli.contacts_app, name="contacts")
+app.add_typer(crm_cli.events_app, name="events")
+app.add_typer(crm_cli.orders_app, name="orders")
+app.add_typer(segments_cli.app, name="segment")
+app.add_typer(models_cli.app, name="models")
+app.add_typer(templates_cli.app, name="templates")
+app.add_typer(journeys_cli.app, name="journey")
+crm_cli.events_app.command("post")(journeys_cli.post)
+web_cli.register(app)
+
+
+@db_app.command("upgrade")
+def db_upgrade(revision: str = typer.Argument("head", help="Target revision.")) -> None:
+    """Create or migrate the store at TIDINGS_DATABASE_URL to the newest schema."""
+    from tidings.crm.db import current_revision, make_engine, upgrade
+
+    engine = make_engine()
+    before = current_revision(engine)
+    upgrade(engine, revision)
+    after = current_revision(engine)
+    where = engine.url.render_as_string(hide_password=True)
+    if before == after:
+        console.print(f"store {where} already at revision {after}")
+    else:
+        console.print(f"store {where} migrated {before or 'empty'} -> {after}")
+
+
+@db_app.command("current")
+def db_current() -> None:
+    """Print the store's revision and the newest one available."""
+    from tidings.crm.db import current_revision, head_revision, make_engine
+
+    engine = make_engine()
+    console.print(f"current: {current_revision(engine) or 'empty'}; head: {head_revision(engine)}")
+
+
+@app.command("demo")
+def demo(
+    data: Path = typer.Option(Path("data/sample"), help="The sample CRM data to import."),
+) -> None:
+    """The main job on embedded defaults, in the project: import the sample CRM, run the welcome
+    journey and an order-status SMS through the sandbox outbox, and show what was sent."""
+    from tidings.config import get_settings
+    from tidings.crm.db import make_engine, upgrade
+    from tidings.crm.importer import IMPORTERS
+    from tidings.crm.quality import quality_report
+    from tidings.journeys.running import find_contact, run_once
+    from tidings.journeys.runtime import Runtime
+    from tidings.journeys.triggers import post_event
+
+    # The demo runs whatever the hour: quiet hours would defer the welcome emails to morning.
+    settings = get_settings().model_copy(update={"quiet_hours": "off"})
+    outbox = settings.outbox_dir
+    engine = make_engine(settings.database_url)
+    console.rule("1. the CRM store")
+    upgrade(engine)
+    console.print(f"store ready at {engine.url.render_as_string(hide_password=True)}")
+    console.rule("2. import the sample CRM data")
+    for kind in ("contacts", "events", "orders"):
+        crm_cli.print_import_report(IMPORTERS[kind](data / f"{kind}.csv", engine=engine))
+    console.rule("3. data quality")
+    crm_cli.print_quality(quality_report(engine=engine, stale_days=settings.stale_days))
+    console.rule("4. the welcome journey (new sign-ups, A/B subject test) -> outbox")
+    runtime = Runtime.from_settings(settings, db=engine)
+    runtime.load_journeys()
+    journeys_cli.print_summary(run_once(runtime, settings.journeys_dir / "welcome.yaml"))
+    console.rule("5. the shop posts order.shipped -> order-status SMS at once")
+    outcome = post_event(
+        runtime,
+        contact_id=find_contact(runtime, "C0002"),
+        name="order.shipped",
+        idempotency_key="demo-order-O00001",
+        properties={
+            "order": {
+                "number": "O00001",
+                "carrier": "DHL",
+                "tracking_url": "https://track.example.com/O1",
+            }
+        },
+    )
+    console.print(
+        "already sent in an earlier demo run"
+        if outcome.duplicate
+        else f"order_status: {outcome.sent} SMS sent at once"
+    )
+    console.rule(f"6. what was sent (files in {outbox})")
+    journeys_cli.print_outbox(outbox)
+
+
+def main() -> None:
+    run_guarded(app)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,343 @@
+"""``tidings journey ...`` and ``tidings events post``: validate, run and watch journeys.
+
+``post`` is registered under ``tidings events`` (next to ``events import``) by ``tidings.cli``.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+if TYPE_CHECKING:
+    from tidings.journeys.runtime import Runtime
+
+console = Console()
+app = typer.Typer(help="Journeys: validate, plan, run, pause and watch.", no_args_is_help=True)
+
+FILES = typer.Argument(None, help="Journey files (default: every journeys/*.yaml).")
+
+
+def _runtime() -> Runtime:
+    from tidings.journeys.runtime import Runtime
+
+    return Runtime.from_settings()
+
+
+def _loaded_runtime() -> Runtime:
+    """The runtime with the project's journeys registered; a file that fails is said and skipped."""
+    runtime = _runtime()
+    runtime.load_journeys()
+    report_problems(runtime)
+    return runtime
+
+
+def report_problems(runtime: Runtime) -> None:
+    err = Console(stderr=True)
+    for problem in runtime.problems:
+        err.print(f"[yellow]skipped:[/] {problem}", highlight=False, soft_wrap=True)
+
+
+def _files(files: list[Path] | None) -> list[Path]:
+    from tidings.config import get_settings
+    from tidings.journeys.loader import journey_files
+
+    return list(files) if files else journey_files(get_settings().journeys_dir)
+
+
+@app.command("validate")
+def validate(files: list[Path] | None = FILES) -> None:
+    """Check journeys: schema, step graph, and that templates and segments exist."""
+    from tidings.config import get_settings
+    from tidings.errors import InputError
+    from tidings.journeys.loader import load_file
+    from tidings.journeys.runtime import references
+    from tidings.segments.loader import load_catalog
+    from tidings.templates.render import Renderer
+    from tidings.yamlfile import InputErrors
+
+    catalog = load_catalog(get_settings().segments_dir, strict=False)
+    for error in catalog.problems:
+        console.print(f"[red]{error}[/]", highlight=False, soft_wrap=True)
+    refs = references(Renderer(), set(catalog.segments))
+    problems = len(catalog.problems)
+    for path in _files(files):
+        try:
+            journey = load_file(path, references=refs)
+        except InputError as exc:
+            errors = exc.errors if isinstance(exc, InputErrors) else [exc]
+            problems += len(errors)
+            for error in errors:
+                console.print(f"[red]{error}[/]", highlight=False, soft_wrap=True)
+            continue
+        console.print(
+            f"[green]ok[/] {path}: {journey.name}, {len(journey.steps)} steps", highlight=False
+        )
+    if problems:
+        console.print(f"{problems} problem(s)")
+        raise typer.Exit(1)
+
+
+@app.command("schema")
+def schema(
+    out: Path | None = typer.Option(None, help="Write to this file (default: stdout)."),
+) -> None:
+    """The JSON Schema of journey files, for editor completion (generated from the models)."""
+    from tidings.journeys.schema import Journey
+
+    text = json.dumps(Journey.model_json_schema(), indent=2) + "\n"
+    if out:
+        out.write_text(text)
+        console.print(f"wrote {out}")
+    else:
+        typer.echo(text, nl=False)
+
+
+@app.command("plan")
+def plan(file: Path = typer.Argument(..., help="The journey file.")) -> None:
+    """A dry run on the current CRM data: who would enter, and what each step would do.
+
+    Nothing is written or sent: the plan runs in a transaction that is rolled back.
+    """
+    from tidings.journeys.planning import plan_journey
+
+    runtime = _runtime()
+    report = plan_journey(runtime, file)
+    console.print(f"[bold]{report.name}[/]: {report.entering} contacts would enter now")
+    table = Table("step", "type", "would send", "held back", "deferred", "waiting")
+    for row in report.steps:
+        held = ", ".join(f"{k} {v}" for k, v in sorted(row.held.items())) or "-"
+        table.add_row(row.step, row.type, str(row.sent), held, str(row.deferred), str(row.waiting))
+    console.print(table)
+    for note in report.notes:
+        console.print(note)
+
+
+@app.command("run")
+def run(
+    file: Path = typer.Argument(..., help="The journey file."),
+    local: bool = typer.Option(False, "--local", help="In this process, even with a server."),
+    prefect: bool = typer.Option(
+        False, "--prefect", help="As a flow run, even without a server (a temporary one starts)."
+    ),
+) -> None:
+    """Enrol, tick and send a journey now. With a Prefect server configured (PREFECT_API_URL)
+    it runs as a flow run there; without one, in this process (no temporary server)."""
+    from tidings.flows.prefect_env import prefect_server_url
+    from tidings.journeys.runtime import Runtime
+
+    if local and prefect:
+        raise typer.BadParameter("choose --local or --prefect, not both")
+    server = None if local else prefect_server_url()
+    if local or not (prefect or server):
+        from tidings.journeys.running import run_once
+
+        summary = run_once(Runtime.from_settings(), file, progress=console)
+    else:
+        console.print(
+            f"a flow run on the Prefect server at {server} ..."
+            if server
+            else "starting a temporary Prefect server for one flow run (10-20 s) ...",
+            highlight=False,
+        )
+        from tidings.flows.journeys import run_journey
+
+        summary = run_journey(str(file.resolve()))
+    print_summary(summary)
+
+
+def print_summary(summary: dict[str, Any]) -> None:
+    table = Table("what", "count", title=f"journey {summary['journey']}", title_justify="left")
+    for key in (
+        "enrolled",
+        "processed",
+        "messages",
+        "deferred",
+        "completed",
+        "exited",
+        "sent",
+        "failed",
+        "retry",
+    ):
+        table.add_row(key, str(summary.get(key, 0)))
+    for reason, n in sorted(summary.get("held", {}).items()):
+        table.add_row(f"held: {reason}", str(n))
+    console.print(table)
+
+
+def print_outbox(folder: Path, *, limit: int = 8) -> None:
+    """What the sandbox outbox channel wrote: one line per message, newest last."""
+    files = (
+        sorted(folder.glob("*.json"), key=lambda p: p.stat().st_mtime) if folder.is_dir() else []
+    )
+    records = [json.loads(p.read_text()) for p in files]
+    emails = [r for r in records if r.get("channel") == "email"]
+    sms = [r for r in records if r.get("channel") == "sms"]
+    console.print(f"{len(emails)} emails and {len(sms)} SMS in {folder}")
+    table = Table("channel", "to", "subject / body")
+    for record in emails[:limit] + sms[-limit:]:
+        text = record.get("subject") if record["channel"] == "email" else record.get("body")
+        table.add_row(record["channel"], str(record["to"]), str(text))
+    console.print(table)
+
+
+@app.command("tick")
+def tick(name: str = typer.Argument(None, help="One journey (default: all).")) -> None:
+    """Advance due enrollments and send what they produced (what the scheduled flow does)."""
+    from tidings.journeys.running import tick_all
+
+    runtime = _loaded_runtime()
+    for summary in tick_all(runtime, names=[name] if name else None):
+        print_summary(summary)
+
+
+@app.command("work")
+def work_command(
+    name: str = typer.Argument(..., help="Journey name."),
+    reconcile_after: str = typer.Option(
+        None, help="Reconcile messages in flight longer than this first (default: setting)."
+    ),
+) -> None:
+    """Work through a journey until nothing is due: reconcile, advance, send (a local worker)."""
+    from datetime import timedelta
+
+    from tidings.journeys.running import work
+    from tidings.segments.rules import parse_duration
+
+    runtime = _loaded_runtime()
+    seconds = parse_duration(reconcile_after or runtime.settings.reconcile_after)
+    console.print("ready", highlight=False)
+    print_summary(work(runtime, name, reconcile_after=timedelta(seconds=seconds), report=console))
+
+
+@app.command("reconcile")
+def reconcile_command(
+    older_than: str = typer.Option(
+        None, help="Only messages in flight longer than this (default TIDINGS_RECONCILE_AFTER)."
+    ),
+    sent: str = typer.Option(
+        None, "--sent", help="Message ids (comma-separated) the relay's log shows as accepted."
+    ),
+    resend: str = typer.Option(
+        None, "--resend", help="Message ids (comma-separated) to queue and send again."
+    ),
+) -> None:
+    """Ask the providers about messages left in flight by a crash; requeue what they lack.
+
+    What no provider can tell (SMTP) stays in flight and is listed; settle it with --sent or
+    --resend."""
+    from datetime import timedelta
+
+    from tidings.journeys.reconcile import reconcile, resolve
+    from tidings.segments.rules import parse_duration
+
+    runtime = _runtime()
+    if sent or resend:
+        for ids_text, as_sent in ((sent, True), (resend, False)):
+            if ids_text:
+                ids = _message_ids(ids_text, "--sent" if as_sent else "--resend")
+                done = resolve(runtime, ids, sent=as_sent)
+                console.print(
+                    f"{done} of {len(ids)} marked {'sent' if as_sent else 'to send again'} "
+                    "(only messages still in flight are changed)"
+                )
+        return
+    seconds = parse_duration(older_than or runtime.settings.reconcile_after)
+    stats = reconcile(runtime, older_than=timedelta(seconds=seconds))
+    console.print(
+        f"checked {stats.checked}: {stats.sent} had been sent, {stats.requeued} requeued, "
+        f"{stats.failed} failed, {stats.unknown} unknown (still in flight)"
+    )
+    if stats.unknown_ids:
+        listed = ",".join(str(i) for i in stats.unknown_ids)
+        console.print(
+            f"unknown: {listed}\nfind them in the relay's log, then "
+            f"`tidings journey reconcile --sent IDS` or `--resend IDS`"
+        )
+
+
+def _message_ids(text: str, option: str) -> list[int]:
+    try:
+        return [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise typer.BadParameter(
+            f"{text!r}: give message ids separated by commas, e.g. 12,15", param_hint=option
+        ) from None
+
+
+@app.command("status")
+def status(name: str = typer.Argument(..., help="Journey name.")) -> None:
+    """Where the contacts of a journey are, per version and step, and what was sent."""
+    from tidings.journeys.running import journey_status
+
+    info = journey_status(_runtime(), name)
+    console.print(f"[bold]{name}[/]: {info['status']}, {len(info['versions'])} version(s)")
+    table = Table("version", "step", "state", "contacts")
+    for row in info["enrollments"]:
+        table.add_row(row["version"], row["step"] or "-", row["status"], str(row["count"]))
+    console.print(table)
+    messages = Table("step", "channel", "status", "messages")
+    for row in info["messages"]:
+        messages.add_row(row["step"] or "-", row["channel"], row["status"], str(row["count"]))
+    console.print(messages)
+
+
+@app.command("pause")
+def pause(name: str = typer.Argument(..., help="Journey name.")) -> None:
+    """Stop advancing a journey; contacts stay where they are."""
+    if not _runtime().engine.set_status(name, "paused"):
+        console.print(f"[red]no journey named {name!r} is registered[/]")
+        raise typer.Exit(1)
+    console.print(f"{name} paused")
+
+
+@app.command("resume")
+def resume(name: str = typer.Argument(..., help="Journey name.")) -> None:
+    """Continue a paused journey from where each contact stands."""
+    if not _runtime().engine.set_status(name, "active"):
+        console.print(f"[red]no journey named {name!r} is registered[/]")
+        raise typer.Exit(1)
+    console.print(f"{name} resumed")
+
+
+def post(
+    name: str = typer.Argument(..., help="Event name, e.g. order.shipped."),
+    contact: str = typer.Option(..., help="The contact's external_id or email."),
+    properties: str = typer.Option("{}", help="Event properties as a JSON object."),
+    key: str | None = typer.Option(None, help="Idempotency key (a retry with it is a no-op)."),
+    occurred_at: datetime | None = typer.Option(None, help="When it happened (default: now)."),
+) -> None:
+    """Record an event now; transactional journeys it triggers send at once."""
+    from tidings.journeys.running import find_contact
+    from tidings.journeys.triggers import post_event
+
+    try:
+        props = json.loads(properties)
+    except json.JSONDecodeError as exc:
+        console.print(f"[red]--properties is not JSON: {exc}[/]")
+        raise typer.Exit(2) from None
+    if not isinstance(props, dict):
+        console.print("[red]--properties must be a JSON object[/]")
+        raise typer.Exit(2)
+    runtime = _loaded_runtime()
+    contact_id = find_contact(runtime, contact)
+    outcome = post_event(
+        runtime,
+        contact_id=contact_id,
+        name=name,
+        properties=props,
+        idempotency_key=key,
+        source="cli",
+        occurred_at=occurred_at.astimezone() if occurred_at else None,
+    )
+    if outcome.duplicate:
+        console.print("already recorded (same idempotency key): nothing done")
+        return
+    for journey, ids in outcome.enrollments.items():
+        console.print(f"{journey}: {len(ids)} enrolled")
+    console.print(f"sent {outcome.sent}, failed {outcome.failed}, woke {outcome.woken}")

@@ -1,0 +1,170 @@
+"""Command line of the web edge: ``serve``, ``ingest``, ``apikey``, ``contacts show``.
+
+``register(app)`` adds them to the ``tidings`` command::
+
+    tidings serve --port 8000            # the web app under uvicorn
+    tidings ingest                       # the Redis stream consumer (with TIDINGS_REDIS_URL)
+    tidings apikey create shop           # prints the key once
+    tidings apikey revoke 3f9a0c12d4e5
+    tidings contacts show C0002          # the contact card with its whole history
+"""
+
+from __future__ import annotations
+
+import json
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+console = Console()
+apikey_app = typer.Typer(help="API keys of the event API (stored hashed).", no_args_is_help=True)
+
+
+def serve(
+    host: str = typer.Option("127.0.0.1", help="Interface to listen on."),
+    port: int = typer.Option(8000, help="TCP port."),
+    workers: int = typer.Option(1, help="uvicorn worker processes."),
+) -> None:
+    """Run the web app: webhooks, tracking, unsubscribe, event API (docs at /docs)."""
+    import uvicorn
+
+    from tidings.web.app import configure_logging
+
+    configure_logging()
+    uvicorn.run(
+        "tidings.web.app:create_app",
+        factory=True,
+        host=host,
+        port=port,
+        workers=workers,
+        access_log=False,
+    )
+
+
+def ingest(
+    until_idle: bool = typer.Option(False, help="Stop once the stream is drained."),
+) -> None:
+    """Consume the Redis event buffer into the store (acknowledged after each commit)."""
+    from tidings.config import get_settings
+    from tidings.crm.db import make_engine
+    from tidings.journeys.runtime import Runtime
+    from tidings.web.app import configure_logging
+    from tidings.web.buffer import Consumer
+    from tidings.web.events import make_poster
+
+    configure_logging()
+    settings = get_settings()
+    db = make_engine(settings.database_url)
+    runtime: list[Runtime] = []
+
+    def poster():  # type: ignore[no-untyped-def]
+        if not runtime:
+            runtime.append(Runtime.from_settings(settings, db=db))
+        return make_poster(runtime[0])
+
+    consumer = Consumer(settings, db=db, post_events=poster)
+    console.print(f"consuming {settings.ingest_stream} as {consumer.name} (Ctrl-C stops)")
+    try:
+        stats = consumer.run(until_idle=until_idle)
+    except KeyboardInterrupt:
+        stats = consumer.stats
+    console.print(
+        f"{stats.entries} entries in {stats.batches} batches: {stats.stored} provider events "
+        f"stored, {stats.duplicates} duplicates, {stats.events} API events, {stats.dead} "
+        f"parked in {settings.ingest_stream}:dead, {stats.retries} retries"
+    )
+
+
+@apikey_app.command("create")
+def apikey_create(name: str = typer.Argument(..., help="Who uses the key, e.g. shop")) -> None:
+    """Create a key; it is printed once and only its hash is stored."""
+    from tidings.crm.db import make_engine
+    from tidings.web.apikeys import create_key
+
+    key = create_key(make_engine(), name=name)
+    console.print(f"API key for {name} (prefix {key.prefix}); store it now, it is not shown again:")
+    print(key.secret)
+
+
+@apikey_app.command("revoke")
+def apikey_revoke(prefix: str = typer.Argument(..., help="The key's prefix, or the key")) -> None:
+    """Revoke a key at once."""
+    from tidings.crm.db import make_engine
+    from tidings.web.apikeys import revoke_key
+
+    if not revoke_key(make_engine(), prefix=prefix):
+        console.print(f"[red]error:[/] no active key with prefix {prefix!r} (tidings apikey list)")
+        raise typer.Exit(2)
+    console.print(f"revoked {prefix}")
+
+
+@apikey_app.command("list")
+def apikey_list() -> None:
+    """List keys (prefix, name, created, revoked); the keys themselves are not stored."""
+    from tidings.crm.db import make_engine
+    from tidings.web.apikeys import list_keys
+
+    table = Table("prefix", "name", "created", "revoked")
+    for row in list_keys(make_engine()):
+        table.add_row(row["prefix"], row["name"], str(row["created_at"]), str(row["revoked_at"]))
+    console.print(table)
+
+
+def contacts_show(
+    ref: str = typer.Argument(..., help="Contact id (#12), external id or email"),
+    as_json: bool = typer.Option(False, "--json", help="Print the card as JSON."),
+) -> None:
+    """The contact card: profile, consents, and the whole history in time order."""
+    from tidings.crm.db import make_engine
+    from tidings.web.card import contact_card
+
+    card = contact_card(make_engine(), ref)
+    if card is None:
+        console.print(f"[red]error:[/] no contact with id, external_id or email {ref!r}")
+        raise typer.Exit(2)
+    if as_json:
+        print(json.dumps(card, indent=2, default=str))
+        return
+    name = " ".join(filter(None, [card["first_name"], card["last_name"]])) or "(no name)"
+    console.print(f"[bold]#{card['id']} {name}[/]  external_id={card['external_id']}")
+    console.print(f"email {card['email']}  phone {card['phone']}  tz {card['timezone']}")
+    for c in card["consents"]:
+        console.print(f"consent {c['channel']}/{c['purpose']}: {c['status']} ({c['source']})")
+    for s in card["suppressions"]:
+        console.print(f"[red]suppressed[/] {s['channel']} {s['address']}: {s['reason']}")
+    table = Table("when", "what", "detail")
+    for item in card["timeline"]:
+        table.add_row(item["at"], item["kind"], _detail(item))
+    console.print(table)
+
+
+def _detail(item: dict[str, object]) -> str:
+    kind = item["kind"]
+    if kind == "event":
+        return f"{item['name']} {json.dumps(item['properties'], default=str)[:80]}"
+    if kind == "order":
+        return f"{item['order_id']} {item['total']} {item['currency']} {item['status']}"
+    if kind == "consent":
+        return (
+            f"{item['channel']}/{item['purpose']} {item['previous_status']} -> "
+            f"{item['status']} by {item['source']}"
+        )
+    events = item.get("events") or []
+    trail = ", ".join(
+        f"{e['type']}{' (machine)' if e['machine'] else ''}"
+        for e in events  # type: ignore[attr-defined]
+    )
+    return f"{item['channel']} {item['template'] or ''} to {item['to']}: {item['status']}" + (
+        f" [{trail}]" if trail else ""
+    )
+
+
+def register(app: typer.Typer) -> None:
+    """Add the web commands to the ``tidings`` app."""
+    from tidings.cli import crm as crm_cli
+
+    app.command("serve")(serve)
+    app.command("ingest")(ingest)
+    app.add_typer(apikey_app, name="apikey")
+    crm_cli.contacts_app.command("show")(contacts_show)

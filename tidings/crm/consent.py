@@ -1,0 +1,127 @@
+"""Consent and suppression writes: imports, webhooks, the unsubscribe page and STOP replies.
+
+Every change of a consent lands in the audit trail (``consent_changes``) with its source
+(``sendgrid:spamreport``, ``twilio:STOP``, ``unsubscribe:one-click``...); setting a consent to
+the state it already has writes nothing, so a replayed webhook changes nothing.
+
+>>> with engine.begin() as conn:  # doctest: +SKIP
+...     set_consents(conn, [ConsentWish(7, "sms", "marketing", "revoked")], source="twilio:STOP")
+{7}
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Connection, Table, bindparam, insert, select, update
+
+from tidings.crm.db import insert_ignore
+from tidings.crm.models import Consent, ConsentChange, Suppression
+from tidings.crm.types import utcnow
+
+consents_t: Table = Consent.__table__  # type: ignore[assignment]
+changes_t: Table = ConsentChange.__table__  # type: ignore[assignment]
+suppressions_t: Table = Suppression.__table__  # type: ignore[assignment]
+
+
+@dataclass(frozen=True, slots=True)
+class ConsentWish:
+    contact_id: int
+    channel: str
+    purpose: str
+    status: str
+    detail: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
+
+
+def set_consents(
+    conn: Connection,
+    wishes: Iterable[ConsentWish],
+    *,
+    source: str,
+    now: datetime | None = None,
+    occurred_at: datetime | None = None,
+) -> set[int]:
+    """Bring consents to the wished status; returns the contacts whose consent changed (each
+    change audited)."""
+    now = now or utcnow()
+    wanted: dict[tuple[int, str, str], ConsentWish] = {}
+    for wish in wishes:
+        wanted[(wish.contact_id, wish.channel, wish.purpose)] = wish
+    if not wanted:
+        return set()
+    current = {
+        (r.contact_id, r.channel, r.purpose): (r.id, r.status)
+        for r in conn.execute(
+            select(
+                consents_t.c.id,
+                consents_t.c.contact_id,
+                consents_t.c.channel,
+                consents_t.c.purpose,
+                consents_t.c.status,
+            ).where(consents_t.c.contact_id.in_({k[0] for k in wanted}))
+        )
+    }
+    inserts, updates, audit = [], [], []
+    changed: list[tuple[int, str, str]] = []
+    for key, wish in wanted.items():
+        existing = current.get(key)
+        if existing and existing[1] == wish.status:
+            continue
+        changed.append(key)
+        values = {"status": wish.status, "source": source, "updated_at": now}
+        if existing:
+            updates.append({"_id": existing[0], **values})
+        else:
+            inserts.append({"contact_id": key[0], "channel": key[1], "purpose": key[2], **values})
+        audit.append(
+            {
+                "contact_id": key[0],
+                "channel": key[1],
+                "purpose": key[2],
+                "status": wish.status,
+                "previous_status": existing[1] if existing else None,
+                "source": source,
+                "occurred_at": occurred_at or now,
+                "recorded_at": now,
+                "detail": wish.detail,
+            }
+        )
+    if inserts:
+        conn.execute(insert_ignore(conn, consents_t), inserts)
+    if updates:
+        conn.execute(
+            update(consents_t)
+            .where(consents_t.c.id == bindparam("_id"))
+            .values(
+                status=bindparam("status"),
+                source=bindparam("source"),
+                updated_at=bindparam("updated_at"),
+            ),
+            updates,
+        )
+    if audit:
+        conn.execute(insert(changes_t), audit)
+    return {key[0] for key in changed}
+
+
+def suppress(conn: Connection, rows: Iterable[tuple[str, str, str, str, dict[str, Any]]]) -> None:
+    """Add suppressions ``(channel, address, reason, source, detail)``; known ones stay."""
+    seen: dict[tuple[str, str], dict[str, Any]] = {}
+    now = utcnow()
+    for channel, address, reason, source, detail in rows:
+        seen.setdefault(
+            (channel, address),
+            {
+                "channel": channel,
+                "address": address,
+                "reason": reason,
+                "source": source,
+                "detail": detail,
+                "created_at": now,
+            },
+        )
+    if seen:
+        conn.execute(insert_ignore(conn, suppressions_t), list(seen.values()))

@@ -1,0 +1,339 @@
+"""Send what the outbox holds: claim queued messages, render, hand to the channel, record.
+
+The sequence that makes sending exactly-once:
+
+1. the engine commits a ``queued`` message row (unique idempotency key) with the enrollment
+   move that made it;
+2. ``claim`` takes queued rows (PostgreSQL: ``FOR UPDATE SKIP LOCKED``) and commits them as
+   ``in_flight`` with ``handed_at`` empty, *before* any provider call;
+3. it renders each (the template version is pinned by content hash; only Jinja runs per
+   contact), commits ``handed_at`` and hands them to the channel: a whole batch at once, or,
+   for a channel whose provider keeps no record we could ask (``record_each``: SMTP), one
+   message at a time, each result committed together with the next message's ``handed_at``;
+4. it records each result: ``sent`` with the provider's id, ``failed`` with the provider's
+   reason, or back to ``queued`` with ``next_attempt_at`` for a retryable error.
+
+A crash between 2 and 4 leaves rows ``in_flight``. Those without ``handed_at`` never reached a
+provider: ``reconcile`` queues them again. The others are never resent blindly: ``reconcile``
+asks the provider (or the outbox folder) first. With ``record_each`` at most one message per
+crashed worker is in that state.
+
+Sending overlaps with preparing: while one batch is with the channel (a sender thread), the
+caller claims and renders the next (``Pipeline``); at most two batches are in memory.
+
+>>> dispatcher = Dispatcher(db=db, renderer=renderer, channels={"email": outbox})  # doctest: +SKIP
+>>> dispatcher.dispatch()  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterator, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import Engine, Table, or_, select, update
+from sqlalchemy.orm import Session
+
+from tidings.channels.base import Channel
+from tidings.channels.record import record_results
+from tidings.channels.types import Outbound, OutboundEmail, OutboundSms, SendResult
+from tidings.config import Settings, get_settings
+from tidings.crm.db import update_rows
+from tidings.crm.models import Contact, Enrollment, Message, MessageStatus
+from tidings.crm.types import utcnow
+from tidings.errors import InputError, PermanentError
+
+messages_t: Table = Message.__table__  # type: ignore[assignment]
+
+
+@dataclass
+class DispatchStats:
+    claimed: int = 0
+    sent: int = 0
+    failed: int = 0
+    retry: int = 0
+    render_failed: int = 0
+    by_channel: dict[str, int] = field(default_factory=lambda: defaultdict(int))
+
+
+@dataclass
+class Prepared:
+    """A claimed batch, rendered: what goes to each channel, and what failed to render."""
+
+    outbound: dict[str, list[Outbound]] = field(default_factory=lambda: defaultdict(list))
+    failures: list[SendResult] = field(default_factory=list)
+
+
+class Dispatcher:
+    def __init__(
+        self,
+        *,
+        db: Engine,
+        renderer: Any,
+        channels: Mapping[str, Channel[Any]],
+        settings: Settings | None = None,
+    ) -> None:
+        self.db = db
+        self.renderer = renderer
+        self.channels = channels
+        self.settings = settings or get_settings()
+
+    def claim(
+        self,
+        *,
+        now: datetime,
+        limit: int,
+        journey_ids: set[int] | None = None,
+        only: list[int] | None = None,
+    ) -> list[int]:
+        """Mark up to ``limit`` due queued messages in flight; committed before any send."""
+        with Session(self.db) as session, session.begin():
+            query = (
+                select(Message.id)
+                .where(
+                    Message.status == MessageStatus.QUEUED.value,
+                    or_(Message.next_attempt_at.is_(None), Message.next_attempt_at <= now),
+                )
+                .order_by(Message.id)
+                .limit(limit)
+            )
+            if journey_ids is not None:
+                query = query.where(Message.journey_id.in_(journey_ids))
+            if only is not None:
+                query = query.where(Message.id.in_(only))
+            if self.db.dialect.name == "postgresql":
+                query = query.with_for_update(skip_locked=True)
+            ids = list(session.scalars(query))
+            if ids:
+                session.execute(
+                    update(messages_t)
+                    .where(messages_t.c.id.in_(ids))
+                    .values(status=MessageStatus.IN_FLIGHT.value, handed_at=None, updated_at=now)
+                )
+        return ids
+
+    def dispatch(
+        self,
+        *,
+        now: datetime | None = None,
+        limit: int = 1000,
+        journey_ids: set[int] | None = None,
+        only: list[int] | None = None,
+    ) -> DispatchStats:
+        """Send queued messages in batches of ``limit`` until none is due (or just ``only``)."""
+        stats = DispatchStats()
+        if only is not None and not only:
+            return stats
+        with self.pipeline(stats) as pipe:
+            while pipe.pump(now=now, limit=limit, journey_ids=journey_ids, only=only) == limit:
+                pass
+        return stats
+
+    @contextmanager
+    def pipeline(self, stats: DispatchStats) -> Iterator[Pipeline]:
+        """A sender thread for this block; leaving the block waits for the last batch."""
+        pipe = Pipeline(self, stats)
+        try:
+            yield pipe
+        finally:
+            pipe.close()
+
+    def prepare(self, ids: list[int], stats: DispatchStats) -> Prepared:
+        """Load and render claimed messages; a message that cannot be rendered fails."""
+        stats.claimed += len(ids)
+        prepared = Prepared()
+        with Session(self.db) as session:
+            rows = session.execute(
+                select(Message, Contact, Enrollment.context)
+                .join(Contact, Contact.id == Message.contact_id)
+                .outerjoin(Enrollment, Enrollment.id == Message.enrollment_id)
+                .where(Message.id.in_(ids))
+                .order_by(Message.id)
+            ).all()
+        for message, contact, context in rows:
+            try:
+                item = self.render(message, contact, context or {})
+            except (PermanentError, InputError) as exc:
+                stats.render_failed += 1
+                prepared.failures.append(
+                    SendResult(
+                        message_id=str(message.id),
+                        status="failed",
+                        provider="render",
+                        channel=message.channel,
+                        to=message.to_address,
+                        error=str(exc),
+                        attempts=0,
+                    )
+                )
+                continue
+            prepared.outbound[message.channel].append(item)
+        return prepared
+
+    def deliver(self, prepared: Prepared, stats: DispatchStats) -> None:
+        """Hand a prepared batch to its channels and record every result."""
+        results: list[SendResult] = list(prepared.failures)
+        for channel_name, batch in prepared.outbound.items():
+            channel = self.channels.get(channel_name)
+            if channel is None:
+                results += [
+                    SendResult.failed(
+                        m, provider="none", error=f"no {channel_name} channel configured"
+                    )
+                    for m in batch
+                ]
+                continue
+            stats.by_channel[channel_name] += len(batch)
+            if not channel.record_each:
+                self.record([], handed=batch)
+                results += channel.send_batch(batch)
+                continue
+            # one at a time: each result is committed with the next message's hand-over
+            self.record([], handed=batch[:1])
+            for n, item in enumerate(batch):
+                (result,) = channel.send_batch([item])
+                self.record([result], handed=batch[n + 1 : n + 2])
+                _count(stats, [result])
+        self.record(results)
+        _count(stats, results)
+
+    def record(
+        self,
+        results: Sequence[SendResult],
+        *,
+        handed: Sequence[Outbound] = (),
+    ) -> None:
+        """One transaction: the results (with retry times), and the hand-over of the messages
+        about to go to the provider (``handed_at``, and the subject they go with)."""
+        if not results and not handed:
+            return
+        now = utcnow()
+        with Session(self.db) as session, session.begin():
+            record_results(session=session, results=results, now=now)
+            retry_later = [
+                {
+                    "id": int(r.message_id),
+                    "next_attempt_at": now + timedelta(seconds=r.retry_after or 60.0),
+                }
+                for r in results
+                if r.status == "retry" and not r.in_doubt
+            ]
+            update_rows(session, messages_t, retry_later)
+            update_rows(
+                session,
+                messages_t,
+                [
+                    {
+                        "id": int(m.message_id),
+                        "handed_at": now,
+                        "subject": m.subject if isinstance(m, OutboundEmail) else None,
+                    }
+                    for m in handed
+                ],
+            )
+
+    def render(self, message: Message, contact: Contact, context: dict[str, Any]) -> Outbound:
+        # The trigger event's properties are top-level names too: {{ order.number }}.
+        trigger = context.get("trigger") or {}
+        properties = trigger.get("properties") or {} if isinstance(trigger, dict) else {}
+        values = {
+            **(message.meta or {}).get("context", {}),
+            **properties,
+            "event": properties,
+            "trigger": trigger,
+            "journey": {"step": message.step_id},
+        }
+        key = message.idempotency_key
+        if message.channel == "sms":
+            sms = self.renderer.render_sms(
+                message.template, contact=contact, message_id=message.id, context=values
+            )
+            return OutboundSms(
+                message_id=str(message.id),
+                idempotency_key=key,
+                to=message.to_address,
+                body=sms.body,
+                from_number=self.settings.twilio_from_number,
+                messaging_service_sid=self.settings.twilio_messaging_service_sid,
+            )
+        variant = message.variant
+        known = getattr(self.renderer.email(message.template), "subjects", {})
+        email = self.renderer.render_email(
+            message.template,
+            contact=contact,
+            message_id=message.id,
+            context=values,
+            variant=variant if variant in known else None,
+        )
+        return OutboundEmail(
+            message_id=str(message.id),
+            idempotency_key=key,
+            to=message.to_address,
+            from_email=email.from_email or self.settings.email_from,
+            from_name=email.from_name or self.settings.email_from_name,
+            subject=email.subject,
+            html=email.html,
+            text=email.text,
+            headers=dict(email.headers),
+            reply_to=email.reply_to,
+            categories=tuple(c for c in (message.step_id, message.variant) if c),
+            metadata={"idempotency_key": key},
+        )
+
+
+def _count(stats: DispatchStats, results: Sequence[SendResult]) -> None:
+    for result in results:
+        if result.status == "accepted":
+            stats.sent += 1
+        elif result.status == "failed":
+            stats.failed += 1
+        else:
+            stats.retry += 1
+
+
+class Pipeline:
+    """Claim and render in the caller's thread while the previous batch is being sent.
+
+    ``pump`` claims one batch, renders it, waits for the batch before it to be recorded, then
+    hands it to the sender thread and returns how many it claimed. An error in the sender is
+    raised by the next ``pump`` (or ``close``); nothing more is claimed after it.
+    """
+
+    def __init__(self, dispatcher: Dispatcher, stats: DispatchStats) -> None:
+        self.dispatcher = dispatcher
+        self.stats = stats
+        self._sender = ThreadPoolExecutor(1, thread_name_prefix="dispatch")
+        self._pending: Future[None] | None = None
+
+    def pump(
+        self,
+        *,
+        now: datetime | None = None,
+        limit: int = 1000,
+        journey_ids: set[int] | None = None,
+        only: list[int] | None = None,
+    ) -> int:
+        ids = self.dispatcher.claim(
+            now=now or utcnow(), limit=limit, journey_ids=journey_ids, only=only
+        )
+        prepared = self.dispatcher.prepare(ids, self.stats) if ids else None
+        self.wait()
+        if prepared is not None:
+            self._pending = self._sender.submit(self.dispatcher.deliver, prepared, self.stats)
+        return len(ids)
+
+    def wait(self) -> None:
+        """Until the batch with the sender is recorded (its error raised here)."""
+        pending, self._pending = self._pending, None
+        if pending is not None:
+            pending.result()
+
+    def close(self) -> None:
+        try:
+            self.wait()
+        finally:
+            self._sender.shutdown(wait=True)

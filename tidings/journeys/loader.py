@@ -1,0 +1,184 @@
+"""Load journey YAML files: every error with file:line:column, key path and a hint.
+
+>>> journey = load_text('''
+... name: hello
+... trigger: {type: api}
+... steps:
+...   - {id: hi, type: email, template: welcome}
+... ''', source="hello.yaml")
+>>> journey.name, version_hash(journey)[:12]
+('hello', '...')
+
+Problems are gathered, not raised one by one: the schema's (unknown key, wrong type, bad
+duration), the step graph's (unknown step reference, unreachable step, loop without a wait)
+and, when ``references`` are given, those of the world around the journey (a template or
+segment that does not exist).
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import json
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, get_args
+
+from pydantic import BaseModel, ValidationError
+
+from tidings.errors import InputError
+from tidings.journeys import schema
+from tidings.journeys.graph import Path as GraphPath
+from tidings.journeys.graph import Problem, check_graph, referenced_segments, sends
+from tidings.yamlfile import (
+    InputErrors,
+    Marked,
+    key_path,
+    load_yaml,
+    locate,
+    validation_errors,
+    where,
+)
+
+STEP_TYPES = [
+    get_args(m.model_fields["type"].annotation)[0] for m in get_args(get_args(schema.Step)[0])
+]
+TRIGGER_TYPES = [
+    get_args(m.model_fields["type"].annotation)[0] for m in get_args(get_args(schema.Trigger)[0])
+]
+
+
+def _vocabulary() -> list[str]:
+    names: set[str] = set()
+    stack: list[type[BaseModel]] = [schema.Journey]
+    seen: set[type[BaseModel]] = set()
+    while stack:
+        model = stack.pop()
+        if model in seen:
+            continue
+        seen.add(model)
+        names.update(model.model_fields)
+        for info in model.model_fields.values():
+            for arg in _flatten(info.annotation):
+                if isinstance(arg, type) and issubclass(arg, BaseModel):
+                    stack.append(arg)
+    return sorted(names)
+
+
+def _flatten(annotation: Any) -> Iterable[Any]:
+    yield annotation
+    for arg in get_args(annotation):
+        yield from _flatten(arg)
+
+
+VOCABULARY = _vocabulary()
+
+
+def _hint(error: dict[str, Any]) -> str | None:
+    kind, loc = error["type"], error["loc"]
+    if kind == "extra_forbidden":
+        close = difflib.get_close_matches(str(loc[-1]), VOCABULARY, n=1)
+        return f"did you mean {close[0]!r}?" if close else "remove it"
+    if kind in {"union_tag_invalid", "union_tag_not_found"}:
+        choices = TRIGGER_TYPES if "trigger" in loc and "steps" not in loc else STEP_TYPES
+        given = str(error.get("ctx", {}).get("tag", ""))
+        close = difflib.get_close_matches(given, choices, n=1)
+        prefix = f"did you mean {close[0]!r}? " if close else ""
+        return prefix + "type is one of: " + ", ".join(choices)
+    return None
+
+
+@dataclass
+class References:
+    """What exists outside the journey: templates per channel, and segment names."""
+
+    template_exists: Callable[[str, str], bool]
+    segments: set[str] = field(default_factory=set)
+
+
+def _reference_problems(journey: schema.Journey, refs: References) -> list[Problem]:
+    problems = []
+    for index, step in sends(journey):
+        templates: list[tuple[str, GraphPath]] = [(step.template, ("steps", index, "template"))]
+        if step.experiment:
+            templates += [
+                (v.template, ("steps", index, "experiment", "variants", n, "template"))
+                for n, v in enumerate(step.experiment.variants)
+                if v.template
+            ]
+        for name, path in templates:
+            if not refs.template_exists(name, step.type):
+                problems.append(
+                    Problem(
+                        path,
+                        f"no {step.type} template named {name!r}",
+                        "add it under templates/ or fix the name",
+                    )
+                )
+    for name, path in referenced_segments(journey):
+        if name not in refs.segments:
+            close = difflib.get_close_matches(name, sorted(refs.segments), n=1)
+            problems.append(
+                Problem(
+                    path,
+                    f"no segment named {name!r}",
+                    f"did you mean {close[0]!r}?"
+                    if close
+                    else "add it under segments/ or fix the name",
+                )
+            )
+    return problems
+
+
+def _as_errors(problems: list[Problem], data: Any, source: str) -> list[InputError]:
+    errors = []
+    for problem in problems:
+        mark, path = locate(data, problem.path)
+        errors.append(
+            InputError(
+                f"{key_path(path)}: {problem.message}",
+                location=where(source, mark),
+                hint=problem.hint,
+            )
+        )
+    return errors
+
+
+def parse(data: Any, *, source: str, references: References | None = None) -> schema.Journey:
+    if not isinstance(data, Marked | dict):
+        raise InputError(
+            "a journey file is a mapping with name, trigger and steps", location=source
+        )
+    try:
+        journey = schema.Journey.model_validate(data)
+    except ValidationError as exc:
+        raise InputErrors(validation_errors(exc, data, source=source, hint=_hint)) from None
+    problems = check_graph(journey)
+    if references is not None:
+        problems += _reference_problems(journey, references)
+    if problems:
+        raise InputErrors(_as_errors(problems, data, source))
+    return journey
+
+
+def load_text(text: str, *, source: str, references: References | None = None) -> schema.Journey:
+    return parse(load_yaml(text, source=source), source=source, references=references)
+
+
+def load_file(path: Path, *, references: References | None = None) -> schema.Journey:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise InputError("no such journey file", location=str(path)) from None
+    return load_text(text, source=str(path), references=references)
+
+
+def journey_files(directory: Path) -> list[Path]:
+    return sorted(p for p in directory.glob("*.yaml") if p.is_file())
+
+
+def version_hash(journey: schema.Journey) -> str:
+    """Identifies a version by meaning: reformatting or comments do not make a new version."""
+    canonical = json.dumps(journey.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()

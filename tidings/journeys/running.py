@@ -1,0 +1,211 @@
+"""Run journeys now: one journey end to end, a tick over all, and what ops watch (status).
+
+These are the plain functions the CLI and the Prefect flows (``flows/journeys.py``) call.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.progress import Progress
+from sqlalchemy import func, or_, select
+from sqlalchemy.orm import Session
+
+from tidings.crm.models import Contact, Enrollment, Message
+from tidings.crm.models import Journey as JourneyRow
+from tidings.crm.types import utcnow
+from tidings.errors import InputError
+from tidings.journeys import schema as s
+from tidings.journeys.dispatch import DispatchStats
+from tidings.journeys.engine import TickStats, Version
+from tidings.journeys.runtime import Runtime
+from tidings.journeys.triggers import run_schedules
+
+
+def summary(name: str, stats: TickStats, sent: Any = None, enrolled: int = 0) -> dict[str, Any]:
+    result: dict[str, Any] = {
+        "journey": name,
+        "enrolled": enrolled,
+        "processed": stats.processed,
+        "messages": stats.messages,
+        "deferred": stats.deferred,
+        "completed": stats.completed,
+        "exited": stats.exited,
+        "held": dict(stats.held),
+    }
+    if sent is not None:
+        result.update(sent=sent.sent, failed=sent.failed + sent.render_failed, retry=sent.retry)
+    return result
+
+
+def enroll(runtime: Runtime, version: Version, *, now: datetime) -> int:
+    """Enrol what the trigger says can be enrolled now (segment and schedule triggers)."""
+    trigger = version.journey.trigger
+    if isinstance(trigger, s.SegmentTrigger):
+        return runtime.engine.enroll_segment(version, now=now)
+    if isinstance(trigger, s.ScheduleTrigger):
+        return run_schedules(runtime, now=now).get(version.name, 0)
+    return 0  # events and API calls enrol as they arrive
+
+
+def run_once(
+    runtime: Runtime, file: Path, *, progress: Console | None = None, now: datetime | None = None
+) -> dict[str, Any]:
+    """Register ``file``, enrol, advance what is due and send it; a summary of what happened."""
+    now = now or utcnow()
+    version = runtime.load(file)
+    enrolled = enroll(runtime, version, now=now)
+    versions = {v.id: v for v in runtime.engine.versions(version.name) if v.status == "active"}
+    total = TickStats()
+    with Session(runtime.db) as session:
+        due = (
+            session.scalar(
+                select(func.count())
+                .select_from(Enrollment)
+                .where(
+                    Enrollment.journey_id.in_(versions),
+                    Enrollment.status == "active",
+                    Enrollment.next_due_at <= now,
+                )
+            )
+            or 0
+        )
+    with Progress(console=progress or Console(), transient=True) as bar:
+        task = bar.add_task(f"{version.name}: advancing", total=due or 1)
+        while versions:
+            stats = runtime.engine.tick_batch(versions, now=now, batch_size=1000)
+            total.add(stats)
+            bar.advance(task, stats.processed)
+            if stats.processed < 1000:
+                break
+        bar.update(task, description=f"{version.name}: sending")
+        sent = runtime.dispatcher.dispatch(now=now, journey_ids=set(versions))
+    return summary(version.name, total, sent, enrolled)
+
+
+def tick_all(
+    runtime: Runtime, *, names: list[str] | None = None, now: datetime | None = None
+) -> list[dict[str, Any]]:
+    """The scheduled tick: run due schedules, advance every active journey, send."""
+    from tidings.journeys.reconcile import reconcile
+    from tidings.segments.rules import parse_duration
+
+    now = now or utcnow()
+    reconcile(
+        runtime,
+        older_than=timedelta(seconds=parse_duration(runtime.settings.reconcile_after)),
+        now=now,
+    )
+    scheduled = run_schedules(runtime, now=now)
+    with Session(runtime.db) as session:
+        known = list(session.scalars(select(JourneyRow.name).distinct().order_by(JourneyRow.name)))
+    results = []
+    for name in names or known:
+        versions = runtime.engine.versions(name)
+        if not versions:
+            raise InputError(
+                f"no journey named {name!r} is registered",
+                hint="run `tidings journey run FILE` or `tidings journey tick`",
+            )
+        enrolled = scheduled.get(name, 0)
+        latest = versions[-1]
+        if latest.status == "active" and isinstance(latest.journey.trigger, s.SegmentTrigger):
+            enrolled += runtime.engine.enroll_segment(latest, now=now)
+        stats = runtime.engine.tick(name, now=now)
+        sent = runtime.dispatcher.dispatch(now=now, journey_ids={v.id for v in versions})
+        results.append(summary(name, stats, sent, enrolled))
+    return results
+
+
+def work(
+    runtime: Runtime,
+    name: str,
+    *,
+    reconcile_after: timedelta,
+    batch_size: int = 1000,
+    until_idle: bool = True,
+    report: Console | None = None,
+) -> dict[str, Any]:
+    """A worker's loop for one journey: reconcile what a dead worker left in flight, then
+    advance and send batch after batch. With ``until_idle`` it returns when nothing is due."""
+    from tidings.journeys.reconcile import reconcile
+
+    out = report or Console()
+    checked = reconcile(runtime, older_than=reconcile_after)
+    out.print(
+        f"reconciled: sent={checked.sent} requeued={checked.requeued} "
+        f"unknown={checked.unknown} failed={checked.failed}"
+    )
+    versions = {v.id: v for v in runtime.engine.versions(name) if v.status == "active"}
+    total = TickStats()
+    sent = DispatchStats()
+    # the sender thread sends batch k while this thread advances and renders batch k+1
+    with runtime.dispatcher.pipeline(sent) as pipe:
+        while True:
+            now = utcnow()
+            stats = runtime.engine.tick_batch(versions, now=now, batch_size=batch_size)
+            total.add(stats)
+            claimed = pipe.pump(now=now, limit=batch_size, journey_ids=set(versions))
+            if until_idle and stats.processed == 0 and claimed == 0:
+                break
+    return summary(name, total, sent)
+
+
+def journey_status(runtime: Runtime, name: str) -> dict[str, Any]:
+    versions = runtime.engine.versions(name)
+    if not versions:
+        raise InputError(f"no journey named {name!r} is registered")
+    short = {v.id: v.hash[:8] for v in versions}
+    with Session(runtime.db) as session:
+        enrollments = session.execute(
+            select(Enrollment.journey_id, Enrollment.step_id, Enrollment.status, func.count())
+            .where(Enrollment.journey_id.in_(short))
+            .group_by(Enrollment.journey_id, Enrollment.step_id, Enrollment.status)
+            .order_by(Enrollment.journey_id, Enrollment.status, Enrollment.step_id)
+        ).all()
+        messages = session.execute(
+            select(Message.step_id, Message.channel, Message.status, func.count())
+            .where(Message.journey_id.in_(short))
+            .group_by(Message.step_id, Message.channel, Message.status)
+            .order_by(Message.step_id, Message.status)
+        ).all()
+    waiting: dict[str, int] = defaultdict(int)
+    for _, step, state, count in enrollments:
+        if state == "active":
+            waiting[step or "-"] += count
+    return {
+        "status": versions[-1].status,
+        "versions": [v.hash[:8] for v in versions],
+        "enrollments": [
+            {"version": short[j], "step": step, "status": state, "count": n}
+            for j, step, state, n in enrollments
+        ],
+        "messages": [
+            {"step": step, "channel": ch, "status": st, "count": n} for step, ch, st, n in messages
+        ],
+        "waiting": dict(waiting),
+    }
+
+
+def find_contact(runtime: Runtime, ref: str) -> int:
+    """A contact id from an external id, an email, or ``#<id>``."""
+    with Session(runtime.db) as session:
+        if ref.startswith("#") and ref[1:].isdigit():
+            found = session.scalar(select(Contact.id).where(Contact.id == int(ref[1:])))
+        else:
+            found = session.scalar(
+                select(Contact.id)
+                .where(or_(Contact.external_id == ref, Contact.email == ref.strip().lower()))
+                .order_by(Contact.id)
+                .limit(1)
+            )
+    if found is None:
+        raise InputError(
+            f"no contact with external_id or email {ref!r}",
+            hint="import it first: tidings contacts import FILE",
+        )
+    return int(found)

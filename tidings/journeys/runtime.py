@@ -1,0 +1,102 @@
+"""Everything a worker needs to run journeys, built once from the settings.
+
+>>> runtime = Runtime.from_settings()        # doctest: +SKIP
+>>> runtime.load_journeys()                   # registers the project's journeys/*.yaml
+>>> runtime.engine.tick("welcome")           # doctest: +SKIP
+>>> runtime.dispatcher.dispatch()            # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Engine
+
+from tidings.config import Settings, get_settings
+from tidings.errors import InputError
+from tidings.journeys import schema as s
+from tidings.journeys.dispatch import Dispatcher
+from tidings.journeys.engine import JourneyEngine, Version
+from tidings.journeys.loader import References, journey_files, load_file
+
+log = logging.getLogger(__name__)
+
+
+def references(renderer: Any, segment_names: set[str]) -> References:
+    def exists(name: str, channel: str) -> bool:
+        path = renderer.email_path(name) if channel == "email" else renderer.sms_path(name)
+        return bool(path.is_file())
+
+    return References(template_exists=exists, segments=segment_names)
+
+
+@dataclass
+class Runtime:
+    db: Engine
+    settings: Settings
+    engine: JourneyEngine
+    dispatcher: Dispatcher
+    renderer: Any
+    journeys: dict[str, Version] = field(default_factory=dict)
+    problems: list[InputError] = field(default_factory=list)
+
+    @classmethod
+    def from_settings(
+        cls,
+        settings: Settings | None = None,
+        *,
+        db: Engine | None = None,
+        channels: dict[str, Any] | None = None,
+    ) -> Runtime:
+        from tidings.channels import get_channel
+        from tidings.crm.db import make_engine
+        from tidings.segments.loader import load_catalog
+        from tidings.templates.render import Renderer
+
+        settings = settings or get_settings()
+        db = db or make_engine(settings.database_url)
+        renderer = Renderer(settings=settings)
+        if channels is None:
+            email = get_channel(settings.email_channel, settings)
+            sms = (
+                email
+                if settings.sms_channel == settings.email_channel
+                else get_channel(settings.sms_channel, settings)
+            )
+            channels = {"email": email, "sms": sms}
+        engine = JourneyEngine(
+            db=db, settings=settings, catalog=load_catalog(settings.segments_dir, strict=False)
+        )
+        dispatcher = Dispatcher(db=db, renderer=renderer, channels=channels, settings=settings)
+        return cls(db, settings, engine, dispatcher, renderer)
+
+    def references(self) -> References:
+        return references(self.renderer, set(self.engine.catalog.segments))
+
+    def load(self, path: Path) -> Version:
+        """Validate a journey file against the templates and segments, and register it."""
+        journey: s.Journey = load_file(path, references=self.references())
+        version = self.engine.register(journey)
+        self.journeys[version.name] = version
+        return version
+
+    def load_journeys(self, directory: Path | None = None) -> list[Version]:
+        """Register every journey of the project; one that fails to load is reported and skipped.
+
+        Its problems are kept in ``problems`` (and logged), so one typo in one file does not
+        stop the tick or transactional sends of every other journey. ``journey validate`` is
+        the strict check for CI.
+        """
+        loaded = []
+        self.problems = list(self.engine.catalog.problems)
+        for path in journey_files(directory or self.settings.journeys_dir):
+            try:
+                loaded.append(self.load(path))
+            except InputError as exc:
+                self.problems.append(exc)
+        for problem in self.problems:
+            log.error("skipped: %s", problem)
+        return loaded

@@ -1,0 +1,332 @@
+"""The journey language: what a marketer writes in ``journeys/*.yaml`` (pydantic, STYLE.md 4).
+
+Triggers and steps are tagged unions on ``type``; the engine interprets them with an exhaustive
+``match``. Conditions reuse the segment rule language (``segments.rules.Rule``), so anything a
+segment can say, a branch can say. The JSON Schema editors use for completion is generated from
+these same models (``tidings journey schema``).
+
+>>> journey = Journey.model_validate({
+...     "name": "welcome",
+...     "trigger": {"type": "segment", "segment": "new_signups"},
+...     "steps": [
+...         {"id": "hello", "type": "email", "template": "welcome"},
+...         {"id": "pause", "type": "wait", "duration": "2 days"},
+...         {"id": "tip", "type": "email", "template": "tips"},
+...     ],
+... })
+>>> [step.type for step in journey.steps], journey.steps[1].duration
+(['email', 'wait', 'email'], 172800.0)
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import time
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Discriminator,
+    Field,
+    PlainSerializer,
+    Tag,
+    WithJsonSchema,
+    field_validator,
+    model_validator,
+)
+
+from tidings.segments.rules import Duration, Rule
+
+STEP_ID = r"^[a-z][a-z0-9_]*$"
+_HHMM = re.compile(r"^([01]\d|2[0-3]):([0-5]\d)$")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _time_of_day(value: Any) -> Any:
+    if isinstance(value, time):
+        return value
+    if isinstance(value, str):
+        match = _HHMM.match(value.strip())
+        if not match:
+            raise ValueError(f"bad time of day {value!r}: write 24-hour HH:MM, e.g. '09:30'")
+        return time(int(match.group(1)), int(match.group(2)))
+    if isinstance(value, int) and not isinstance(value, bool):  # YAML 1.1 reads 09:30 as 570
+        raise ValueError(f"bad time of day {value!r}: quote it, e.g. '09:30'")
+    return value
+
+
+#: "HH:MM" in YAML (quoted, or YAML 1.1 reads it as a number), a ``time`` in Python.
+TimeOfDay = Annotated[
+    time,
+    BeforeValidator(_time_of_day),
+    PlainSerializer(lambda t: t.strftime("%H:%M"), return_type=str, when_used="json"),
+    WithJsonSchema(
+        {"type": "string", "pattern": "^([01]\\d|2[0-3]):[0-5]\\d$", "examples": ["09:00", "21:30"]}
+    ),
+]
+
+
+# -- triggers ---------------------------------------------------------------------------------
+
+
+class SegmentTrigger(_Strict):
+    """Enrol contacts when they enter a segment (each entry is seen once)."""
+
+    type: Literal["segment"]
+    segment: str
+
+
+class EventTrigger(_Strict):
+    """Enrol the contact an event is about, e.g. ``order.shipped``; ``where`` filters its
+    properties by equality. A transactional journey runs at once when the event arrives."""
+
+    type: Literal["event"]
+    event: str
+    where: dict[str, Any] = Field(default_factory=dict)
+
+
+class ScheduleTrigger(_Strict):
+    """A broadcast: at each cron time (in ``timezone``) enrol the audience segment."""
+
+    type: Literal["schedule"]
+    cron: str
+    timezone: str = "UTC"
+    segment: str
+
+    @field_validator("cron")
+    @classmethod
+    def _cron(cls, value: str) -> str:
+        fields = value.split()
+        if len(fields) != 5:
+            raise ValueError(
+                f"cron {value!r} needs 5 fields (minute hour day month weekday), "
+                "e.g. '0 9 * * 1' for Mondays at 09:00"
+            )
+        return value
+
+
+class ApiTrigger(_Strict):
+    """Enrol contacts named in an API or CLI call (``tidings journey trigger``)."""
+
+    type: Literal["api"]
+
+
+Trigger = Annotated[
+    SegmentTrigger | EventTrigger | ScheduleTrigger | ApiTrigger, Field(discriminator="type")
+]
+
+# -- steps ------------------------------------------------------------------------------------
+
+
+class _Step(_Strict):
+    id: str = Field(pattern=STEP_ID, max_length=64, description="Unique within the journey.")
+    next: str | None = Field(
+        None, description="The step after this one (default: the next in the list)."
+    )
+
+
+class Variant(_Strict):
+    """A variant; when the template defines a subject variant of the same name, it is used."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9_-]+$", max_length=32)
+    weight: float = Field(gt=0)
+    template: str | None = Field(None, description="Another template for this variant.")
+
+
+class Experiment(_Strict):
+    """An A/B test on a send step: contacts are assigned a variant by weight, stably."""
+
+    name: str | None = Field(None, description="Default: <journey>.<step>.")
+    variants: list[Variant] = Field(min_length=2)
+    holdout: float = Field(0, ge=0, lt=100, description="Percent who get no message.")
+    metric: Literal["open", "click", "conversion"] = "click"
+
+    @model_validator(mode="after")
+    def _unique(self) -> Experiment:
+        names = [v.name for v in self.variants]
+        if len(set(names)) != len(names):
+            raise ValueError(f"variant names must be unique, got {names}")
+        return self
+
+
+class _SendStep(_Step):
+    template: str
+    purpose: Literal["marketing", "transactional"] | None = Field(
+        None, description="Default: transactional in a transactional journey, else marketing."
+    )
+    context: dict[str, Any] = Field(
+        default_factory=dict, description="Extra values for the template, e.g. an offer code."
+    )
+    experiment: Experiment | None = None
+
+
+class EmailStep(_SendStep):
+    type: Literal["email"]
+
+
+class SmsStep(_SendStep):
+    type: Literal["sms"]
+
+
+class WaitStep(_Step):
+    type: Literal["wait"]
+    duration: Duration
+
+
+class WaitUntilStep(_Step):
+    """Wait until a time of day in the contact's timezone, optionally relative to a date
+    attribute: ``attribute: renewal_date, offset: -3 days, at: '09:00'``."""
+
+    type: Literal["wait_until"]
+    at: TimeOfDay = Field(description="HH:MM in the contact's timezone")
+    attribute: str | None = None
+    offset: str | None = Field(None, description="e.g. '-3 days' before the attribute's date")
+
+    @field_validator("offset")
+    @classmethod
+    def _offset(cls, value: str | None) -> str | None:
+        if value is not None:
+            from tidings.segments.rules import parse_duration
+
+            parse_duration(value.lstrip("+-").strip())
+        return value
+
+
+class WaitForEventStep(_Step):
+    """Wait for an event (e.g. ``order.placed``); on timeout go to ``on_timeout``."""
+
+    type: Literal["wait_for_event"]
+    event: str
+    where: dict[str, Any] = Field(default_factory=dict)
+    timeout: Duration
+    on_timeout: str
+
+
+class Branch(_Strict):
+    when: Rule
+    next: str
+
+
+class BranchStep(_Step):
+    """The first branch whose ``when`` (a segment rule, evaluated now) holds; else ``otherwise``."""
+
+    type: Literal["branch"]
+    branches: list[Branch] = Field(min_length=1)
+    otherwise: str
+
+
+class SplitPath(_Strict):
+    weight: float = Field(gt=0)
+    next: str
+
+
+class SplitStep(_Step):
+    """A stable random split: each contact takes one path, by weight."""
+
+    type: Literal["split"]
+    paths: list[SplitPath] = Field(min_length=2)
+
+
+class UpdateContactStep(_Step):
+    type: Literal["update_contact"]
+    set: dict[str, Any] = Field(min_length=1, description="Attributes to set (Jinja in strings).")
+
+
+class WebhookStep(_Step):
+    type: Literal["webhook"]
+    url: str = Field(pattern=r"^https?://")
+    method: Literal["POST", "PUT", "PATCH"] = "POST"
+    headers: dict[str, str] = Field(default_factory=dict)
+    body: dict[str, Any] = Field(default_factory=dict, description="JSON body (Jinja in strings).")
+
+
+class ExitStep(_Step):
+    type: Literal["exit"]
+
+
+Step = Annotated[
+    EmailStep
+    | SmsStep
+    | WaitStep
+    | WaitUntilStep
+    | WaitForEventStep
+    | BranchStep
+    | SplitStep
+    | UpdateContactStep
+    | WebhookStep
+    | ExitStep,
+    Field(discriminator="type"),
+]
+SEND_STEPS = (EmailStep, SmsStep)
+WAIT_STEPS = (WaitStep, WaitUntilStep, WaitForEventStep)
+
+# -- settings ---------------------------------------------------------------------------------
+
+
+class ReentryAfter(_Strict):
+    after: Duration
+
+
+class Goal(_Strict):
+    """Conversion: the event within ``within`` of entering; ``exit`` ends the journey then."""
+
+    event: str
+    within: Duration
+    where: dict[str, Any] = Field(default_factory=dict)
+    exit: bool = True
+
+
+class FrequencyCap(_Strict):
+    max: int = Field(ge=1)
+    per: Duration
+
+
+class QuietHours(_Strict):
+    """No marketing sends between ``start`` and ``end`` in the contact's timezone."""
+
+    start: TimeOfDay
+    end: TimeOfDay
+
+
+# Each setting below is a model or a plain value, told apart up front (a callable
+# discriminator) so that a mistake is reported once, from the side the user meant.
+Reentry = Annotated[
+    Annotated[ReentryAfter, Tag("model")] | Annotated[Literal["never", "always"], Tag("word")],
+    Discriminator(lambda v: "word" if isinstance(v, str) else "model"),
+]
+CapSetting = Annotated[
+    Annotated[FrequencyCap, Tag("model")] | Annotated[Literal[False], Tag("off")],
+    Discriminator(lambda v: "off" if v is False else "model"),
+]
+QuietSetting = Annotated[
+    Annotated[QuietHours, Tag("model")] | Annotated[Literal[False], Tag("off")],
+    Discriminator(lambda v: "off" if v is False else "model"),
+]
+
+
+class JourneySettings(_Strict):
+    reentry: Reentry = Field("never", description="never, always, or {after: 30 days}")
+    goal: Goal | None = None
+    frequency_cap: CapSetting | None = Field(
+        None, description="Overrides the global cap; false: no cap."
+    )
+    quiet_hours: QuietSetting | None = Field(
+        None, description="Overrides the global quiet hours; false: none."
+    )
+    transactional: bool = Field(
+        False, description="Bypasses frequency caps and quiet hours, never consent."
+    )
+    max_enrollments_per_run: int | None = Field(None, ge=1)
+
+
+class Journey(_Strict):
+    name: str = Field(pattern=r"^[a-z][a-z0-9_]*$", max_length=100)
+    description: str = ""
+    trigger: Trigger
+    settings: JourneySettings = Field(default_factory=JourneySettings)
+    steps: list[Step] = Field(min_length=1)

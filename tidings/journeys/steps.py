@@ -1,0 +1,425 @@
+"""How each kind of step moves a group of enrollments (STYLE.md 4: an exhaustive ``match``).
+
+``StepRunner`` is mixed into ``JourneyEngine``: every handler takes all the enrollments that
+stand on the same step and moves them together (one policy query, one contact query, one insert
+of messages), so a tick stays set-based.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
+from typing import Any, assert_never
+
+from sqlalchemy import (
+    Table,
+    bindparam,
+    select,
+    update,
+)
+from sqlalchemy.orm import Session
+
+from tidings.config import Settings
+from tidings.crm.db import insert_rows
+from tidings.crm.models import (
+    Event,
+    Experiment,
+    MessageStatus,
+)
+from tidings.journeys import schema as s
+from tidings.journeys.experiments import HOLDOUT, variant_for
+from tidings.journeys.policy import Candidate, Rules, gate
+from tidings.journeys.state import (
+    Item,
+    TickStats,
+    Version,
+    as_date,
+    assignments_t,
+    contacts_t,
+    matches,
+    parse_cap,
+    parse_quiet,
+    zone_of,
+)
+
+
+class StepRunner:
+    """The step handlers of ``JourneyEngine``, which provides ``db``, ``settings``, ``_catalog``."""
+
+    db: Any
+    settings: Settings
+
+    def _catalog(self) -> Any:
+        raise NotImplementedError
+
+    def _run_step(
+        self,
+        session: Session,
+        step: s.Step,
+        group: list[Item],
+        now: datetime,
+        messages: list[dict[str, Any]],
+        stats: TickStats,
+    ) -> None:
+        match step:
+            case s.EmailStep() | s.SmsStep():
+                self._send(session, step, group, now, messages, stats)
+            case s.WaitStep():
+                for item in group:
+                    if self._woken(item, step.id):
+                        item.go(item.version.after(step.id))
+                    else:
+                        self._wait(item, step.id, now, now + timedelta(seconds=step.duration))
+            case s.WaitUntilStep():
+                self._wait_until(session, step, group, now)
+            case s.WaitForEventStep():
+                self._wait_for_event(session, step, group, now)
+            case s.BranchStep():
+                self._branch(session, step, group, now)
+            case s.SplitStep():
+                weights = [(str(n), p.weight) for n, p in enumerate(step.paths)]
+                for item in group:
+                    chosen = variant_for(f"{item.version.name}.{step.id}", item.contact_id, weights)
+                    item.go(step.paths[int(chosen)].next)
+            case s.UpdateContactStep():
+                self._update_contacts(session, step, group, now)
+                for item in group:
+                    item.go(item.version.after(step.id))
+            case s.WebhookStep():
+                self._webhook(step, group, now)
+            case s.ExitStep():
+                for item in group:
+                    item.finish("exit_step")
+            case _:
+                assert_never(step)
+
+    # -- waits ---------------------------------------------------------------------------
+    @staticmethod
+    def _woken(item: Item, step_id: str) -> bool:
+        waiting = item.context.get("waiting")
+        return isinstance(waiting, dict) and waiting.get("step") == step_id
+
+    @staticmethod
+    def _wait(item: Item, step_id: str, now: datetime, until: datetime) -> None:
+        item.context["waiting"] = {
+            "step": step_id,
+            "since": now.isoformat(),
+            "until": until.isoformat(),
+        }
+        item.park(until)
+
+    @staticmethod
+    def _done_waiting(item: Item, step_id: str | None) -> None:
+        item.context.pop("waiting", None)
+        item.go(step_id)
+
+    def _wait_until(
+        self, session: Session, step: s.WaitUntilStep, group: list[Item], now: datetime
+    ) -> None:
+        contacts = self._contacts(session, [i for i in group if not self._woken(i, step.id)])
+        for item in group:
+            if self._woken(item, step.id):
+                self._done_waiting(item, item.version.after(step.id))
+                continue
+            row = contacts[item.contact_id]
+            zone = zone_of(row["timezone"], self.settings.default_timezone)
+            if step.attribute:
+                day = as_date((row["attributes"] or {}).get(step.attribute))
+                if day is None:
+                    item.finish("missing_attribute")
+                    continue
+                if step.offset:
+                    from tidings.segments.rules import parse_duration
+
+                    sign = -1 if step.offset.strip().startswith("-") else 1
+                    day += timedelta(
+                        seconds=sign * parse_duration(step.offset.lstrip("+-").strip())
+                    )
+                due = datetime.combine(day, step.at, tzinfo=zone)
+            else:
+                local = now.astimezone(zone)
+                due = datetime.combine(local.date(), step.at, tzinfo=zone)
+                if due <= now:
+                    due = datetime.combine(local.date() + timedelta(days=1), step.at, tzinfo=zone)
+            if due.astimezone(UTC) <= now:
+                self._done_waiting(item, item.version.after(step.id))
+            else:
+                self._wait(item, step.id, now, due.astimezone(UTC))
+
+    def _wait_for_event(
+        self, session: Session, step: s.WaitForEventStep, group: list[Item], now: datetime
+    ) -> None:
+        waking = [i for i in group if self._woken(i, step.id)]
+        for item in group:
+            if item not in waking:
+                self._wait(item, step.id, now, now + timedelta(seconds=step.timeout))
+        if not waking:
+            return
+        since = {i.id: datetime.fromisoformat(i.context["waiting"]["since"]) for i in waking}
+        rows = session.execute(
+            select(Event.contact_id, Event.occurred_at, Event.properties).where(
+                Event.contact_id.in_({i.contact_id for i in waking}),
+                Event.name == step.event,
+                Event.occurred_at >= min(since.values()),
+            )
+        ).all()
+        for item in waking:
+            hit = any(
+                r.contact_id == item.contact_id
+                and r.occurred_at >= since[item.id]
+                and matches(r.properties, step.where)
+                for r in rows
+            )
+            until = datetime.fromisoformat(item.context["waiting"]["until"])
+            if hit:
+                self._done_waiting(item, item.version.after(step.id))
+            elif now >= until:
+                self._done_waiting(item, step.on_timeout)
+            else:  # woken early by something else: keep waiting
+                item.park(until)
+
+    # -- decisions -----------------------------------------------------------------------
+    def _branch(
+        self, session: Session, step: s.BranchStep, group: list[Item], now: datetime
+    ) -> None:
+        from tidings.segments.compile import compile_core
+        from tidings.segments.membership import tune_for_segments
+        from tidings.segments.rules import Segment
+
+        tune_for_segments(session)  # SET LOCAL: work_mem for the rules, no JIT
+        pending = {i.contact_id: i for i in group}
+        for n, branch in enumerate(step.branches):
+            if not pending:
+                break
+            segment = Segment(name=f"{group[0].version.name}.{step.id}.{n}", rule=branch.when)
+            query = compile_core(
+                self._catalog().core(segment), dialect=self.db.dialect.name, now=now
+            )
+            ids = query.subquery()
+            hits = set(session.scalars(select(ids.c.id).where(ids.c.id.in_(pending))))
+            for cid in hits:
+                pending.pop(cid).go(branch.next)
+        for item in pending.values():
+            item.go(step.otherwise)
+
+    def _update_contacts(
+        self, session: Session, step: s.UpdateContactStep, group: list[Item], now: datetime
+    ) -> None:
+        from tidings.templates.render import contact_context, make_environment
+
+        env = make_environment(autoescape=False)
+        contacts = self._contacts(session, group)
+        rows = []
+        for item in group:
+            row = contacts[item.contact_id]
+            values = {"contact": contact_context(row), "trigger": item.context.get("trigger", {})}
+            attributes = dict(row["attributes"] or {})
+            for key, value in step.set.items():
+                attributes[key] = (
+                    env.from_string(value).render(values) if isinstance(value, str) else value
+                )
+            rows.append({"b_id": item.contact_id, "b_attributes": attributes, "b_now": now})
+        session.execute(
+            update(contacts_t)
+            .where(contacts_t.c.id == bindparam("b_id"))
+            .values(attributes=bindparam("b_attributes"), updated_at=bindparam("b_now")),
+            rows,
+        )
+
+    def _webhook(self, step: s.WebhookStep, group: list[Item], now: datetime) -> None:
+        import httpx
+
+        for item in group:
+            visit = item.visit(step.id)
+            body = {
+                **step.body,
+                "journey": item.version.name,
+                "step": step.id,
+                "contact_id": item.contact_id,
+                "trigger": item.context.get("trigger", {}),
+            }
+            headers = {**step.headers, "Idempotency-Key": f"{item.id}:{step.id}:{visit}"}
+            try:
+                response = httpx.request(
+                    step.method, step.url, json=body, headers=headers, timeout=10.0
+                )
+                retry = response.status_code == 429 or response.status_code >= 500
+                error = None if response.is_success else f"HTTP {response.status_code}"
+            except httpx.HTTPError as exc:
+                retry, error = True, f"{type(exc).__name__}: {exc}"
+            attempts = item.context.setdefault("webhook_attempts", {})
+            if retry and attempts.get(step.id, 0) < 5:
+                attempts[step.id] = attempts.get(step.id, 0) + 1
+                item.context["visits"][step.id] -= 1  # the same call, tried again
+                item.park(now + timedelta(seconds=30 * 2 ** attempts[step.id]))
+                continue
+            attempts.pop(step.id, None)
+            if error:
+                item.context.setdefault("errors", []).append(f"{step.id}: {error}")
+            item.go(item.version.after(step.id))
+
+    # -- sends ---------------------------------------------------------------------------
+    def _contacts(self, session: Session, items: Sequence[Item]) -> dict[int, dict[str, Any]]:
+        ids = {i.contact_id for i in items}
+        if not ids:
+            return {}
+        rows = session.execute(
+            select(
+                contacts_t.c.id,
+                contacts_t.c.email,
+                contacts_t.c.phone,
+                contacts_t.c.timezone,
+                contacts_t.c.locale,
+                contacts_t.c.first_name,
+                contacts_t.c.last_name,
+                contacts_t.c.external_id,
+                contacts_t.c.attributes,
+            ).where(contacts_t.c.id.in_(ids))
+        ).mappings()
+        return {row["id"]: dict(row) for row in rows}
+
+    def rules_for(self, journey: s.Journey) -> Rules:
+        cap_max, cap_seconds = parse_cap(self.settings.frequency_cap)
+        quiet_start, quiet_end = parse_quiet(self.settings.quiet_hours)
+        cap = journey.settings.frequency_cap
+        if cap is False:
+            cap_max = None
+        elif cap is not None:
+            cap_max, cap_seconds = cap.max, cap.per
+        quiet = journey.settings.quiet_hours
+        if quiet is False:
+            quiet_start = quiet_end = None
+        elif quiet is not None:
+            quiet_start, quiet_end = quiet.start, quiet.end
+        return Rules(cap_max, cap_seconds, quiet_start, quiet_end, self.settings.default_timezone)
+
+    def _send(
+        self,
+        session: Session,
+        step: s.EmailStep | s.SmsStep,
+        group: list[Item],
+        now: datetime,
+        messages: list[dict[str, Any]],
+        stats: TickStats,
+    ) -> None:
+        version = group[0].version
+        journey = version.journey
+        purpose = step.purpose or (
+            "transactional" if journey.settings.transactional else "marketing"
+        )
+        contacts = self._contacts(session, group)
+        variants = self._assign(session, version, step, group, now)
+        templates = {
+            v.name: v.template
+            for v in (step.experiment.variants if step.experiment else [])
+            if v.template
+        }
+        candidates = []
+        for item in group:
+            if variants.get(item.id) == HOLDOUT:
+                continue
+            row = contacts[item.contact_id]
+            address = row["email"] if step.type == "email" else row["phone"]
+            candidates.append(
+                Candidate(item.id, item.contact_id, step.type, purpose, address, row["timezone"])
+            )
+        pending: dict[int, int] = defaultdict(int)
+        for m in messages:
+            if m["purpose"] == "marketing" and m["status"] == MessageStatus.QUEUED.value:
+                pending[m["contact_id"]] += 1
+        decisions = gate(
+            session=session,
+            candidates=candidates,
+            rules=self.rules_for(journey),
+            now=now,
+            pending=pending,
+        )
+        for item in group:
+            decision = decisions.get(item.id)
+            if decision is not None and decision.action == "defer":
+                assert decision.until is not None
+                item.park(decision.until)
+                stats.deferred += 1
+                stats.deferred_steps[step.id] += 1
+                continue
+            visit = item.visit(step.id)
+            if decision is None:  # in the experiment's holdout: no message, counted there
+                stats.held["holdout"] += 1
+                item.go(item.version.after(step.id))
+                continue
+            row = contacts[item.contact_id]
+            held = decision.action == "hold"
+            if held:
+                stats.held[str(decision.reason)] += 1
+            messages.append(
+                {
+                    "idempotency_key": f"{version.id}:{item.id}:{step.id}:{visit}",
+                    "contact_id": item.contact_id,
+                    "journey_id": version.id,
+                    "enrollment_id": item.id,
+                    "step_id": step.id,
+                    "variant": variants.get(item.id),
+                    "channel": step.type,
+                    "purpose": purpose,
+                    "template": templates.get(variants.get(item.id) or "", step.template),
+                    "to_address": (row["email"] if step.type == "email" else row["phone"]) or "",
+                    "subject": None,
+                    "status": MessageStatus.HELD.value if held else MessageStatus.QUEUED.value,
+                    "error": decision.reason if held else None,
+                    "attempts": 0,
+                    "created_at": now,
+                    "updated_at": now,
+                    "meta": {"context": step.context} if step.context else {},
+                }
+            )
+            item.go(item.version.after(step.id))
+
+    def _assign(
+        self,
+        session: Session,
+        version: Version,
+        step: s.EmailStep | s.SmsStep,
+        group: list[Item],
+        now: datetime,
+    ) -> dict[int, str]:
+        experiment = step.experiment
+        if experiment is None:
+            return {}
+        name = experiment.name or f"{version.name}.{step.id}"
+        weights = [(v.name, v.weight) for v in experiment.variants]
+        table: Table = Experiment.__table__  # type: ignore[assignment]
+        insert_rows(
+            session,
+            table,
+            [
+                {
+                    "name": name,
+                    "journey_name": version.name,
+                    "step_id": step.id,
+                    "variants": {v.name: {"weight": v.weight} for v in experiment.variants},
+                    "holdout_percent": experiment.holdout,
+                    "status": "running",
+                    "created_at": now,
+                }
+            ],
+        )
+        experiment_id = session.scalar(select(Experiment.id).where(Experiment.name == name))
+        chosen = {
+            i.id: variant_for(name, i.contact_id, weights, holdout=experiment.holdout)
+            for i in group
+        }
+        insert_rows(
+            session,
+            assignments_t,
+            [
+                {
+                    "experiment_id": experiment_id,
+                    "contact_id": i.contact_id,
+                    "variant": chosen[i.id],
+                    "assigned_at": now,
+                }
+                for i in group
+            ],
+        )
+        return chosen

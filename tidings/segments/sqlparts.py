@@ -1,0 +1,165 @@
+"""SQL building blocks shared by the compiler: the evaluation context, typed comparisons and
+typed access to JSON documents per dialect (SQLite ``json_*`` vs PostgreSQL ``jsonb_*``).
+
+>>> from datetime import UTC, datetime
+>>> ctx = Ctx("sqlite", datetime(2026, 1, 1, tzinfo=UTC), {})
+>>> ctx.at(Ago(seconds=86400)).isoformat()
+'2025-12-31T00:00:00+00:00'
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from typing import Any
+
+from sqlalchemy import DateTime, Numeric, and_, case, cast, exists, func, literal, select
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.sql.elements import ColumnElement
+
+from tidings.segments.rules import Ago
+
+Expr = ColumnElement[Any]
+
+
+@dataclass(frozen=True)
+class Ctx:
+    dialect: str
+    now: datetime
+    json_columns: dict[str, Any]
+
+    def at(self, value: datetime | Ago) -> datetime:
+        if isinstance(value, Ago):
+            return self.now - timedelta(seconds=value.seconds)
+        return value
+
+    def since(self, seconds: float) -> datetime:
+        return self.now - timedelta(seconds=seconds)
+
+
+def value_kind(value: object) -> str:
+    if isinstance(value, bool):
+        return "bool"
+    if isinstance(value, int | float | Decimal):
+        return "number"
+    if isinstance(value, datetime | Ago):
+        return "time"
+    return "text"
+
+
+def compare_op(left: Expr, op: str, right: Any) -> Expr:
+    result: Expr
+    match op:
+        case "eq":
+            result = left == right
+        case "gt":
+            result = left > right
+        case "gte":
+            result = left >= right
+        case "lt":
+            result = left < right
+        case "lte":
+            result = left <= right
+        case _:
+            raise AssertionError(op)
+    return result
+
+
+def text_contains(text: Expr, needle: str, ctx: Ctx) -> Expr:
+    """Case-sensitive substring test on both dialects (SQLite's LIKE ignores ASCII case)."""
+    position = func.instr(text, needle) if ctx.dialect == "sqlite" else func.strpos(text, needle)
+    return position > 0
+
+
+def _sqlite_path(path: tuple[str, ...]) -> str:
+    for key in path:
+        if '"' in key:
+            raise ValueError(f"attribute names cannot contain a double quote: {key!r}")
+    return "$" + "".join(f'."{key}"' for key in path)
+
+
+class JsonPath:
+    """Typed access to one path of a JSON column, per dialect."""
+
+    def __init__(self, column: Any, path: tuple[str, ...], ctx: Ctx) -> None:
+        self.column, self.path, self.ctx = column, path, ctx
+        self.sqlite = ctx.dialect == "sqlite"
+
+    def type(self) -> Expr:
+        if self.sqlite:
+            return func.json_type(self.column, _sqlite_path(self.path))
+        return func.jsonb_typeof(self.raw())
+
+    def raw(self) -> Expr:
+        return func.jsonb_extract_path(self.column, *self.path)
+
+    def text(self) -> Expr:
+        if self.sqlite:
+            return func.json_extract(self.column, _sqlite_path(self.path))
+        return func.jsonb_extract_path_text(self.column, *self.path)
+
+    def string(self) -> Expr:
+        return case((self.type() == ("text" if self.sqlite else "string"), self.text()))
+
+    def number(self) -> Expr:
+        if self.sqlite:
+            return case((self.type().in_(["integer", "real"]), self.text()))
+        return case((self.type() == "number", cast(self.text(), Numeric)))
+
+    def is_bool(self, value: bool) -> Expr:
+        if self.sqlite:
+            return self.type() == ("true" if value else "false")
+        return and_(self.type() == "boolean", self.text() == ("true" if value else "false"))
+
+    def time(self) -> Expr:
+        """An ISO 8601 string as a UTC time (no offset: read as UTC), else NULL."""
+        if self.sqlite:
+            return func.strftime("%Y-%m-%d %H:%M:%f", self.string())
+        text = self.text()
+        with_offset = cast(text, DateTime(timezone=True))
+        as_utc = func.timezone("UTC", cast(text, DateTime(timezone=False)))
+        iso = and_(self.type() == "string", text.regexp_match(r"^\d{4}-\d{2}-\d{2}"))
+        return case(
+            (iso, case((text.regexp_match(r"(Z|[+-]\d{2}(:?\d{2})?)$"), with_offset), else_=as_utc))
+        )
+
+    def time_value(self, value: datetime) -> Any:
+        value = value.astimezone(UTC)
+        if self.sqlite:
+            return value.strftime("%Y-%m-%d %H:%M:%S.%f")[:-3]
+        return literal(value, DateTime(timezone=True))
+
+    def array_contains(self, value: str | int | float | Decimal) -> Expr:
+        if self.sqlite:
+            elements = func.json_each(self.column, _sqlite_path(self.path)).table_valued("value")
+            found = exists(
+                select(literal(1)).select_from(elements).where(elements.c.value == value)
+            )
+            return and_(self.type() == "array", found)
+        probe = cast(literal(json.dumps([value], default=str)), JSONB)
+        return and_(self.type() == "array", self.raw().op("@>", is_comparison=True)(probe))
+
+    def contains_value(self, value: Any) -> Expr:
+        """PostgreSQL: ``col @> '{"a": {"b": value}}'``, typed equality (and GIN-indexable)."""
+        document: Any = float(value) if isinstance(value, Decimal) else value
+        for key in reversed(self.path):
+            document = {key: document}
+        probe = cast(literal(json.dumps(document)), JSONB)
+        contained: Expr = self.column.op("@>", is_comparison=True)(probe)
+        return contained
+
+    def compare(self, op: str, value: Any) -> Expr:
+        kind = value_kind(value)
+        if op == "eq" and kind != "time" and not self.sqlite:
+            return self.contains_value(value)
+        if kind == "bool":
+            if op != "eq":
+                raise ValueError(f"true/false can only be compared with eq or ne, not {op}")
+            return self.is_bool(bool(value))
+        if kind == "time":
+            return compare_op(self.time(), op, self.time_value(self.ctx.at(value)))
+        if kind == "number":
+            return compare_op(self.number(), op, value)
+        return compare_op(self.string(), op, value)

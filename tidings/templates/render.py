@@ -1,0 +1,463 @@
+"""Render compiled templates per contact: only Jinja runs here.
+
+>>> renderer = Renderer("templates")                                     # doctest: +SKIP
+>>> email = renderer.render_email("welcome", contact={"first_name": "Ada", "locale": "de_DE"},
+...                               message_id="m-1")                       # doctest: +SKIP
+>>> email.subject, email.headers["List-Unsubscribe-Post"]                 # doctest: +SKIP
+('Willkommen, Ada', 'List-Unsubscribe=One-Click')
+
+The Jinja environments are sandboxed (``SandboxedEnvironment``: no ``__class__``, no
+``__globals__``), use ``StrictUndefined`` (a missing variable is an error, found by
+``tidings templates check`` before any send), autoescape HTML only, and render ``None`` as "".
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import traceback
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from jinja2 import StrictUndefined, Template
+from jinja2.sandbox import SandboxedEnvironment
+from jinja2.utils import concat
+
+from tidings.config import Settings, get_settings
+from tidings.errors import InputError, PermanentError
+from tidings.templates.compiler import CompiledEmail, Fragment, compile_email
+from tidings.templates.filters import FILTERS
+from tidings.templates.sms import count_segments, non_gsm_characters
+from tidings.templates.tracking import (
+    PreparedToken,
+    TokenSigner,
+    encode_message_id,
+    list_unsubscribe_headers,
+)
+
+log = logging.getLogger(__name__)
+INSECURE_DEV_KEY = "INSECURE-development-key-set-TIDINGS_SECRET_KEY"
+CONTACT_FIELDS = (
+    "id",
+    "external_id",
+    "email",
+    "phone",
+    "first_name",
+    "last_name",
+    "locale",
+    "timezone",
+)
+
+
+class TemplateRenderError(PermanentError):
+    """A template failed for one contact; ``location`` is ``file:line`` of the source."""
+
+    def __init__(self, message: str, *, location: str, template: str) -> None:
+        super().__init__(message, location=location, template=template)
+        self.location = location
+
+
+@dataclass(frozen=True, slots=True)
+class RenderedEmail:
+    subject: str
+    preheader: str
+    from_name: str | None
+    from_email: str | None
+    reply_to: str | None
+    html: str
+    text: str
+    headers: dict[str, str]
+    template: str
+    version: str
+    variant: str
+
+
+@dataclass(frozen=True, slots=True)
+class RenderedSms:
+    body: str
+    encoding: str
+    segments: int
+    characters: int
+    units: int
+    template: str
+    version: str
+    warnings: tuple[str, ...] = ()
+
+
+def contact_context(contact: Any) -> dict[str, Any]:
+    """A plain dict for ``contact`` (a mapping, a ``crm.models.Contact`` or any object)."""
+    if isinstance(contact, Mapping):
+        data = dict(contact)
+        for name in CONTACT_FIELDS:
+            data.setdefault(name, None)
+    else:
+        data = {name: getattr(contact, name, None) for name in CONTACT_FIELDS}
+        data["attributes"] = getattr(contact, "attributes", None)
+    if not isinstance(data.get("attributes"), Mapping):
+        data["attributes"] = {}
+    return data
+
+
+def _finalize(value: Any) -> Any:
+    return "" if value is None else value
+
+
+def make_environment(*, autoescape: bool) -> SandboxedEnvironment:
+    """The sandboxed environment templates render in (HTML: autoescape; text/SMS: none)."""
+    env = SandboxedEnvironment(
+        autoescape=autoescape,
+        undefined=StrictUndefined,
+        finalize=_finalize,
+        keep_trailing_newline=True,
+        auto_reload=False,
+    )
+    env.filters.update(FILTERS)
+    return env
+
+
+@dataclass
+class _Email:
+    compiled: CompiledEmail
+    html: Template
+    text: Template
+    subjects: dict[str, Template | str]
+    preheader: Template | str
+    links: list[PreparedToken]
+    open_token: PreparedToken
+    unsubscribe_token: PreparedToken
+    filenames: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class _Sms:
+    path: str
+    version: str
+    template: Template
+
+
+class Renderer:
+    """Loads, compiles (once per content hash) and renders the templates of one folder."""
+
+    def __init__(
+        self,
+        templates_dir: str | Path | None = None,
+        settings: Settings | None = None,
+        *,
+        secret_key: str | None = None,
+        public_url: str | None = None,
+    ) -> None:
+        self.settings = settings or get_settings()
+        self.root = Path(templates_dir or self.settings.templates_dir)
+        self.public_url = (public_url or self.settings.public_url).rstrip("/")
+        key = secret_key or (
+            self.settings.secret_key.get_secret_value() if self.settings.secret_key else None
+        )
+        self.insecure_key = key is None
+        if key is None:
+            log.warning("TIDINGS_SECRET_KEY is unset: tracking tokens use an INSECURE dev key")
+        self.signer = TokenSigner(key or INSECURE_DEV_KEY)
+        self.html_env = make_environment(autoescape=True)
+        self.text_env = make_environment(autoescape=False)
+        self._by_version: dict[str, _Email] = {}
+        self._emails: dict[str, _Email] = {}
+        self._sms: dict[str, _Sms] = {}
+        self.compile_count = 0  # MJML compilations done (the cache test counts them)
+
+    # -- discovery -------------------------------------------------------------------------
+    def email_path(self, name: str) -> Path:
+        return self.root / "email" / f"{name}.mjml"
+
+    def sms_path(self, name: str) -> Path:
+        return self.root / "sms" / f"{name}.sms.j2"
+
+    def email_names(self) -> list[str]:
+        return sorted(p.name.removesuffix(".mjml") for p in (self.root / "email").glob("*.mjml"))
+
+    def sms_names(self) -> list[str]:
+        return sorted(p.name.removesuffix(".sms.j2") for p in (self.root / "sms").glob("*.sms.j2"))
+
+    # -- compile ---------------------------------------------------------------------------
+    def _template(self, env: SandboxedEnvironment, source: str, filename: str) -> Template:
+        code = env.compile(source, name=filename, filename=filename)
+        return env.template_class.from_code(env, code, env.make_globals(None), None)
+
+    def email(self, name: str, *, reload: bool = False) -> CompiledEmail:
+        return self._email(name, reload=reload).compiled
+
+    def _email(self, name: str, *, reload: bool = False) -> _Email:
+        cached = self._emails.get(name)
+        if cached is not None and not reload:
+            return cached
+        path = self.email_path(name)
+        if not path.is_file():
+            raise InputError(
+                f"no email template {name!r}",
+                location=str(path),
+                hint=f"available: {', '.join(self.email_names()) or 'none'}",
+            )
+        sidecar = path.with_name(f"{name}.txt.j2")
+        source = path.read_text(encoding="utf-8")
+        from tidings.templates.compiler import collect_includes, content_version, split_front_matter
+
+        body = split_front_matter(source, str(path))[2]
+        includes = collect_includes(body, root=self.root, base=path.parent, path=str(path))
+        sidecar_text = sidecar.read_text(encoding="utf-8") if sidecar.is_file() else ""
+        version = content_version(source + sidecar_text, includes)
+        entry = self._by_version.get(version)
+        if entry is None:
+            entry = self._build(
+                compile_email(
+                    source,
+                    name=name,
+                    path=str(path),
+                    root=self.root,
+                    text_sidecar=sidecar if sidecar.is_file() else None,
+                    syntax_env=self.html_env,
+                )
+            )
+            self._by_version[version] = entry
+        self._emails[name] = entry
+        return entry
+
+    def _build(self, compiled: CompiledEmail) -> _Email:
+        self.compile_count += 1
+        tag = f"{compiled.path}@{compiled.version[:12]}"
+        names = {
+            part: f"<tidings {part} {tag}>" for part in ("html", "text", "subject", "preheader")
+        }
+
+        def maybe(env: SandboxedEnvironment, source: str, part: str) -> Template | str:
+            return self._template(env, source, names[part]) if "{" in source else source
+
+        return _Email(
+            compiled=compiled,
+            html=self._template(self.html_env, compiled.html, names["html"]),
+            text=self._template(self.text_env, compiled.text, names["text"]),
+            subjects={v: maybe(self.text_env, s, "subject") for v, s in compiled.subjects.items()},
+            preheader=maybe(self.text_env, compiled.preheader or "", "preheader"),
+            links=[self.signer.prepare("c", link.index, link.url) for link in compiled.links],
+            open_token=self.signer.prepare("o"),
+            unsubscribe_token=self.signer.prepare("u"),
+            filenames=names,
+        )
+
+    def _sms_template(self, name: str) -> _Sms:
+        cached = self._sms.get(name)
+        if cached is not None:
+            return cached
+        path = self.sms_path(name)
+        if not path.is_file():
+            raise InputError(
+                f"no SMS template {name!r}",
+                location=str(path),
+                hint=f"available: {', '.join(self.sms_names()) or 'none'}",
+            )
+        source = path.read_text(encoding="utf-8")
+        from jinja2 import TemplateSyntaxError
+
+        try:
+            template = self._template(self.text_env, source, str(path))
+        except TemplateSyntaxError as exc:
+            raise InputError(
+                f"Jinja syntax error: {exc.message}", location=f"{path}:{exc.lineno}"
+            ) from exc
+        import hashlib
+
+        entry = _Sms(str(path), hashlib.sha256(source.encode()).hexdigest(), template)
+        self._sms[name] = entry
+        return entry
+
+    # -- render ----------------------------------------------------------------------------
+    def render_email(
+        self,
+        name: str,
+        *,
+        contact: Any,
+        message_id: str | int,
+        context: Mapping[str, Any] | None = None,
+        variant: str | None = None,
+    ) -> RenderedEmail:
+        """Subject, preheader, HTML and text of ``name`` for one contact and message."""
+        entry = self._email(name)
+        compiled = entry.compiled
+        mid = str(message_id)
+        encoded = encode_message_id(mid)
+        base = self.public_url
+        unsubscribe_url = f"{base}/u/{entry.unsubscribe_token.token(mid, encoded)}"
+        values: dict[str, Any] = dict(context) if context else {}
+        values["contact"] = contact_context(contact)
+        values["message_id"] = mid
+        values["unsubscribe_url"] = unsubscribe_url
+        if variant is None:
+            variant = next(iter(compiled.subjects))
+        subject_t = entry.subjects.get(variant)
+        if subject_t is None:
+            raise InputError(
+                f"template {name!r} has no subject variant {variant!r}",
+                location=f"{compiled.path}:{compiled.front_lines.get('subject', 1)}",
+                hint=f"variants: {', '.join(compiled.subjects)}",
+            )
+        part = "subject"
+        values["_links"] = [f"{base}/t/c/{p.token(mid, encoded)}" for p in entry.links]
+        values["_track"] = _DynamicLinks(self, mid, encoded)
+        values["_open_url"] = f"{base}/t/o/{entry.open_token.token(mid, encoded)}"
+        values["preheader"] = ""
+        try:
+            # one Jinja context per contact for all four parts
+            jinja_context = entry.html.new_context(values)
+            try:
+                subject = (
+                    subject_t
+                    if isinstance(subject_t, str)
+                    else concat(subject_t.root_render_func(jinja_context))
+                )
+                part = "preheader"
+                preheader = (
+                    entry.preheader
+                    if isinstance(entry.preheader, str)
+                    else concat(entry.preheader.root_render_func(jinja_context))
+                )
+                jinja_context.vars["preheader"] = preheader
+                part = "html"
+                html = concat(entry.html.root_render_func(jinja_context))
+                part = "text"
+                text = concat(entry.text.root_render_func(jinja_context))
+            except Exception:
+                self.html_env.handle_exception()  # re-raises with template file/line frames
+        except Exception as exc:
+            raise self._error(exc, entry, part) from exc
+        headers = list_unsubscribe_headers(unsubscribe_url, self.settings.unsubscribe_mailto)
+        return RenderedEmail(
+            subject=clean_header(subject),
+            preheader=" ".join(preheader.split()),
+            from_name=None if compiled.from_name is None else clean_header(compiled.from_name),
+            from_email=compiled.from_email,
+            reply_to=compiled.reply_to,
+            html=html,
+            text=text,
+            headers=headers,
+            template=name,
+            version=compiled.version,
+            variant=variant,
+        )
+
+    def render_sms(
+        self,
+        name: str,
+        *,
+        contact: Any,
+        message_id: str | int | None = None,
+        context: Mapping[str, Any] | None = None,
+    ) -> RenderedSms:
+        """The SMS body with its encoding and exact segment count; warns above the limit."""
+        entry = self._sms_template(name)
+        values: dict[str, Any] = dict(context) if context else {}
+        values["contact"] = contact_context(contact)
+        values["message_id"] = None if message_id is None else str(message_id)
+        try:
+            body = entry.template.render(values).strip()
+        except Exception as exc:
+            line = _template_line(exc, entry.path)
+            raise TemplateRenderError(
+                _describe(exc), location=f"{entry.path}:{line or 1}", template=name
+            ) from exc
+        count = count_segments(body)
+        warnings: list[str] = []
+        limit = self.settings.sms_segment_limit
+        if count.segments > limit:
+            warnings.append(
+                f"{count.segments} segments ({count.encoding}) exceed "
+                f"TIDINGS_SMS_SEGMENT_LIMIT={limit}"
+            )
+        if count.encoding == "UCS-2":
+            chars = "".join(non_gsm_characters(body))[:10]
+            warnings.append(f"UCS-2 (70 per SMS) because of: {chars}")
+        return RenderedSms(
+            body,
+            count.encoding,
+            count.segments,
+            count.characters,
+            count.units,
+            name,
+            entry.version,
+            tuple(warnings),
+        )
+
+    def _error(self, exc: Exception, entry: _Email, part: str) -> TemplateRenderError:
+        compiled = entry.compiled
+        message = _describe(exc)
+        if part in ("subject", "preheader"):
+            line = compiled.front_lines.get(part, 1)
+            return TemplateRenderError(
+                f"{part}: {message}", location=f"{compiled.path}:{line}", template=compiled.name
+            )
+        out_line = _template_line(exc, entry.filenames[part])
+        fragment = _pick_fragment(compiled.line_maps.get(part, {}), out_line, message)
+        location = (
+            f"{fragment.file}:{fragment.line}"
+            if fragment and fragment.file
+            else f"{compiled.path}:{compiled.body_line}"
+        )
+        where = f" in {fragment.source}" if fragment and fragment.file else ""
+        return TemplateRenderError(
+            f"{part}{where}: {message}", location=location, template=compiled.name
+        )
+
+
+class _DynamicLinks:
+    """``_track(index, url)`` for hrefs holding Jinja: signs the rendered URL, once per
+    message (the HTML and the text part ask for the same link)."""
+
+    __slots__ = ("_done", "_encoded", "_mid", "_renderer")
+
+    def __init__(self, renderer: Renderer, mid: str, encoded: str) -> None:
+        self._renderer, self._mid, self._encoded = renderer, mid, encoded
+        self._done: dict[tuple[int, str], str] = {}
+
+    def __call__(self, index: int, url: str) -> str:
+        key = (index, url)
+        found = self._done.get(key)
+        if found is None:
+            token = self._renderer.signer.prepare("c", index, url).token(self._mid, self._encoded)
+            found = self._done[key] = f"{self._renderer.public_url}/t/c/{token}"
+        return found
+
+
+def clean_header(value: str) -> str:
+    """One line: CR, LF and other control characters become spaces, runs collapse.
+
+    >>> clean_header("Hello\\r\\nBcc: x@example.com")
+    'Hello Bcc: x@example.com'
+    """
+    return " ".join(re.sub(r"[\x00-\x1f\x7f\u2028\u2029\x85]", " ", value).split())
+
+
+def _describe(exc: Exception) -> str:
+    kind = type(exc).__name__
+    return f"{kind}: {exc}"
+
+
+def _template_line(exc: BaseException, filename: str) -> int | None:
+    line = None
+    for frame in traceback.extract_tb(exc.__traceback__):
+        if frame.filename == filename:
+            line = frame.lineno
+    return line
+
+
+def _pick_fragment(
+    line_map: dict[int, list[Fragment]], out_line: int | None, message: str
+) -> Fragment | None:
+    if out_line is None or not line_map:
+        return None
+    candidates = line_map.get(out_line)
+    if not candidates:
+        before = [n for n in line_map if n <= out_line]
+        candidates = line_map[max(before)] if before else []
+    names = re.findall(r"'([^']+)'", message)
+    for fragment in candidates:
+        if fragment.file and any(n in fragment.source for n in names if n != "dict object"):
+            return fragment
+    return next((f for f in candidates if f.file), None)

@@ -1,0 +1,280 @@
+"""The event API (``/v1``): events, contacts, orders in, contact cards out.
+
+Authenticated with an API key (``Authorization: Bearer tid_...`` or ``X-API-Key``; see
+web/apikeys.py). ``Idempotency-Key``: the same key with the same request returns the first
+response again (header ``Idempotent-Replayed: true``) and has no second effect; the same key
+with a different request is refused with 422. Single objects or arrays (up to 1000) are taken.
+Contacts and orders are validated by the importer's own rules (crm/importer.py), so a field
+is checked the same way in a file and in a request; a bad item gets 422 naming its index and
+field, and nothing of that request is written.
+
+>>> client.post("/v1/events", json={"external_id": "C0002", "name": "order.shipped"},
+...             headers={"Authorization": f"Bearer {key}"}).json()    # doctest: +SKIP
+{'results': [{'index': 0, 'status': 'stored', 'event_id': 7, 'sent': 1, ...}]}
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from datetime import datetime
+from decimal import Decimal
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Header, HTTPException, Request
+from fastapi.responses import JSONResponse
+from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
+from pydantic import BaseModel, ConfigDict, Field
+from sqlalchemy.exc import DBAPIError
+from starlette.concurrency import run_in_threadpool
+
+from tidings.crm.importer import (
+    ImportReport,
+    RowRejected,
+    _apply_contacts,
+    _apply_orders,
+    _parse_contact,
+    _parse_order,
+)
+from tidings.crm.readers import Record
+from tidings.crm.types import utcnow
+from tidings.web.apikeys import Principal, authenticate, request_hash
+from tidings.web.card import contact_card
+from tidings.web.events import MAX_BATCH, EventIn, post_many, resolve, to_item
+
+router = APIRouter(prefix="/v1", tags=["event API"])
+bearer = HTTPBearer(auto_error=False, description="Authorization: Bearer tid_...")
+api_key_header = APIKeyHeader(name="X-API-Key", auto_error=False)
+AUTH_CACHE_SECONDS = 3600
+UNAUTHORIZED: dict[int | str, dict[str, Any]] = {
+    401: {"description": "missing, unknown or revoked API key"}
+}
+INVALID: dict[int | str, dict[str, Any]] = {
+    422: {"description": "an item is invalid: its index and field are named"}
+}
+
+
+def principal(
+    request: Request,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
+    x_api_key: Annotated[str | None, Depends(api_key_header)],
+) -> Principal:
+    """The API key's owner; while the store is down, a key seen within the hour still works."""
+    key = credentials.credentials if credentials else x_api_key
+    if not key:
+        raise HTTPException(401, "give an API key: Authorization: Bearer tid_...")
+    state = request.app.state.web
+    try:
+        found = authenticate(state.db, key)
+    except DBAPIError:
+        cached = state.auth_cache.get(key)
+        if cached is None or cached[1] < time.monotonic():
+            raise HTTPException(503, "the store is unavailable") from None
+        return cached[0]  # type: ignore[no-any-return]
+    if found is None:
+        raise HTTPException(401, "unknown or revoked API key")
+    state.auth_cache[key] = (found, time.monotonic() + AUTH_CACHE_SECONDS)
+    return found
+
+
+Auth = Annotated[Principal, Depends(principal)]
+IdemKey = Annotated[
+    str | None,
+    Header(alias="Idempotency-Key", max_length=255, description="Retry-safe request key"),
+]
+
+
+async def idempotent(
+    request: Request,
+    who: Principal,
+    key: str | None,
+    compute: Callable[[], tuple[int, dict[str, Any]]],
+) -> JSONResponse:
+    state = request.app.state.web
+    if not key:
+        status, payload = await run_in_threadpool(compute)
+        return JSONResponse(payload, status_code=status)
+    digest = request_hash(request.method, request.url.path, await request.body())
+    stored = await run_in_threadpool(state.idempotency.get, who.key_id, key)
+    if stored is not None:
+        if stored[0] != digest:
+            raise HTTPException(
+                422, "this Idempotency-Key was used with a different request: use a new key"
+            )
+        return JSONResponse(
+            stored[2], status_code=stored[1], headers={"Idempotent-Replayed": "true"}
+        )
+    status, payload = await run_in_threadpool(compute)
+    if 200 <= status < 300:
+        await run_in_threadpool(state.idempotency.put, who.key_id, key, digest, status, payload)
+    return JSONResponse(payload, status_code=status)
+
+
+EventBody = EventIn | Annotated[list[EventIn], Field(min_length=1, max_length=MAX_BATCH)]
+
+
+@router.post(
+    "/events",
+    summary="Post events (one or an array): stored once, journeys run",
+    responses={**UNAUTHORIZED, **INVALID, 202: {"description": "queued (Redis buffer)"}},
+)
+async def post_events(
+    body: EventBody, request: Request, who: Auth, idem: IdemKey = None
+) -> JSONResponse:
+    state = request.app.state.web
+    events = body if isinstance(body, list) else [body]
+    now = utcnow()
+    items = [
+        to_item(
+            e,
+            now=now,
+            key=f"api:{who.prefix}:{idem}:{i}" if idem else None,
+            source=f"api:{who.name}",
+        )
+        for i, e in enumerate(events)
+    ]
+
+    def compute() -> tuple[int, dict[str, Any]]:
+        if state.sink.buffered:
+            state.sink.submit([{"k": "events", "events": items}])
+            return 202, {"status": "queued", "count": len(items)}
+        missing = [i for i, cid in enumerate(resolve(state.db, items)) if cid is None]
+        if missing:
+            errors = [
+                {"index": i, "field": _ref_field(items[i]), "error": "no such contact"}
+                for i in missing
+            ]
+            return 422, {"detail": errors}
+        return 200, {"results": post_many(state.runtime(), items)}
+
+    return await idempotent(request, who, idem, compute)
+
+
+def _ref_field(item: dict[str, Any]) -> str:
+    return next(f for f in ("contact_id", "external_id", "email") if item.get(f))
+
+
+class ContactIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    external_id: str | None = Field(None, max_length=255)
+    email: str | None = Field(None, max_length=320)
+    phone: str | None = Field(None, max_length=40, description="E.164, or national")
+    first_name: str | None = Field(None, max_length=200)
+    last_name: str | None = Field(None, max_length=200)
+    locale: str | None = Field(None, max_length=35)
+    timezone: str | None = Field(None, max_length=64, description="IANA name")
+    consent_email: bool | str | None = Field(None, description="yes/no")
+    consent_sms: bool | str | None = None
+    attributes: dict[str, Any] = Field(default_factory=dict)
+
+
+class OrderIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    order_id: str = Field(min_length=1, max_length=255)
+    external_id: str | None = Field(None, max_length=255)
+    email: str | None = Field(None, max_length=320)
+    total: Decimal | str
+    currency: str = Field(min_length=3, max_length=3)
+    status: str = Field(min_length=1, max_length=32)
+    placed_at: datetime | str
+    attributes: dict[str, Any] = Field(default_factory=dict)
+
+
+def _records(models: list[Any]) -> list[Record]:
+    out = []
+    for index, model in enumerate(models):
+        values = {k: v for k, v in model.model_dump(exclude_none=True).items()}
+        for key, value in values.items():
+            if isinstance(value, bool):
+                values[key] = "yes" if value else "no"
+            elif isinstance(value, datetime | Decimal):
+                values[key] = value.isoformat() if isinstance(value, datetime) else str(value)
+        out.append(Record(line=index, values=values))
+    return out
+
+
+def _write(
+    state: Any,
+    models: list[Any],
+    parse: Callable[[Record], Any],
+    apply: Callable[[Any, list[Any], ImportReport], None],
+    kind: str,
+) -> tuple[int, dict[str, Any]]:
+    report = ImportReport(kind=kind, path="api")
+    rows = []
+    for record in _records(models):
+        report.read += 1
+        try:
+            rows.append(parse(record))
+        except RowRejected as rejected:
+            report.reject(record.line, rejected.problems)
+
+    class Rollback(Exception):
+        pass
+
+    if not report.errors:
+        try:
+            with state.db.begin() as conn:
+                apply(conn, rows, report)
+                if report.errors:
+                    raise Rollback
+        except Rollback:
+            pass
+    if report.errors:
+        errors = [{"index": e.line, "field": e.column, "error": e.reason} for e in report.errors]
+        return 422, {"detail": errors}
+    counts = {k: getattr(report, k) for k in ("inserted", "updated", "unchanged")}
+    return 200, counts
+
+
+ContactBody = ContactIn | Annotated[list[ContactIn], Field(min_length=1, max_length=MAX_BATCH)]
+OrderBody = OrderIn | Annotated[list[OrderIn], Field(min_length=1, max_length=MAX_BATCH)]
+
+
+@router.post(
+    "/contacts", summary="Upsert contacts (one or an array)", responses={**UNAUTHORIZED, **INVALID}
+)
+async def post_contacts(
+    body: ContactBody, request: Request, who: Auth, idem: IdemKey = None
+) -> JSONResponse:
+    state = request.app.state.web
+    models = body if isinstance(body, list) else [body]
+    source = f"api:{who.name}"
+
+    def compute() -> tuple[int, dict[str, Any]]:
+        return _write(
+            state,
+            models,
+            lambda r: _parse_contact(r, state.settings),
+            lambda conn, rows, rep: _apply_contacts(conn, rows, rep, source=source),
+            "contacts",
+        )
+
+    return await idempotent(request, who, idem, compute)
+
+
+@router.post(
+    "/orders", summary="Upsert orders (one or an array)", responses={**UNAUTHORIZED, **INVALID}
+)
+async def post_orders(
+    body: OrderBody, request: Request, who: Auth, idem: IdemKey = None
+) -> JSONResponse:
+    state = request.app.state.web
+    models = body if isinstance(body, list) else [body]
+
+    def compute() -> tuple[int, dict[str, Any]]:
+        return _write(state, models, _parse_order, _apply_orders, "orders")
+
+    return await idempotent(request, who, idem, compute)
+
+
+@router.get(
+    "/contacts/{ref}",
+    summary="The contact card: profile, consents and the whole history in time order",
+    responses={**UNAUTHORIZED, 404: {"description": "no such contact"}},
+)
+async def get_contact(ref: str, request: Request, who: Auth) -> JSONResponse:
+    card = await run_in_threadpool(contact_card, request.app.state.web.db, ref)
+    if card is None:
+        raise HTTPException(404, f"no contact with id, external_id or email {ref!r}")
+    return JSONResponse(card)
