@@ -6,11 +6,16 @@
 'outbox'
 
 Every adapter takes ``send_batch(messages) -> list[SendResult]`` (see ``channels.base``);
-``channels.record.record_results`` writes the results to the outbox rows.
+``channels.record.record_results`` writes the results to the outbox rows. Each provider is one
+module, ``tidings.channels.<name>``: its adapter, its webhook verification and its event
+vocabulary. ``REGISTRY`` names the adapter class of each; a new provider is one entry there
+(the module is imported only when the channel is asked for, so importing this package stays
+cheap).
 """
 
 from __future__ import annotations
 
+import importlib
 from typing import TYPE_CHECKING, Any
 
 from tidings.channels.types import (
@@ -27,41 +32,49 @@ if TYPE_CHECKING:
     from tidings.channels.base import Channel
     from tidings.config import Settings
 
-CHANNELS = ("sendgrid", "smtp", "twilio", "outbox")
+REGISTRY: dict[str, str] = {
+    "sendgrid": "tidings.channels.sendgrid:SendGridChannel",
+    "smtp": "tidings.channels.smtp:SmtpChannel",
+    "twilio": "tidings.channels.twilio:TwilioChannel",
+    "outbox": "tidings.channels.outbox:OutboxChannel",
+}
+"""Channel name -> ``module:class`` of its adapter (imported on first use)."""
+
+CHANNELS = tuple(REGISTRY)
+
+
+def channel_class(name: str) -> type[Channel[Any]]:
+    """The adapter class registered as ``name``; ConfigurationError names the choices."""
+    try:
+        target = REGISTRY[name]
+    except KeyError:
+        raise ConfigurationError(
+            f"unknown channel {name!r}; choose one of {', '.join(CHANNELS)}"
+        ) from None
+    module, _, attribute = target.partition(":")
+    found: type[Channel[Any]] = getattr(importlib.import_module(module), attribute)
+    return found
 
 
 def get_channel(name: str, settings: Settings | None = None, **overrides: Any) -> Channel[Any]:
     """The adapter called ``name``, configured from ``settings`` (constructor args override)."""
+    cls = channel_class(name)
     if settings is None:
         from tidings.config import get_settings
 
         settings = get_settings()
-    if name == "sendgrid":
-        from tidings.channels.sendgrid import SendGridChannel
-
-        return SendGridChannel.from_settings(settings, **overrides)
-    if name == "smtp":
-        from tidings.channels.smtp import SmtpChannel
-
-        return SmtpChannel.from_settings(settings, **overrides)
-    if name == "twilio":
-        from tidings.channels.twilio import TwilioChannel
-
-        return TwilioChannel.from_settings(settings, **overrides)
-    if name == "outbox":
-        from tidings.channels.outbox import OutboxChannel
-
-        return OutboxChannel.from_settings(settings, **overrides)
-    raise ConfigurationError(f"unknown channel {name!r}; choose one of {', '.join(CHANNELS)}")
+    return cls.from_settings(settings, **overrides)
 
 
 __all__ = [
     "CHANNELS",
+    "REGISTRY",
     "Outbound",
     "OutboundEmail",
     "OutboundSms",
     "ProviderPermanentError",
     "ProviderRetryableError",
     "SendResult",
+    "channel_class",
     "get_channel",
 ]

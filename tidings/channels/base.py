@@ -95,6 +95,12 @@ class Channel(ABC, Generic[M]):
         self._pool: ThreadPoolExecutor | None = None
         self._pool_lock = threading.Lock()
 
+    @classmethod
+    def from_settings(cls, settings: Any, **overrides: Any) -> Channel[Any]:
+        """The adapter configured from ``Settings`` (``overrides`` win); what ``get_channel``
+        calls. Every registered provider fills it in."""
+        raise NotImplementedError(f"{cls.__name__} cannot be built from settings")
+
     # -- the hooks a provider module fills in --------------------------------------------
     @abstractmethod
     def build_payload(self, message: M) -> Any:

@@ -10,12 +10,20 @@ By default the SDK's requests go over keep-alive connections (``channels.keepali
 SDK alone opens a connection and builds a urllib opener per message);
 ``TIDINGS_SENDGRID_KEEPALIVE=false`` restores the SDK's own transport.
 
+The Signed Event Webhook lives here too: ``SendGridVerifier`` checks SendGrid's ECDSA P-256
+signature over ``timestamp + raw body`` (the SDK's ``EventWebhook``, against
+``TIDINGS_SENDGRID_WEBHOOK_PUBLIC_KEY``) and the replay window; ``EVENT_TYPES`` maps SendGrid's
+event names to ours and ``parse_event`` reads one event (web/store.py writes it).
+
 >>> channel = SendGridChannel(api_key="SG.x", host="http://127.0.0.1:8025")  # doctest: +SKIP
 >>> channel.send_batch(emails)                                                # doctest: +SKIP
+>>> parse_event({"event": "spamreport", "sg_event_id": "e1", "email": "a@b.example"}).type
+'complaint'
 """
 
 from __future__ import annotations
 
+import base64
 import json
 import socket
 import threading
@@ -23,11 +31,11 @@ import time
 import urllib.error
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from http.client import HTTPException, RemoteDisconnected
 from typing import Any
 
 from python_http_client import exceptions as http_errors  # type: ignore[import-untyped]
-from sendgrid import SendGridAPIClient  # type: ignore[import-untyped]
 
 from tidings.channels.base import Channel, RetryPolicy, parse_retry_after
 from tidings.channels.keepalive import ConnectionPool, KeepAliveClient
@@ -85,10 +93,13 @@ class SendGridChannel(Channel[OutboundEmail]):
         options.update(overrides)
         return cls(**options)
 
-    def _client(self) -> SendGridAPIClient:
+    def _client(self) -> Any:
         # python_http_client mutates shared header state per call: one client per thread
-        client: SendGridAPIClient | None = getattr(self._local, "client", None)
+        client: Any = getattr(self._local, "client", None)
         if client is None:
+            # imported here: the web app reads this module's webhook half without the SDK
+            from sendgrid import SendGridAPIClient  # type: ignore[import-untyped]
+
             client = SendGridAPIClient(api_key=self.api_key, host=self.host)
             if self.pool is not None:
                 client.client = KeepAliveClient(
@@ -238,3 +249,111 @@ def _error_text(body: bytes | str | None) -> str:
         field = item.get("field")
         parts.append(f"{message} (field {field})" if field else message)
     return "; ".join(parts) or str(data)
+
+
+# -- the Signed Event Webhook -------------------------------------------------------------
+SIGNATURE_HEADER = "X-Twilio-Email-Event-Webhook-Signature"
+TIMESTAMP_HEADER = "X-Twilio-Email-Event-Webhook-Timestamp"
+
+
+class SendGridVerifier:
+    """The SDK's ``EventWebhook`` with the key parsed once, plus the replay window."""
+
+    def __init__(self, public_key: str, max_age: int) -> None:
+        from sendgrid.helpers.eventwebhook import EventWebhook  # type: ignore[import-untyped]
+
+        self.helper = EventWebhook()
+        try:
+            self.key = self.helper.convert_public_key_to_ecdsa(public_key.strip())
+        except ValueError as exc:
+            raise ConfigurationError(
+                "TIDINGS_SENDGRID_WEBHOOK_PUBLIC_KEY is not a base64 EC public key: copy the "
+                f"verification key from SendGrid's Mail Settings ({exc})"
+            ) from exc
+        self.max_age = max_age
+
+    def check(self, body: bytes, signature: str | None, timestamp: str | None) -> str | None:
+        """None when the request is authentic and fresh, else why not."""
+        if not signature or not timestamp:
+            return f"{SIGNATURE_HEADER} and {TIMESTAMP_HEADER} are required"
+        if not timestamp.isdigit() or abs(time.time() - int(timestamp)) > self.max_age:
+            return "timestamp outside the accepted window (a replay?)"
+        try:
+            payload = body.decode("utf-8")
+            base64.b64decode(signature, validate=True)
+            valid = self.helper.verify_signature(payload, signature, timestamp, self.key)
+        except (ValueError, TypeError):
+            return "signature is malformed"
+        return None if valid else "signature does not match"
+
+
+# -- the event vocabulary -----------------------------------------------------------------
+EVENT_TYPES: dict[str, str] = {
+    "processed": "processed",
+    "deferred": "deferred",
+    "delivered": "delivered",
+    "open": "open",
+    "click": "click",
+    "bounce": "bounce",
+    "dropped": "dropped",
+    "spamreport": "complaint",
+    "unsubscribe": "unsubscribe",
+    "group_unsubscribe": "unsubscribe",
+    "group_resubscribe": "resubscribe",
+}
+"""SendGrid's event names -> ours; anything else is stored as ``unknown`` with its payload."""
+
+SUPPRESSING_TYPES = frozenset({"bounce", "dropped", "complaint", "unsubscribe"})
+"""Our types that suppress the address and revoke its marketing email consent."""
+
+
+@dataclass(frozen=True, slots=True)
+class SendGridEvent:
+    """One event of a webhook batch, read: our ``type``, the raw message reference, the payload."""
+
+    payload: dict[str, Any]
+    type: str
+    message_ref: Any
+
+    @property
+    def event_id(self) -> str:
+        return str(self.payload["sg_event_id"])[:255]
+
+    @property
+    def hard(self) -> bool:
+        """False for a ``blocked`` bounce: temporary, so no suppression and not ``bounced``."""
+        return not (self.type == "bounce" and self.payload.get("type") == "blocked")
+
+    @property
+    def url(self) -> str | None:
+        url = self.payload.get("url") if self.type == "click" else None
+        return url if isinstance(url, str) else None
+
+    @property
+    def reason(self) -> Any:
+        """SendGrid's reason for a bounce or a drop (None for other types)."""
+        return self.payload.get("reason") if self.type in {"bounce", "dropped"} else None
+
+    @property
+    def suppress_address(self) -> str | None:
+        """The lower-cased address this event suppresses, if it suppresses one."""
+        address = self.payload.get("email")
+        if self.type in SUPPRESSING_TYPES and self.hard and isinstance(address, str):
+            return address.strip().lower() or None
+        return None
+
+    @property
+    def source(self) -> str:
+        """Where a consent change or suppression came from: ``sendgrid:<their event name>``."""
+        return f"sendgrid:{self.payload.get('event')}"
+
+
+def parse_event(event: Any) -> SendGridEvent | None:
+    """One SendGrid event; None when it is not one (not an object, no ``sg_event_id``)."""
+    if not isinstance(event, dict) or not isinstance(event.get("sg_event_id"), str):
+        return None
+    ref = event.get(MESSAGE_ID_ARG)
+    custom = event.get("custom_args")
+    if ref is None and isinstance(custom, dict):
+        ref = custom.get(MESSAGE_ID_ARG)
+    return SendGridEvent(event, EVENT_TYPES.get(str(event.get("event")), "unknown"), ref)

@@ -9,23 +9,29 @@ remembers each thread's last response, so a 429's Retry-After can be honoured.
 Errors: 21610 (recipient replied STOP) permanent and a suppression; 21211, 21614 and other
 4xx permanent; 429 / 20429 and 5xx retryable.
 
+The webhooks live here too: ``verify_signature`` checks ``X-Twilio-Signature`` (HMAC-SHA1 of the
+public URL plus the sorted form fields under the auth token, the SDK's ``RequestValidator``);
+``parse_status`` reads a status callback through ``STATUS_TYPES`` and ``parse_inbound`` an
+inbound SMS, whose STOP / START / HELP keywords ``inbound_keyword`` recognises. The SDK is
+imported where it is used, so the web app reads this vocabulary without loading it.
+
 >>> channel = TwilioChannel(account_sid="AC...", auth_token="...",          # doctest: +SKIP
 ...     api_base="http://127.0.0.1:8026", from_number="+15005550006")
+>>> parse_status({"MessageSid": "SM1", "MessageStatus": "undelivered"}).type
+'undelivered'
+>>> inbound_keyword(" stop! ")
+'stop'
 """
 
 from __future__ import annotations
 
+import functools
 import threading
 import urllib.parse
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
-
-import requests
-from twilio.base.exceptions import TwilioRestException  # type: ignore[import-untyped]
-from twilio.http.http_client import TwilioHttpClient  # type: ignore[import-untyped]
-from twilio.http.response import Response  # type: ignore[import-untyped]
-from twilio.rest import Client  # type: ignore[import-untyped]
 
 from tidings.channels.base import Channel, RetryPolicy, parse_retry_after
 from tidings.channels.ratelimit import RateLimiter, make_rate_limiter
@@ -44,25 +50,32 @@ INVALID_TO = {21211, 21614, 21612, 21408}
 RATE_LIMITED = {429, 20429}
 
 
-class _RememberingHttpClient(TwilioHttpClient):  # type: ignore[misc]
-    """The SDK's client, remembering the last response per thread (for Retry-After)."""
+@functools.cache
+def _remembering_http_client() -> Any:
+    """The SDK's HTTP client class, remembering the last response per thread (for
+    Retry-After); built on first use so importing this module does not load the SDK."""
+    import requests
+    from twilio.http.http_client import TwilioHttpClient  # type: ignore[import-untyped]
 
-    def __init__(self, *, timeout: float, pool_size: int) -> None:
-        super().__init__(timeout=timeout)
-        adapter = requests.adapters.HTTPAdapter(pool_maxsize=pool_size)
-        if self.session is not None:
-            self.session.mount("http://", adapter)
-            self.session.mount("https://", adapter)
-        self._local = threading.local()
+    class RememberingHttpClient(TwilioHttpClient):  # type: ignore[misc]
+        def __init__(self, *, timeout: float, pool_size: int) -> None:
+            super().__init__(timeout=timeout)
+            adapter = requests.adapters.HTTPAdapter(pool_maxsize=pool_size)
+            if self.session is not None:
+                self.session.mount("http://", adapter)
+                self.session.mount("https://", adapter)
+            self._local = threading.local()
 
-    def request(self, *args: Any, **kwargs: Any) -> Response:
-        response = super().request(*args, **kwargs)
-        self._local.response = response
-        return response
+        def request(self, *args: Any, **kwargs: Any) -> Any:
+            response = super().request(*args, **kwargs)
+            self._local.response = response
+            return response
 
-    @property
-    def thread_last_response(self) -> Response | None:
-        return getattr(self._local, "response", None)
+        @property
+        def thread_last_response(self) -> Any:
+            return getattr(self._local, "response", None)
+
+    return RememberingHttpClient
 
 
 class TwilioChannel(Channel[OutboundSms]):
@@ -91,7 +104,10 @@ class TwilioChannel(Channel[OutboundSms]):
         self.messaging_service_sid = messaging_service_sid
         self.status_callback = status_callback
         self.concurrency = concurrency
-        self.http = _RememberingHttpClient(timeout=timeout, pool_size=max(10, concurrency))
+        from twilio.rest import Client  # type: ignore[import-untyped]
+
+        http_client = _remembering_http_client()
+        self.http = http_client(timeout=timeout, pool_size=max(10, concurrency))
         self.client = Client(account_sid, auth_token, http_client=self.http)
         self.client.api.base_url = api_base.rstrip("/")
 
@@ -160,6 +176,9 @@ class TwilioChannel(Channel[OutboundSms]):
         Twilio keeps no field of ours on a message, so the same body to the same number in
         that window counts as ours: at worst a second identical SMS is not sent.
         """
+        import requests
+        from twilio.base.exceptions import TwilioRestException  # type: ignore[import-untyped]
+
         found: dict[str, str | None] = {}
         since = datetime.now(UTC) - timedelta(days=1)
         for message in messages:
@@ -172,6 +191,9 @@ class TwilioChannel(Channel[OutboundSms]):
         return found
 
     def classify(self, error: Exception) -> ProviderRetryableError | ProviderPermanentError | None:
+        import requests
+        from twilio.base.exceptions import TwilioRestException  # type: ignore[import-untyped]
+
         if isinstance(error, TwilioRestException):
             return self._from_rest(error)
         if isinstance(error, requests.exceptions.ConnectionError | requests.exceptions.Timeout):
@@ -184,9 +206,8 @@ class TwilioChannel(Channel[OutboundSms]):
             )
         return None
 
-    def _from_rest(
-        self, error: TwilioRestException
-    ) -> ProviderRetryableError | ProviderPermanentError:
+    def _from_rest(self, error: Any) -> ProviderRetryableError | ProviderPermanentError:
+        """A ``TwilioRestException`` as one of our errors."""
         code = int(error.code) if error.code is not None else error.status
         reason = error.msg
         if error.status in RATE_LIMITED or code in RATE_LIMITED:
@@ -227,3 +248,119 @@ def _with_query(url: str, params: dict[str, str]) -> str:
     query = urllib.parse.parse_qsl(parts.query, keep_blank_values=True)
     query.extend(params.items())
     return urllib.parse.urlunsplit(parts._replace(query=urllib.parse.urlencode(query)))
+
+
+# -- the webhooks: signature, status callbacks, inbound SMS -------------------------------
+SIGNATURE_HEADER = "X-Twilio-Signature"
+
+
+def parse_form(body: bytes) -> dict[str, str]:
+    """The form fields of a webhook body, exactly as sent (UnicodeDecodeError if not UTF-8)."""
+    text = body.decode("utf-8")
+    return dict(urllib.parse.parse_qsl(text, keep_blank_values=True, strict_parsing=False))
+
+
+def verify_signature(*, auth_token: str, url: str, form: Mapping[str, str], signature: str) -> bool:
+    """``X-Twilio-Signature`` against the public ``url`` (with its query) and the form."""
+    from twilio.request_validator import RequestValidator  # type: ignore[import-untyped]
+
+    validator = RequestValidator(auth_token)
+    return bool(signature) and bool(validator.validate(url, form, signature))
+
+
+STATUS_TYPES: dict[str, str] = {
+    "accepted": "queued",
+    "queued": "queued",
+    "sending": "sending",
+    "sent": "sent",
+    "delivered": "delivered",
+    "undelivered": "undelivered",
+    "failed": "failed",
+    "read": "read",
+}
+"""Twilio's ``MessageStatus`` values -> ours; anything else is stored as ``unknown``."""
+
+STOP_WORDS = frozenset({"STOP", "STOPALL", "UNSUBSCRIBE", "CANCEL", "END", "QUIT"})
+START_WORDS = frozenset({"START", "YES", "UNSTOP"})
+HELP_WORDS = frozenset({"HELP", "INFO"})
+
+
+@dataclass(frozen=True, slots=True)
+class StatusCallback:
+    """A status callback, read: the SID, Twilio's status and ours, the error code if any."""
+
+    sid: str
+    status: str
+    type: str
+    error_code: str | None
+    to: str | None
+
+    @property
+    def event_id(self) -> str:
+        return f"{self.sid}:{self.status}"[:255]
+
+    @property
+    def unsubscribed(self) -> bool:
+        """Twilio 21610: the recipient replied STOP; their number is suppressed."""
+        return self.error_code == str(UNSUBSCRIBED) and bool(self.to)
+
+
+def parse_status(form: Mapping[str, str]) -> StatusCallback | None:
+    """A status callback's form; None without a message SID or a status."""
+    sid = form.get("MessageSid") or form.get("SmsSid") or ""
+    status = (form.get("MessageStatus") or form.get("SmsStatus") or "").lower()
+    if not sid or not status:
+        return None
+    return StatusCallback(
+        sid=sid,
+        status=status,
+        type=STATUS_TYPES.get(status, "unknown"),
+        error_code=form.get("ErrorCode") or None,
+        to=form.get("To") or None,
+    )
+
+
+def inbound_keyword(body: str) -> str | None:
+    """``stop``, ``start`` or ``help`` for an inbound SMS body, else ``None``."""
+    word = body.strip().strip(".!").upper()
+    if word in STOP_WORDS:
+        return "stop"
+    if word in START_WORDS:
+        return "start"
+    if word in HELP_WORDS:
+        return "help"
+    return None
+
+
+@dataclass(frozen=True, slots=True)
+class InboundSms:
+    """An inbound SMS, read: who sent it, its SID and body, and our type for it."""
+
+    sid: str
+    phone: str
+    body: str
+    keyword: str | None
+
+    @property
+    def event_id(self) -> str:
+        return f"{self.sid}:inbound"[:255]
+
+    @property
+    def type(self) -> str:
+        """``stop``, ``start``, ``help`` or ``inbound``."""
+        return self.keyword or "inbound"
+
+    @property
+    def source(self) -> str:
+        """Where the consent change came from: ``twilio:<the word they sent>``."""
+        return f"twilio:{self.body.strip().upper()[:20]}"
+
+
+def parse_inbound(form: Mapping[str, str]) -> InboundSms | None:
+    """An inbound SMS's form; None without a message SID or a sender."""
+    phone = (form.get("From") or "").strip()
+    body = form.get("Body") or ""
+    sid = form.get("MessageSid") or form.get("SmsSid") or ""
+    if not sid or not phone:
+        return None
+    return InboundSms(sid=sid, phone=phone, body=body, keyword=inbound_keyword(body))
