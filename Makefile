@@ -5,8 +5,6 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 TIDINGS := $(VENV)/bin/tidings
 STAMP := $(VENV)/.installed
-DEMO_DIR ?= demo
-DEMO_DB := sqlite:///$(DEMO_DIR)/tidings.db
 PYTEST_ARGS ?=
 
 .PHONY: install demo test lint format lock docs clean
@@ -19,9 +17,11 @@ $(STAMP): pyproject.toml requirements.lock
 	$(PY) -m pip install -q -c requirements.lock -e '.[dev]'
 	@touch $@
 
+# The demo runs in the example project (this folder): its store is ./tidings.db, its sandbox
+# outbox ./outbox, so the README's next commands work as typed afterwards.
 demo: $(STAMP)
-	@rm -rf $(DEMO_DIR) && mkdir -p $(DEMO_DIR)
-	TIDINGS_DATABASE_URL=$(DEMO_DB) $(TIDINGS) demo --workdir $(DEMO_DIR)
+	@rm -rf tidings.db outbox models
+	$(TIDINGS) demo
 
 test: $(STAMP)
 	$(PY) -m pytest $(PYTEST_ARGS)
@@ -44,4 +44,4 @@ lock: $(STAMP)
 	$(PY) -m pip freeze --exclude-editable | grep -v '^-e' > requirements.lock
 
 clean:
-	rm -rf $(VENV) $(DEMO_DIR) .mypy_cache .ruff_cache .pytest_cache
+	rm -rf $(VENV) tidings.db outbox models .mypy_cache .ruff_cache .pytest_cache
