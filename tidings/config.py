@@ -108,7 +108,8 @@ class Settings(BaseSettings):
         8, ge=1, le=256, description="Concurrent Twilio API calls per adapter (thread pool)."
     )
     outbox_dir: Path = Field(
-        Path("outbox"), description="Folder the sandbox 'outbox' channel writes .eml/.json files to."
+        Path("outbox"),
+        description="Folder the sandbox 'outbox' channel writes .eml/.json files to.",
     )
     rate_limits: dict[str, float] = Field(
         default_factory=dict,

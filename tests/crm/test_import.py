@@ -186,7 +186,10 @@ def test_events_import_is_idempotent(store: Engine, tmp_path: Path) -> None:
     again = import_events(events, engine=store)
     assert (again.inserted, again.unchanged) == (0, 3)
     with store.connect() as conn:
-        stored = conn.execute(select(Event.name, Event.properties).order_by(Event.id)).all()
+        stored = [
+            tuple(row)
+            for row in conn.execute(select(Event.name, Event.properties).order_by(Event.id))
+        ]
     assert stored == [
         ("product.viewed", {"sku": "SKU-1", "qty": 2}),
         ("order.placed", {"sku": "SKU-2", "qty": 1}),

@@ -170,9 +170,12 @@ def test_broadcast_survives_kill_9(
     counts = Counter(p.custom_args["tidings_message_id"] for p in simulator.processed)
     twice = {mid: n for mid, n in counts.items() if n > 1}
     with Session(db) as session:
-        statuses = dict(
-            session.execute(select(Message.status, func.count()).group_by(Message.status)).all()
-        )
+        statuses: dict[str, int] = {
+            status: n
+            for status, n in session.execute(
+                select(Message.status, func.count()).group_by(Message.status)
+            )
+        }
         sent_ids = {
             str(i) for i in session.scalars(select(Message.id).where(Message.status == "sent"))
         }

@@ -109,9 +109,12 @@ def test_smtp_kill_9_leaves_at_most_one_in_doubt(postgres_url: str, relay: SmtpS
 
     counts = Counter(r.rcpt_tos[0] for r in relay.messages)
     with Session(runtime.db) as session:
-        statuses = dict(
-            session.execute(select(Message.status, func.count()).group_by(Message.status)).all()
-        )
+        statuses: dict[str, int] = {
+            status: n
+            for status, n in session.execute(
+                select(Message.status, func.count()).group_by(Message.status)
+            )
+        }
     print(
         f"\n{KILLS} kills; {never_handed} claimed but never handed over (requeued); "
         f"{len(in_doubt)} in doubt after a kill, settled from the relay's log"

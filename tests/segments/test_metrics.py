@@ -184,12 +184,13 @@ def test_sqlite_has_no_work_mem(sqlite_url: str) -> None:
 
 def test_the_indexes_segment_subqueries_read(pg: Engine) -> None:
     with pg.connect() as conn:
-        defs: dict[str, str] = dict(
-            conn.execute(
+        defs: dict[str, str] = {
+            name: definition
+            for name, definition in conn.execute(
                 text("SELECT indexname, indexdef FROM pg_indexes WHERE tablename IN (:e, :o)"),
                 {"e": "events", "o": "orders"},
-            ).all()
-        )
+            )
+        }
     assert "(contact_id, name, occurred_at)" in defs["ix_events_contact_id_name_occurred_at"]
     assert "(name, occurred_at, contact_id)" in defs["ix_events_name_occurred_at_contact_id"]
     orders_index = defs["ix_orders_contact_id_placed_at"]

@@ -43,7 +43,7 @@ def test_convergence_is_judged_by_the_fit_not_the_optimisers_flags(
 
     ages = np.random.default_rng(7).uniform(180, 720, 5_000)
     x, t_x, age, _ = simulate(TRUE, ages, seed=11)
-    real = bgnbd.minimize
+    real = bgnbd.minimize  # type: ignore[attr-defined]
 
     def flags_say_failure(*args, **kwargs):
         result = real(*args, **kwargs)
