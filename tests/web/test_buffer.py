@@ -20,6 +20,7 @@ from tidings.crm.models import Event, MessageEvent
 from tidings.web.apikeys import create_key
 from tidings.web.app import create_app
 from tidings.web.buffer import Consumer, StreamSink
+from tidings.web.items import SendGridBatch
 
 
 def wait_for(condition, timeout: float = 30.0) -> bool:
@@ -162,9 +163,7 @@ def test_an_item_the_store_refuses_is_parked_not_retried_forever(
     sink = StreamSink(redis_url, stream)
     poison = batch(0, 1, ids["ann_email"])
     poison[0]["sg_event_id"] = "nul\x00byte"  # PostgreSQL text cannot hold NUL
-    sink.submit(
-        [{"k": "sg", "events": batch(1, 5, ids["ann_email"])}, {"k": "sg", "events": poison}]
-    )
+    sink.submit([SendGridBatch(events=batch(1, 5, ids["ann_email"])), SendGridBatch(events=poison)])
     consumer = Consumer(settings, db=store)
     stats = consumer.run(until_idle=True, block_ms=10)
     dead: Any = sink.client.xrange(f"{stream}:dead")

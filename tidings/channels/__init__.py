@@ -41,6 +41,7 @@ REGISTRY: dict[str, str] = {
 """Channel name -> ``module:class`` of its adapter (imported on first use)."""
 
 CHANNELS = tuple(REGISTRY)
+"""The registered channel names, in registry order."""
 
 
 def channel_class(name: str) -> type[Channel[Any]]:
@@ -49,7 +50,7 @@ def channel_class(name: str) -> type[Channel[Any]]:
         target = REGISTRY[name]
     except KeyError:
         raise ConfigurationError(
-            f"unknown channel {name!r}; choose one of {', '.join(CHANNELS)}"
+            f"unknown channel {name!r}; choose one of {', '.join(REGISTRY)}"
         ) from None
     module, _, attribute = target.partition(":")
     found: type[Channel[Any]] = getattr(importlib.import_module(module), attribute)

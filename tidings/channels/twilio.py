@@ -192,7 +192,7 @@ class TwilioChannel(Channel[OutboundSms]):
 
     def classify(self, error: Exception) -> ProviderRetryableError | ProviderPermanentError | None:
         import requests
-        from twilio.base.exceptions import TwilioRestException  # type: ignore[import-untyped]
+        from twilio.base.exceptions import TwilioRestException
 
         if isinstance(error, TwilioRestException):
             return self._from_rest(error)
@@ -302,7 +302,7 @@ class StatusCallback:
     @property
     def unsubscribed(self) -> bool:
         """Twilio 21610: the recipient replied STOP; their number is suppressed."""
-        return self.error_code == str(UNSUBSCRIBED) and bool(self.to)
+        return self.error_code == str(UNSUBSCRIBED)
 
 
 def parse_status(form: Mapping[str, str]) -> StatusCallback | None:

@@ -41,6 +41,7 @@ from tidings.crm.types import utcnow
 from tidings.web.apikeys import Principal, authenticate, request_hash
 from tidings.web.card import contact_card
 from tidings.web.events import MAX_BATCH, EventIn, post_many, resolve, to_item
+from tidings.web.items import EventBatch
 
 router = APIRouter(prefix="/v1", tags=["event API"])
 bearer = HTTPBearer(auto_error=False, description="Authorization: Bearer tid_...")
@@ -136,7 +137,7 @@ async def post_events(
 
     def compute() -> tuple[int, dict[str, Any]]:
         if state.sink.buffered:
-            state.sink.submit([{"k": "events", "events": items}])
+            state.sink.submit([EventBatch(events=items)])
             return 202, {"status": "queued", "count": len(items)}
         missing = [i for i, cid in enumerate(resolve(state.db, items)) if cid is None]
         if missing:

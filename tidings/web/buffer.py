@@ -9,7 +9,7 @@ If the database is down the batch stays pending and is retried: nothing is lost,
 every write is idempotent (web/store.py) nothing is stored twice.
 
 >>> sink = make_sink(settings, db=engine)                         # doctest: +SKIP
->>> sink.submit([{"k": "sg", "events": events}])                   # doctest: +SKIP
+>>> sink.submit([SendGridBatch(events=events)])                    # doctest: +SKIP
 >>> Consumer(settings, db=engine).run(stop=threading.Event())      # doctest: +SKIP
 """
 
@@ -20,15 +20,24 @@ import os
 import socket
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, assert_never
 
-import orjson
 from sqlalchemy import Engine
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 
 from tidings.config import Settings
+from tidings.web.items import (
+    EventBatch,
+    IngestItem,
+    SendGridBatch,
+    TrackingHit,
+    TwilioInbound,
+    TwilioStatus,
+    decode_item,
+    encode_item,
+)
 from tidings.web.store import ApplyStats, EventPoster, apply_items
 
 log = logging.getLogger("tidings.ingest")
@@ -38,7 +47,24 @@ GROUP = "tidings-ingest"
 class Sink(Protocol):
     buffered: bool
 
-    def submit(self, items: list[dict[str, Any]]) -> ApplyStats | None: ...
+    def submit(self, items: Sequence[IngestItem]) -> ApplyStats | None: ...
+
+
+def one_event_each(items: Sequence[IngestItem]) -> list[IngestItem]:
+    """The items with every batch split into items of one event each (to find a bad one)."""
+    singles: list[IngestItem] = []
+    for item in items:
+        match item:
+            case SendGridBatch() | EventBatch():
+                if len(item.events) > 1:
+                    singles.extend(item.model_copy(update={"events": [e]}) for e in item.events)
+                else:
+                    singles.append(item)
+            case TwilioStatus() | TwilioInbound() | TrackingHit():
+                singles.append(item)
+            case _:
+                assert_never(item)
+    return singles
 
 
 class DirectSink:
@@ -50,8 +76,8 @@ class DirectSink:
         self.db = db
         self._post_events = post_events
 
-    def submit(self, items: list[dict[str, Any]]) -> ApplyStats:
-        needs_events = any(i.get("k") == "events" for i in items)
+    def submit(self, items: Sequence[IngestItem]) -> ApplyStats:
+        needs_events = any(isinstance(i, EventBatch) for i in items)
         poster = self._post_events() if needs_events else None
         try:
             return apply_items(self.db, items, post_events=poster)
@@ -60,16 +86,11 @@ class DirectSink:
         except DBAPIError:
             return self._singly(items, poster)
 
-    def _singly(self, items: list[dict[str, Any]], poster: EventPoster | None) -> ApplyStats:
+    def _singly(self, items: Sequence[IngestItem], poster: EventPoster | None) -> ApplyStats:
         """Data the store refuses (say a NUL byte) would fail every retry the same way: write
         what it takes one event at a time; log and drop the rest rather than answer 5xx."""
         total = ApplyStats()
-        singles = [
-            {**item, "events": [event]} if item.get("k") in {"sg", "events"} else item
-            for item in items
-            for event in (item.get("events") or [None])
-        ]
-        for single in singles:
+        for single in one_event_each(items):
             try:
                 result = apply_items(self.db, [single], post_events=poster)
             except (OperationalError, InterfaceError):
@@ -79,7 +100,7 @@ class DirectSink:
                 log.error(
                     "item refused by the store, dropped: %s: %s",
                     str(exc.orig)[:300],
-                    orjson.dumps(single)[:2000].decode("utf-8", "replace"),
+                    encode_item(single)[:2000].decode("utf-8", "replace"),
                 )
                 continue
             total.stored += result.stored
@@ -99,13 +120,13 @@ class StreamSink:
         self.client = redis.Redis.from_url(redis_url)
         self.stream = stream
 
-    def submit(self, items: list[dict[str, Any]]) -> None:
+    def submit(self, items: Sequence[IngestItem]) -> None:
         if len(items) == 1:
-            self.client.xadd(self.stream, {"d": orjson.dumps(items[0])})
+            self.client.xadd(self.stream, {"d": encode_item(items[0])})
             return
         pipe = self.client.pipeline(transaction=False)
         for item in items:
-            pipe.xadd(self.stream, {"d": orjson.dumps(item)})
+            pipe.xadd(self.stream, {"d": encode_item(item)})
         pipe.execute()
 
 
@@ -198,7 +219,9 @@ class Consumer:
         entries = self._read(block_ms)
         if not entries:
             return 0
-        items = [orjson.loads(fields[b"d"]) for _, fields in entries if b"d" in fields]
+        # an entry that is not one of our items is logged and acknowledged, never retried
+        decoded = (decode_item(fields[b"d"]) for _, fields in entries if b"d" in fields)
+        items = [item for item in decoded if item is not None]
         poster = self._post_events() if self._post_events else None
         try:
             results = [apply_items(self.db, items, post_events=poster)]
@@ -217,7 +240,7 @@ class Consumer:
             self.stats.events += result.events
         return len(entries)
 
-    def _one_by_one(self, items: list[dict[str, Any]], poster: Any) -> list[ApplyStats]:
+    def _one_by_one(self, items: list[IngestItem], poster: Any) -> list[ApplyStats]:
         results = []
         for item in items:
             try:
@@ -228,7 +251,7 @@ class Consumer:
                 self.stats.dead += 1
                 log.error("ingest: item refused by the store, parked in %s:dead", self.stream)
                 error = str(exc.orig)[:500]
-                self.client.xadd(f"{self.stream}:dead", {"d": orjson.dumps(item), "e": error})
+                self.client.xadd(f"{self.stream}:dead", {"d": encode_item(item), "e": error})
         return results
 
     def run(

@@ -1,14 +1,14 @@
 """Write verified webhook, tracking and event items into the CRM store, a batch at a time.
 
-Items are plain JSON-able dicts (so the Redis stream can carry them unchanged), tagged by
-``k``: ``sg`` (a SendGrid event batch), ``tw_status`` (a Twilio status callback), ``tw_in`` (an
-inbound SMS), ``track`` (an open or click) and ``events`` (event API posts). Every write is
-idempotent: provider events are deduplicated by ``UNIQUE(provider, provider_event_id)``,
-consents change only when they differ, message statuses only move forward, and events carry
-an idempotency key, so a batch applied twice (a consumer that died before XACK) changes
-nothing the second time.
+Items are the tagged union of web/items.py, interpreted here with an exhaustive ``match``;
+each provider's payloads are read by its own module (``channels.sendgrid.parse_event``,
+``channels.twilio.parse_status`` / ``parse_inbound``), this module writes what they say.
+Every write is idempotent: provider events are deduplicated by
+``UNIQUE(provider, provider_event_id)``, consents change only when they differ, message
+statuses only move forward, and events carry an idempotency key, so a batch applied twice
+(a consumer that died before XACK) changes nothing the second time.
 
->>> stats = apply_items(engine, [{"k": "sg", "events": [...]}])     # doctest: +SKIP
+>>> stats = apply_items(engine, [SendGridBatch(events=[...])])       # doctest: +SKIP
 >>> stats.stored, stats.duplicates                                     # doctest: +SKIP
 (100, 0)
 """
@@ -16,54 +16,33 @@ nothing the second time.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, assert_never
 
 import orjson
 from sqlalchemy import BigInteger, Connection, Engine, Table, any_, bindparam, select, update
 from sqlalchemy.dialects.postgresql import ARRAY
 
-from tidings.channels.types import MESSAGE_ID_ARG
+from tidings.channels import sendgrid, twilio
 from tidings.crm.consent import ConsentWish, set_consents, suppress
 from tidings.crm.db import insert_ignore
 from tidings.crm.models import Channel, Contact, Message, MessageEvent, MessageStatus, Purpose
 from tidings.crm.types import utcnow
+from tidings.web.items import (
+    EventBatch,
+    IngestItem,
+    SendGridBatch,
+    TrackingHit,
+    TwilioInbound,
+    TwilioStatus,
+)
 
 log = logging.getLogger("tidings.web")
 messages_t: Table = Message.__table__  # type: ignore[assignment]
 events_t: Table = MessageEvent.__table__  # type: ignore[assignment]
 contacts_t: Table = Contact.__table__  # type: ignore[assignment]
-
-SENDGRID_TYPES: dict[str, str] = {
-    "processed": "processed",
-    "deferred": "deferred",
-    "delivered": "delivered",
-    "open": "open",
-    "click": "click",
-    "bounce": "bounce",
-    "dropped": "dropped",
-    "spamreport": "complaint",
-    "unsubscribe": "unsubscribe",
-    "group_unsubscribe": "unsubscribe",
-    "group_resubscribe": "resubscribe",
-}
-"""SendGrid's event names -> ours; anything else is stored as ``unknown`` with its payload."""
-
-SENDGRID_SUPPRESS = {"bounce", "dropped", "complaint", "unsubscribe"}
-"""Our types that suppress the address and revoke its marketing email consent."""
-
-TWILIO_TYPES: dict[str, str] = {
-    "accepted": "queued",
-    "queued": "queued",
-    "sending": "sending",
-    "sent": "sent",
-    "delivered": "delivered",
-    "undelivered": "undelivered",
-    "failed": "failed",
-    "read": "read",
-}
 
 MESSAGE_STATUS_BY_TYPE: dict[str, str] = {
     "processed": MessageStatus.SENT.value,
@@ -84,10 +63,6 @@ STATUS_RANK: dict[str, int] = {
     MessageStatus.HELD.value: 9,
 }
 """A message's status only moves up this ranking: a late ``sent`` never undoes ``delivered``."""
-
-STOP_WORDS = frozenset({"STOP", "STOPALL", "UNSUBSCRIBE", "CANCEL", "END", "QUIT"})
-START_WORDS = frozenset({"START", "YES", "UNSTOP"})
-HELP_WORDS = frozenset({"HELP", "INFO"})
 
 
 @dataclass
@@ -248,52 +223,45 @@ def _id_in(conn: Connection, column: Any, ids: Iterable[int]) -> Any:
 
 def apply_sendgrid(conn: Connection, events: list[Any], stats: ApplyStats) -> None:
     now = utcnow()
-    parsed: list[tuple[dict[str, Any], str, int | None]] = []
-    for event in events:
-        if not isinstance(event, dict) or not isinstance(event.get("sg_event_id"), str):
+    parsed: list[tuple[sendgrid.SendGridEvent, int | None]] = []
+    for raw in events:
+        event = sendgrid.parse_event(raw)
+        if event is None:
             stats.skipped += 1
             continue
-        kind = SENDGRID_TYPES.get(str(event.get("event")), "unknown")
-        custom = event.get("custom_args")
-        ref = event.get(MESSAGE_ID_ARG)
-        if ref is None and isinstance(custom, dict):
-            ref = custom.get(MESSAGE_ID_ARG)
-        parsed.append((event, kind, as_message_id(ref)))
-    refs = (m for _, _, m in parsed if m is not None)
+        parsed.append((event, as_message_id(event.message_ref)))
+    refs = (m for _, m in parsed if m is not None)
     # PostgreSQL checks the ids in the INSERT itself (a join); SQLite needs them looked up.
     known = None if conn.dialect.name == "postgresql" else _known_messages(conn, refs)
     rows: list[dict[str, Any]] = []
     moves: dict[int, tuple[str, str | None]] = {}
     suppressions: list[tuple[str, str, str, str, dict[str, Any]]] = []
     emails: dict[str, set[str]] = {}
-    for event, kind, message_id in parsed:
+    for event, message_id in parsed:
+        kind = event.type
         mid = message_id if known is None or message_id in known else None
-        url = event.get("url") if kind == "click" else None
         rows.append(
             {
                 "message_id": mid,
                 "provider": "sendgrid",
-                "provider_event_id": event["sg_event_id"][:255],
+                "provider_event_id": event.event_id,
                 "type": kind,
-                "occurred_at": _when(event.get("timestamp")),
+                "occurred_at": _when(event.payload.get("timestamp")),
                 "received_at": now,
-                "machine": bool(event.get("sg_machine_open")),
-                "url": url if isinstance(url, str) else None,
-                "payload": event,
+                "machine": bool(event.payload.get("sg_machine_open")),
+                "url": event.url,
+                "payload": event.payload,
             }
         )
-        target = MESSAGE_STATUS_BY_TYPE.get(kind)
-        if kind == "bounce" and event.get("type") == "blocked":
-            target = MessageStatus.FAILED.value  # a block is temporary: not a hard bounce
+        # a blocked bounce is temporary: the message failed, the address is not bounced
+        target = MESSAGE_STATUS_BY_TYPE.get(kind) if event.hard else MessageStatus.FAILED.value
         if mid is not None and target is not None:
-            reason = event.get("reason") if kind in {"bounce", "dropped"} else None
+            reason = event.reason
             moves[mid] = (target, f"sendgrid {kind}: {reason}" if reason else None)
-        address = event.get("email")
-        hard = not (kind == "bounce" and event.get("type") == "blocked")
-        if kind in SENDGRID_SUPPRESS and hard and isinstance(address, str) and address.strip():
-            email = address.strip().lower()
-            source = f"sendgrid:{event.get('event')}"
-            suppressions.append((Channel.EMAIL.value, email, kind, source, {"sg": event}))
+        email = event.suppress_address
+        if email is not None:
+            source = event.source
+            suppressions.append((Channel.EMAIL.value, email, kind, source, {"sg": event.payload}))
             emails.setdefault(source, set()).add(email)
     if known is None and rows:
         _pg_insert_and_advance(conn, rows, moves, now, stats)
@@ -312,32 +280,29 @@ def apply_sendgrid(conn: Connection, events: list[Any], stats: ApplyStats) -> No
         stats.consent_changes += len(set_consents(conn, wishes, source=source, now=now))
 
 
-def apply_twilio_status(conn: Connection, item: dict[str, Any], stats: ApplyStats) -> None:
-    form: dict[str, str] = item["form"]
+def apply_twilio_status(conn: Connection, item: TwilioStatus, stats: ApplyStats) -> None:
+    form = item.form
     now = utcnow()
-    sid = form.get("MessageSid") or form.get("SmsSid") or ""
-    raw_status = (form.get("MessageStatus") or form.get("SmsStatus") or "").lower()
-    if not sid or not raw_status:
+    callback = twilio.parse_status(form)
+    if callback is None:
         stats.skipped += 1
         return
-    kind = TWILIO_TYPES.get(raw_status, "unknown")
-    message_id = as_message_id(item.get("message_id"))
+    message_id = as_message_id(item.message_id)
     known = _known_messages(conn, [message_id] if message_id else [])
     if message_id not in known:
         message_id = conn.execute(
             select(messages_t.c.id)
-            .where(messages_t.c.provider_message_id == sid, messages_t.c.channel == "sms")
+            .where(messages_t.c.provider_message_id == callback.sid, messages_t.c.channel == "sms")
             .limit(1)
         ).scalar()
-    code = form.get("ErrorCode") or None
     _insert_events(
         conn,
         [
             {
                 "message_id": message_id,
                 "provider": "twilio",
-                "provider_event_id": f"{sid}:{raw_status}"[:255],
-                "type": kind,
+                "provider_event_id": callback.event_id,
+                "type": callback.type,
                 "occurred_at": now,
                 "received_at": now,
                 "machine": False,
@@ -347,35 +312,21 @@ def apply_twilio_status(conn: Connection, item: dict[str, Any], stats: ApplyStat
         ],
         stats,
     )
-    target = MESSAGE_STATUS_BY_TYPE.get(kind)
+    target = MESSAGE_STATUS_BY_TYPE.get(callback.type)
     if message_id is not None and target is not None:
-        error = f"twilio {raw_status} code {code}" if code else None
+        code = callback.error_code
+        error = f"twilio {callback.status} code {code}" if code else None
         advance_statuses(conn, {message_id: (target, error)}, now)
-    if code == "21610" and form.get("To"):
+    if callback.unsubscribed and callback.to:
         reason = "unsubscribed recipient (21610)"
-        suppress(conn, [(Channel.SMS.value, form["To"], reason, "twilio:21610", dict(form))])
+        suppress(conn, [(Channel.SMS.value, callback.to, reason, "twilio:21610", dict(form))])
 
 
-def inbound_keyword(body: str) -> str | None:
-    """``stop``, ``start`` or ``help`` for an inbound SMS body, else ``None``."""
-    word = body.strip().strip(".!").upper()
-    if word in STOP_WORDS:
-        return "stop"
-    if word in START_WORDS:
-        return "start"
-    if word in HELP_WORDS:
-        return "help"
-    return None
-
-
-def apply_twilio_inbound(conn: Connection, item: dict[str, Any], stats: ApplyStats) -> None:
-    form: dict[str, str] = item["form"]
+def apply_twilio_inbound(conn: Connection, item: TwilioInbound, stats: ApplyStats) -> None:
+    form = item.form
     now = utcnow()
-    phone = (form.get("From") or "").strip()
-    body = form.get("Body") or ""
-    keyword = inbound_keyword(body) or "inbound"
-    sid = form.get("MessageSid") or form.get("SmsSid") or ""
-    if not sid or not phone:
+    sms = twilio.parse_inbound(form)
+    if sms is None:
         stats.skipped += 1
         return
     _insert_events(
@@ -384,8 +335,8 @@ def apply_twilio_inbound(conn: Connection, item: dict[str, Any], stats: ApplySta
             {
                 "message_id": None,
                 "provider": "twilio",
-                "provider_event_id": f"{sid}:inbound"[:255],
-                "type": keyword,
+                "provider_event_id": sms.event_id,
+                "type": sms.type,
                 "occurred_at": now,
                 "received_at": now,
                 "machine": False,
@@ -395,48 +346,47 @@ def apply_twilio_inbound(conn: Connection, item: dict[str, Any], stats: ApplySta
         ],
         stats,
     )
-    if keyword not in {"stop", "start"}:
+    if sms.keyword not in {"stop", "start"}:
         return
-    status = "revoked" if keyword == "stop" else "granted"
-    contact_ids = list(conn.execute(select(contacts_t.c.id).where(contacts_t.c.phone == phone)))
-    detail = {"keyword": body.strip()[:40], "message_sid": sid}
+    status = "revoked" if sms.keyword == "stop" else "granted"
+    contact_ids = list(conn.execute(select(contacts_t.c.id).where(contacts_t.c.phone == sms.phone)))
+    detail = {"keyword": sms.body.strip()[:40], "message_sid": sms.sid}
     wishes = [
         ConsentWish(row.id, Channel.SMS.value, purpose.value, status, detail)
         for row in contact_ids
         for purpose in Purpose
     ]
-    source = f"twilio:{body.strip().upper()[:20]}"
-    stats.consent_changes += len(set_consents(conn, wishes, source=source, now=now))
-    if keyword == "start":
+    stats.consent_changes += len(set_consents(conn, wishes, source=sms.source, now=now))
+    if sms.keyword == "start":
         from tidings.crm.consent import suppressions_t
 
         conn.execute(
             suppressions_t.delete().where(
                 suppressions_t.c.channel == Channel.SMS.value,
-                suppressions_t.c.address == phone,
+                suppressions_t.c.address == sms.phone,
                 suppressions_t.c.source.like("twilio:%"),
             )
         )
 
 
-def apply_tracking(conn: Connection, items: list[dict[str, Any]], stats: ApplyStats) -> None:
+def apply_tracking(conn: Connection, items: list[TrackingHit], stats: ApplyStats) -> None:
     now = utcnow()
-    refs = {as_message_id(i.get("message_id")) for i in items}
+    refs = {as_message_id(i.message_id) for i in items}
     known = _known_messages(conn, (r for r in refs if r is not None))
     rows = []
     for item in items:
-        mid = as_message_id(item.get("message_id"))
+        mid = as_message_id(item.message_id)
         rows.append(
             {
                 "message_id": mid if mid in known else None,
                 "provider": "tracking",
-                "provider_event_id": str(item["id"]),
-                "type": item["type"],
-                "occurred_at": _when(item.get("at")),
+                "provider_event_id": item.id,
+                "type": item.type,
+                "occurred_at": _when(item.at),
                 "received_at": now,
-                "machine": bool(item.get("machine")),
-                "url": item.get("url"),
-                "payload": {k: v for k, v in item.items() if k not in {"k", "id", "type"}},
+                "machine": item.machine,
+                "url": item.url,
+                "payload": item.payload(),
             }
         )
     _insert_events(conn, rows, stats)
@@ -446,29 +396,32 @@ EventPoster = Callable[[list[dict[str, Any]]], int]
 
 
 def apply_items(
-    db: Engine, items: list[dict[str, Any]], *, post_events: EventPoster | None = None
+    db: Engine, items: Sequence[IngestItem], *, post_events: EventPoster | None = None
 ) -> ApplyStats:
     """Write a batch of items: provider and tracking items in one transaction, then events.
 
-    ``post_events`` handles ``events`` items (the event API's path into ``post_event``).
+    ``post_events`` handles ``EventBatch`` items (the event API's path into ``post_event``).
     """
     stats = ApplyStats()
-    tracking = [i for i in items if i.get("k") == "track"]
+    tracking: list[TrackingHit] = []
+    posted: list[dict[str, Any]] = []
     with db.begin() as conn:
         for item in items:
-            kind = item.get("k")
-            if kind == "sg":
-                apply_sendgrid(conn, item.get("events") or [], stats)
-            elif kind == "tw_status":
-                apply_twilio_status(conn, item, stats)
-            elif kind == "tw_in":
-                apply_twilio_inbound(conn, item, stats)
-            elif kind not in {"track", "events"}:
-                stats.skipped += 1
-                log.warning("unknown ingest item kind %r skipped", kind)
+            match item:
+                case SendGridBatch():
+                    apply_sendgrid(conn, item.events, stats)
+                case TwilioStatus():
+                    apply_twilio_status(conn, item, stats)
+                case TwilioInbound():
+                    apply_twilio_inbound(conn, item, stats)
+                case TrackingHit():
+                    tracking.append(item)
+                case EventBatch():
+                    posted.extend(item.events)
+                case _:
+                    assert_never(item)
         if tracking:
             apply_tracking(conn, tracking, stats)
-    posted = [e for i in items if i.get("k") == "events" for e in i.get("events", [])]
     if posted:
         if post_events is None:
             raise RuntimeError("events items need post_events (the event API runtime)")

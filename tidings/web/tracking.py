@@ -34,6 +34,7 @@ from tidings.crm.db import insert_ignore
 from tidings.crm.models import Channel, Consent, Message, Purpose
 from tidings.crm.types import utcnow
 from tidings.templates.tracking import InvalidTokenError, TrackingToken, verify_token
+from tidings.web.items import TrackingHit
 from tidings.web.store import as_message_id, events_t
 
 router = APIRouter(tags=["tracking"])
@@ -64,18 +65,17 @@ def _token(request: Request, token: str, kind: str) -> TrackingToken:
 
 
 async def _record(request: Request, found: TrackingToken, kind: str) -> None:
-    item = {
-        "k": "track",
-        "id": str(uuid.uuid4()),
-        "type": kind,
-        "message_id": found.message_id,
-        "link_index": found.link_index,
-        "url": found.url,
-        "machine": is_machine(request),
-        "user_agent": request.headers.get("user-agent", "")[:300],
-        "method": request.method,
-        "at": utcnow().isoformat(),
-    }
+    item = TrackingHit(
+        id=str(uuid.uuid4()),
+        type=kind,
+        message_id=found.message_id,
+        link_index=found.link_index,
+        url=found.url,
+        machine=is_machine(request),
+        user_agent=request.headers.get("user-agent", "")[:300],
+        method=request.method,
+        at=utcnow().isoformat(),
+    )
     await run_in_threadpool(request.app.state.web.sink.submit, [item])
 
 

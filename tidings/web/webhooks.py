@@ -1,13 +1,16 @@
-"""Provider webhooks: SendGrid's Signed Event Webhook and Twilio's status and inbound SMS.
+"""Provider webhooks: the FastAPI routes in front of SendGrid's Signed Event Webhook and
+Twilio's status and inbound SMS.
 
-Each request is verified over exactly the bytes that arrived, before anything is parsed or
-written: SendGrid signs ``timestamp + raw body`` with ECDSA P-256 (the SDK's ``EventWebhook``
-checks it against ``TIDINGS_SENDGRID_WEBHOOK_PUBLIC_KEY``; a timestamp older or newer than
-``TIDINGS_WEBHOOK_MAX_AGE`` seconds is a replay); Twilio signs the public URL plus the sorted
-form fields with HMAC-SHA1 under the auth token (``X-Twilio-Signature``), checked with the
-SDK's ``RequestValidator`` against ``TIDINGS_PUBLIC_URL`` + the path, since a proxy in front
-rewrites the host the app sees. A forged, tampered or replayed request gets 403 and nothing
-is written. Verified items go to the sink (web/buffer.py).
+Verification and vocabulary live in the provider modules (``channels/sendgrid.py``:
+``SendGridVerifier``; ``channels/twilio.py``: ``parse_form``, ``verify_signature``,
+``inbound_keyword``); this module routes. Each request is verified over exactly the bytes that
+arrived, before anything is parsed or written: SendGrid signs ``timestamp + raw body`` with
+ECDSA P-256 (checked against ``TIDINGS_SENDGRID_WEBHOOK_PUBLIC_KEY``; a timestamp older or
+newer than ``TIDINGS_WEBHOOK_MAX_AGE`` seconds is a replay); Twilio signs the public URL plus
+the sorted form fields with HMAC-SHA1 under the auth token (``X-Twilio-Signature``), checked
+against ``TIDINGS_PUBLIC_URL`` + the path, since a proxy in front rewrites the host the app
+sees. A forged, tampered or replayed request gets 403 and nothing is written. Verified items
+go to the sink (web/buffer.py).
 
 >>> client.post("/webhooks/sendgrid", content=body, headers=signed_headers)  # doctest: +SKIP
 <Response [200]>
@@ -15,10 +18,7 @@ is written. Verified items go to the sink (web/buffer.py).
 
 from __future__ import annotations
 
-import base64
-import time
 from typing import Any
-from urllib.parse import parse_qsl
 from xml.sax.saxutils import escape
 
 import orjson
@@ -26,13 +26,11 @@ from fastapi import APIRouter, HTTPException, Request, Response
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
+from tidings.channels import sendgrid, twilio
 from tidings.channels.types import MESSAGE_ID_ARG
-from tidings.errors import ConfigurationError
-from tidings.web.store import inbound_keyword
+from tidings.web.items import SendGridBatch, TwilioInbound, TwilioStatus
 
 router = APIRouter(tags=["webhooks"])
-SIGNATURE_HEADER = "X-Twilio-Email-Event-Webhook-Signature"
-TIMESTAMP_HEADER = "X-Twilio-Email-Event-Webhook-Timestamp"
 RAW_JSON = {
     "requestBody": {
         "required": True,
@@ -54,45 +52,14 @@ REFUSED: dict[int | str, dict[str, Any]] = {
 }
 
 
-class SendGridVerifier:
-    """The SDK's ``EventWebhook`` with the key parsed once, plus the replay window."""
-
-    def __init__(self, public_key: str, max_age: int) -> None:
-        from sendgrid.helpers.eventwebhook import EventWebhook  # type: ignore[import-untyped]
-
-        self.helper = EventWebhook()
-        try:
-            self.key = self.helper.convert_public_key_to_ecdsa(public_key.strip())
-        except ValueError as exc:
-            raise ConfigurationError(
-                "TIDINGS_SENDGRID_WEBHOOK_PUBLIC_KEY is not a base64 EC public key: copy the "
-                f"verification key from SendGrid's Mail Settings ({exc})"
-            ) from exc
-        self.max_age = max_age
-
-    def check(self, body: bytes, signature: str | None, timestamp: str | None) -> str | None:
-        """None when the request is authentic and fresh, else why not."""
-        if not signature or not timestamp:
-            return f"{SIGNATURE_HEADER} and {TIMESTAMP_HEADER} are required"
-        if not timestamp.isdigit() or abs(time.time() - int(timestamp)) > self.max_age:
-            return "timestamp outside the accepted window (a replay?)"
-        try:
-            payload = body.decode("utf-8")
-            base64.b64decode(signature, validate=True)
-            valid = self.helper.verify_signature(payload, signature, timestamp, self.key)
-        except (ValueError, TypeError):
-            return "signature is malformed"
-        return None if valid else "signature does not match"
-
-
 def _state(request: Request) -> Any:
     return request.app.state.web
 
 
-def _verifier(state: Any) -> SendGridVerifier | None:
+def _verifier(state: Any) -> sendgrid.SendGridVerifier | None:
     verifier = getattr(state, "sendgrid_verifier", None)
     if verifier is None and state.settings.sendgrid_webhook_public_key:
-        verifier = SendGridVerifier(
+        verifier = sendgrid.SendGridVerifier(
             state.settings.sendgrid_webhook_public_key, state.settings.webhook_max_age
         )
         state.sendgrid_verifier = verifier
@@ -112,7 +79,9 @@ async def sendgrid_events(request: Request) -> JSONResponse:
     if verifier is None:
         raise HTTPException(403, "TIDINGS_SENDGRID_WEBHOOK_PUBLIC_KEY is not set: refusing")
     why = verifier.check(
-        body, request.headers.get(SIGNATURE_HEADER), request.headers.get(TIMESTAMP_HEADER)
+        body,
+        request.headers.get(sendgrid.SIGNATURE_HEADER),
+        request.headers.get(sendgrid.TIMESTAMP_HEADER),
     )
     if why is not None:
         raise HTTPException(403, why)
@@ -122,28 +91,29 @@ async def sendgrid_events(request: Request) -> JSONResponse:
         raise HTTPException(400, f"body is not JSON: {exc}") from exc
     if not isinstance(events, list):
         raise HTTPException(400, "body must be a JSON array of events")
-    await run_in_threadpool(state.sink.submit, [{"k": "sg", "events": events}])
+    await run_in_threadpool(state.sink.submit, [SendGridBatch(events=events)])
     return JSONResponse({"received": len(events)})
 
 
 def twilio_form(request: Request, body: bytes) -> dict[str, str]:
     """Check ``X-Twilio-Signature`` over the public URL and the form; the form, or 403."""
-    from twilio.request_validator import RequestValidator  # type: ignore[import-untyped]
-
     settings = _state(request).settings
     if settings.twilio_auth_token is None:
         raise HTTPException(403, "TIDINGS_TWILIO_AUTH_TOKEN is not set: refusing")
     try:
-        form = dict(parse_qsl(body.decode("utf-8"), keep_blank_values=True, strict_parsing=False))
+        form = twilio.parse_form(body)
     except UnicodeDecodeError as exc:
         raise HTTPException(400, "form body is not UTF-8") from exc
     url = settings.public_url.rstrip("/") + request.url.path
     if request.url.query:
         url += "?" + request.url.query
-    signature = request.headers.get("X-Twilio-Signature", "")
-    validator = RequestValidator(settings.twilio_auth_token.get_secret_value())
-    if not signature or not validator.validate(url, form, signature):
-        raise HTTPException(403, "X-Twilio-Signature does not match")
+    if not twilio.verify_signature(
+        auth_token=settings.twilio_auth_token.get_secret_value(),
+        url=url,
+        form=form,
+        signature=request.headers.get(twilio.SIGNATURE_HEADER, ""),
+    ):
+        raise HTTPException(403, f"{twilio.SIGNATURE_HEADER} does not match")
     return form
 
 
@@ -157,7 +127,7 @@ async def twilio_status(request: Request) -> JSONResponse:
     body = await request.body()
     form = twilio_form(request, body)
     message_id = request.query_params.get(MESSAGE_ID_ARG)
-    item = {"k": "tw_status", "form": form, "message_id": message_id}
+    item = TwilioStatus(form=form, message_id=message_id)
     await run_in_threadpool(_state(request).sink.submit, [item])
     return JSONResponse({"received": 1})
 
@@ -172,9 +142,9 @@ async def twilio_inbound(request: Request) -> Response:
     body = await request.body()
     form = twilio_form(request, body)
     state = _state(request)
-    await run_in_threadpool(state.sink.submit, [{"k": "tw_in", "form": form}])
+    await run_in_threadpool(state.sink.submit, [TwilioInbound(form=form)])
     reply = ""
-    if inbound_keyword(form.get("Body", "")) == "help":
+    if twilio.inbound_keyword(form.get("Body", "")) == "help":
         reply = f"<Message>{escape(state.settings.twilio_help_text)}</Message>"
     twiml = f'<?xml version="1.0" encoding="UTF-8"?><Response>{reply}</Response>'
     return Response(twiml, media_type="application/xml")
