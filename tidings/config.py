@@ -146,6 +146,14 @@ class Settings(BaseSettings):
     sms_segment_limit: int = Field(
         3, ge=1, description="Templates check and previews warn when an SMS needs more segments."
     )
+    template_max_output: int = Field(
+        2_000_000,
+        ge=1_000,
+        description="Characters one render of a template part may write; also caps 'x' * n.",
+    )
+    template_timeout: float = Field(
+        2.0, gt=0, description="Seconds one render may take (checked on calls and range loops)."
+    )
     models_dir: Path = Field(
         Path("models"),
         description="Folder where `tidings models train` keeps the trained score models (joblib).",
@@ -183,8 +191,16 @@ class Settings(BaseSettings):
     )
     reconcile_after: str = Field(
         "10 minutes",
-        description="Messages in flight longer than this are checked with the provider "
-        "(sent, or safe to send again) at each tick.",
+        description="Messages in flight longer than this, whose worker's lease has expired, are "
+        "checked with the provider (sent, or safe to send again) at each tick.",
+    )
+    lease_seconds: float = Field(
+        60.0,
+        gt=0,
+        le=3600,
+        description="A worker owns the messages it claimed for this long, renewed by its "
+        "heartbeat every third of it; a longer pause (or a dead worker) loses them to reconcile, "
+        "and the worker then sends none of them.",
     )
     # web (web/, docs/web.md)
     sendgrid_webhook_public_key: str | None = Field(

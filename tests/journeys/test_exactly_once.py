@@ -34,6 +34,7 @@ from tidings.journeys.engine import JourneyEngine
 from tidings.journeys.loader import load_text
 
 CONTACTS = int(os.environ.get("TIDINGS_KILL_TEST_CONTACTS", "100000"))
+LEASE = 1.0  # seconds: a killed worker's claims are free again this soon
 KILLS = 20
 JOURNEY = """
 name: broadcast_kill
@@ -133,6 +134,7 @@ def test_broadcast_survives_kill_9(
         "TIDINGS_FREQUENCY_CAP": "off",
         "TIDINGS_SECRET_KEY": "kill",
         "TIDINGS_SEND_BACKOFF_BASE": "0.01",
+        "TIDINGS_LEASE_SECONDS": str(LEASE),
         "COLUMNS": "200",
         "PYTHONUNBUFFERED": "1",
     }
@@ -159,6 +161,7 @@ def test_broadcast_survives_kill_9(
             break
         os.kill(worker.pid, signal.SIGKILL)
         worker.wait()
+        time.sleep(LEASE)  # the dead worker's lease runs out; the next one reconciles its rows
         assert worker.stdout is not None
         log.write(worker.stdout.read())
         kills += 1

@@ -32,8 +32,13 @@ def test_reconcile_asks_before_resending(runtime: Runtime, tmp_path: Path) -> No
     runtime.dispatcher.dispatch(now=T0)  # all six written to the outbox and marked sent
     with Session(runtime.db) as session, session.begin():
         mids = list(session.scalars(select(Message.id).order_by(Message.id)))
-        # a crash after the hand-off: rows still in flight, files there for the first three
-        session.execute(update(Message).values(status="in_flight", updated_at=T0, handed_at=T0))
+        # a crash after the hand-off (and its lease run out): rows still in flight, files there
+        # for the first three
+        session.execute(
+            update(Message).values(
+                status="in_flight", updated_at=T0, handed_at=T0, lease_until=None
+            )
+        )
     for mid in mids[3:]:
         for path in (tmp_path / "outbox").glob(f"*{mid}*"):
             path.unlink()
@@ -51,7 +56,11 @@ def test_reconcile_asks_before_resending(runtime: Runtime, tmp_path: Path) -> No
     # a channel that cannot tell (SMTP keeps no record we can query): left in flight, unless
     # the message was never handed over (claimed, then the crash): queued without asking
     with Session(runtime.db) as session, session.begin():
-        session.execute(update(Message).values(status="in_flight", updated_at=T0, handed_at=T0))
+        session.execute(
+            update(Message).values(
+                status="in_flight", updated_at=T0, handed_at=T0, lease_until=None
+            )
+        )
         session.execute(update(Message).where(Message.id == mids[0]).values(handed_at=None))
     runtime.dispatcher.channels = {"email": SmtpChannel(host="127.0.0.1", port=1)}
     stats = reconcile(

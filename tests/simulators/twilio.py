@@ -65,6 +65,7 @@ class TwilioSimulator(SimulatorServer):
         self.auth_token = auth_token
         self.unsubscribed: set[str] = set()
         self.messages: list[dict[str, Any]] = []
+        self.failing_lists = 0  # the next N GETs of the message list answer 500
 
     def reset(self) -> None:
         super().reset()
@@ -145,6 +146,10 @@ class TwilioSimulator(SimulatorServer):
         return Reply(201, {k: v for k, v in message.items() if not k.startswith("_")})
 
     def _list(self, request: Recorded) -> Reply:
+        with self.lock:
+            failing, self.failing_lists = self.failing_lists > 0, max(0, self.failing_lists - 1)
+        if failing:
+            return _error(500, 20500, "An internal server error has occurred")
         q = {k: v[-1] for k, v in request.query.items()}
         with self.lock:
             found = list(reversed(self.messages))  # newest first, as Twilio lists

@@ -13,6 +13,11 @@ retry      status ``queued`` (safe to send again) and the error; ``in_flight`` w
            result is ``in_doubt``: reconcile with the provider before any resend
 =========  ==========================================================================
 
+With the ``token`` of the claim that sent them (``journeys.dispatch``), a ``failed`` or
+``retry`` result is written only to rows that claim still owns: a worker that lost its lease
+must not put back a row another worker now owns. ``accepted`` is always written: the provider
+has the message, and knowing that is what prevents a second send.
+
 >>> with session_scope(engine) as session:          # doctest: +SKIP
 ...     record_results(session=session, results=channel.send_batch(messages))
 """
@@ -44,8 +49,17 @@ def _message_id(result: SendResult) -> int:
         ) from None
 
 
+def _owned(v: Mapping[str, Any]) -> Any:
+    table: Table = Message.__table__  # type: ignore[assignment]
+    return table.c.claim_token == v["claim_token"]
+
+
 def record_results(
-    *, session: Session, results: Iterable[SendResult], now: datetime | None = None
+    *,
+    session: Session,
+    results: Iterable[SendResult],
+    now: datetime | None = None,
+    token: str | None = None,
 ) -> dict[str, int]:
     """Update the ``messages`` rows named by ``results``; insert due suppressions.
 
@@ -63,6 +77,8 @@ def record_results(
             "attempts": result.attempts,
             "error": result.error,
         }
+        if token is not None and result.status != "accepted":
+            row["claim_token"] = token
         if result.status == "accepted":
             row["provider_message_id"] = result.provider_message_id
             groups["sent"].append(row)
@@ -100,7 +116,8 @@ def record_results(
                 clause.update(provider_message_id=v["provider_message_id"], sent_at=now)
             return clause
 
-        update_rows(session, table, rows, set_=set_clause)
+        owned = None if token is None or kind == "sent" else _owned
+        update_rows(session, table, rows, set_=set_clause, where=owned)
     if suppressions:
         session.execute(insert_ignore(session, suppressions_t), list(suppressions.values()))
     return {

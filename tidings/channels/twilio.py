@@ -177,22 +177,24 @@ class TwilioChannel(Channel[OutboundSms]):
         that window counts as ours: at worst a second identical SMS is not sent.
         """
         import requests
-        from twilio.base.exceptions import TwilioRestException  # type: ignore[import-untyped]
+        from twilio.base.exceptions import TwilioException  # type: ignore[import-untyped]
 
         found: dict[str, str | None] = {}
         since = datetime.now(UTC) - timedelta(days=1)
         for message in messages:
             try:
                 sent = self.client.messages.list(to=message.to, date_sent_after=since, limit=200)
-            except (TwilioRestException, OSError, requests.RequestException):
-                continue
+            # TwilioException: the page fetch raises the base class ("Unable to fetch page") for
+            # a 404/429/5xx page, TwilioRestException for others; ValueError: a body not JSON.
+            except (TwilioException, OSError, requests.RequestException, ValueError):
+                continue  # this one cannot be told: left in flight, asked again next time
             match = next((m for m in sent if (m.body or "") == message.body), None)
             found[message.message_id] = match.sid if match is not None else None
         return found
 
     def classify(self, error: Exception) -> ProviderRetryableError | ProviderPermanentError | None:
         import requests
-        from twilio.base.exceptions import TwilioRestException
+        from twilio.base.exceptions import TwilioException, TwilioRestException
 
         if isinstance(error, TwilioRestException):
             return self._from_rest(error)
@@ -203,6 +205,14 @@ class TwilioChannel(Channel[OutboundSms]):
             )
             return ProviderRetryableError(
                 f"{error.__class__.__name__}: {error}", provider=self.provider, in_doubt=in_doubt
+            )
+        # The rest the SDK can raise once the request may have reached Twilio (twilio.base
+        # version/page, twilio.http): a broken or unreadable answer (ChunkedEncodingError,
+        # ContentDecodingError), a body that is not JSON (ValueError), a TwilioException that
+        # is not a REST error. Twilio may have the message: retry only after reconcile asks.
+        if isinstance(error, requests.RequestException | TwilioException | ValueError):
+            return ProviderRetryableError(
+                f"{error.__class__.__name__}: {error}", provider=self.provider, in_doubt=True
             )
         return None
 

@@ -22,6 +22,7 @@ from sqlalchemy import (
     Connection,
     Engine,
     Table,
+    and_,
     bindparam,
     cast,
     column,
@@ -83,6 +84,7 @@ def _dialect(bind: Connection | Session) -> str:
 
 
 SetClause = Callable[[Mapping[str, Any]], Mapping[str, Any]]
+WhereClause = Callable[[Mapping[str, Any]], ColumnElement[bool]]
 
 
 def update_rows(
@@ -92,6 +94,7 @@ def update_rows(
     *,
     key: str = "id",
     set_: SetClause | None = None,
+    where: WhereClause | None = None,
 ) -> None:
     """Update many rows, each with its own values, by ``key``.
 
@@ -103,6 +106,8 @@ def update_rows(
     Every row maps the same column names to values. ``set_`` builds the SET clause from the
     row's values (column name -> SQL expression) when it is more than "column = value", e.g.
     ``lambda v: {"attempts": table.c.attempts + v["attempts"], "status": v["status"]}``.
+    ``where`` adds a condition built from the row's values, e.g. that the row still belongs to a
+    claim: ``lambda v: table.c.claim_token == v["claim_token"]``.
 
     >>> update_rows(session, messages_t, [{"id": 1, "status": "sent"}])  # doctest: +SKIP
     """
@@ -112,13 +117,21 @@ def update_rows(
     build = set_ or (lambda v: {name: v[name] for name in names if name != key})
     if _dialect(bind) != "postgresql":
         params = {n: bindparam(f"u_{n}", type_=table.c[n].type) for n in names}
+        condition = table.c[key] == params[key]
         bind.execute(
-            update(table).where(table.c[key] == params[key]).values(build(params)),
+            update(table)
+            .where(condition if where is None else and_(condition, where(params)))
+            .values(build(params)),
             [{f"u_{n}": row[n] for n in names} for row in rows],
         )
         return
     columns = _unnest(table, rows, names)
-    bind.execute(update(table).where(table.c[key] == columns[key]).values(build(columns)))
+    condition = table.c[key] == columns[key]
+    bind.execute(
+        update(table)
+        .where(condition if where is None else and_(condition, where(columns)))
+        .values(build(columns))
+    )
 
 
 def insert_rows(

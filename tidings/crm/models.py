@@ -253,6 +253,10 @@ class Message(Base):
     next_attempt_at: Mapped[datetime | None]  # a retryable failure: not before this time
     # set just before the provider call; NULL while in flight = claimed, never handed over
     handed_at: Mapped[datetime | None]
+    # the claim that owns the row while in flight, and until when (renewed by its heartbeat):
+    # reconcile touches only expired leases; a hand-over needs the token (docs/journeys.md)
+    claim_token: Mapped[str | None] = mapped_column(String(32))
+    lease_until: Mapped[datetime | None]
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     sent_at: Mapped[datetime | None]
     updated_at: Mapped[datetime] = mapped_column(default=utcnow)

@@ -5,18 +5,23 @@ The sequence that makes sending exactly-once:
 1. the engine commits a ``queued`` message row (unique idempotency key) with the enrollment
    move that made it;
 2. ``claim`` takes queued rows (PostgreSQL: ``FOR UPDATE SKIP LOCKED``) and commits them as
-   ``in_flight`` with ``handed_at`` empty, *before* any provider call;
+   ``in_flight`` with ``handed_at`` empty, a new ``claim_token`` and ``lease_until``, *before*
+   any provider call; the worker's heartbeat (``Leases``) renews the lease while it holds them;
 3. it renders each (the template version is pinned by content hash; only Jinja runs per
-   contact), commits ``handed_at`` and hands them to the channel: a whole batch at once, or,
-   for a channel whose provider keeps no record we could ask (``record_each``: SMTP), one
-   message at a time, each result committed together with the next message's ``handed_at``;
+   contact), commits ``handed_at`` *only on rows its token still owns* (a conditional update:
+   the fence) and hands exactly those to the channel: a whole batch at once, or, for a channel
+   whose provider keeps no record we could ask (``record_each``: SMTP), one message at a time,
+   each result committed together with the next message's hand-over;
 4. it records each result: ``sent`` with the provider's id, ``failed`` with the provider's
-   reason, or back to ``queued`` with ``next_attempt_at`` for a retryable error.
+   reason, or back to ``queued`` with ``next_attempt_at`` for a retryable error (the last two
+   only on rows it still owns).
 
-A crash between 2 and 4 leaves rows ``in_flight``. Those without ``handed_at`` never reached a
-provider: ``reconcile`` queues them again. The others are never resent blindly: ``reconcile``
-asks the provider (or the outbox folder) first. With ``record_each`` at most one message per
-crashed worker is in that state.
+A crash between 2 and 4 leaves rows ``in_flight``; their lease runs out. Those without
+``handed_at`` never reached a provider: ``reconcile`` queues them again. The others are never
+resent blindly: ``reconcile`` asks the provider (or the outbox folder) first. With
+``record_each`` at most one message per crashed worker is in that state. A worker that was
+paused past its lease (a slow provider, a GC pause, a frozen VM) finds its token gone at the
+fence and sends none of the rows it lost. The protocol and its invariant: docs/journeys.md.
 
 Sending overlaps with preparing: while one batch is with the channel (a sender thread), the
 caller claims and renders the next (``Pipeline``); at most two batches are in memory.
@@ -27,6 +32,10 @@ caller claims and renders the next (``Pipeline``); at most two batches are in me
 
 from __future__ import annotations
 
+import logging
+import threading
+import time
+import uuid
 from collections import defaultdict
 from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -35,7 +44,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Engine, Table, or_, select, update
+from sqlalchemy import Engine, Table, and_, or_, select, update
 from sqlalchemy.orm import Session
 
 from tidings.channels.base import Channel
@@ -48,6 +57,7 @@ from tidings.crm.types import utcnow
 from tidings.errors import InputError, PermanentError
 
 messages_t: Table = Message.__table__  # type: ignore[assignment]
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -57,15 +67,95 @@ class DispatchStats:
     failed: int = 0
     retry: int = 0
     render_failed: int = 0
+    lost: int = 0  # claimed, then lost with the lease before the hand-over: not sent by us
     by_channel: dict[str, int] = field(default_factory=lambda: defaultdict(int))
+
+
+@dataclass(frozen=True)
+class Claim:
+    """Messages one worker took (``ids``) under one ``token``: they are its own until handed
+    over or until its lease runs out."""
+
+    token: str
+    ids: list[int]
 
 
 @dataclass
 class Prepared:
     """A claimed batch, rendered: what goes to each channel, and what failed to render."""
 
+    token: str
     outbound: dict[str, list[Outbound]] = field(default_factory=lambda: defaultdict(list))
     failures: list[SendResult] = field(default_factory=list)
+
+
+class Leases:
+    """The claims this process holds, renewed by a heartbeat thread every third of the lease.
+
+    The thread runs only while something is held. A renewal that fails (the database is away)
+    is logged and tried again; if the lease runs out meanwhile, the fence at the hand-over
+    keeps this worker from sending what it lost.
+    """
+
+    def __init__(self, db: Engine, seconds: float) -> None:
+        self.db = db
+        self.seconds = seconds
+        self._held: dict[str, list[int]] = {}
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+
+    def until(self, now: datetime) -> datetime:
+        return now + timedelta(seconds=self.seconds)
+
+    def hold(self, claim: Claim) -> None:
+        with self._lock:
+            self._held[claim.token] = claim.ids
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(
+                    target=self._beat, name="lease-heartbeat", daemon=True
+                )
+                self._thread.start()
+
+    def release(self, token: str) -> None:
+        with self._lock:
+            self._held.pop(token, None)
+
+    def renew(self) -> int:
+        """Extend every held lease that is still ours; returns how many rows. One short
+        transaction per claim; on PostgreSQL rows another transaction has locked (the worker's
+        own hand-over or result, which set the lease themselves) are skipped, not waited for,
+        so the heartbeat never takes part in a lock cycle."""
+        with self._lock:
+            held = list(self._held.items())
+        renewed = 0
+        for token, ids in held:
+            now = utcnow()
+            mine = select(messages_t.c.id).where(
+                messages_t.c.id.in_(ids),
+                messages_t.c.claim_token == token,
+                messages_t.c.status == MessageStatus.IN_FLIGHT.value,
+            )
+            if self.db.dialect.name == "postgresql":
+                mine = mine.with_for_update(skip_locked=True)
+            with self.db.begin() as conn:
+                renewed += conn.execute(
+                    update(messages_t)
+                    .where(messages_t.c.id.in_(mine.scalar_subquery()))
+                    .values(lease_until=self.until(now))
+                ).rowcount
+        return renewed
+
+    def _beat(self) -> None:
+        while True:
+            time.sleep(self.seconds / 3)
+            with self._lock:
+                if not self._held:
+                    self._thread = None
+                    return
+            try:
+                self.renew()
+            except Exception:  # the database may be away for a moment: try at the next beat
+                log.warning("lease heartbeat failed; retrying", exc_info=True)
 
 
 class Dispatcher:
@@ -81,6 +171,7 @@ class Dispatcher:
         self.renderer = renderer
         self.channels = channels
         self.settings = settings or get_settings()
+        self.leases = Leases(db, self.settings.lease_seconds)
 
     def claim(
         self,
@@ -89,8 +180,10 @@ class Dispatcher:
         limit: int,
         journey_ids: set[int] | None = None,
         only: list[int] | None = None,
-    ) -> list[int]:
-        """Mark up to ``limit`` due queued messages in flight; committed before any send."""
+    ) -> Claim:
+        """Mark up to ``limit`` due queued messages in flight under a new token, leased to this
+        worker; committed before any send. The heartbeat keeps the lease until ``release``."""
+        token = uuid.uuid4().hex
         with Session(self.db) as session, session.begin():
             query = (
                 select(Message.id)
@@ -112,9 +205,18 @@ class Dispatcher:
                 session.execute(
                     update(messages_t)
                     .where(messages_t.c.id.in_(ids))
-                    .values(status=MessageStatus.IN_FLIGHT.value, handed_at=None, updated_at=now)
+                    .values(
+                        status=MessageStatus.IN_FLIGHT.value,
+                        handed_at=None,
+                        claim_token=token,
+                        lease_until=self.leases.until(utcnow()),
+                        updated_at=now,
+                    )
                 )
-        return ids
+        claim = Claim(token, ids)
+        if ids:
+            self.leases.hold(claim)
+        return claim
 
     def dispatch(
         self,
@@ -142,10 +244,11 @@ class Dispatcher:
         finally:
             pipe.close()
 
-    def prepare(self, ids: list[int], stats: DispatchStats) -> Prepared:
+    def prepare(self, claim: Claim, stats: DispatchStats) -> Prepared:
         """Load and render claimed messages; a message that cannot be rendered fails."""
+        ids = claim.ids
         stats.claimed += len(ids)
-        prepared = Prepared()
+        prepared = Prepared(claim.token)
         with Session(self.db) as session:
             rows = session.execute(
                 select(Message, Contact, Enrollment.context)
@@ -175,7 +278,15 @@ class Dispatcher:
         return prepared
 
     def deliver(self, prepared: Prepared, stats: DispatchStats) -> None:
-        """Hand a prepared batch to its channels and record every result."""
+        """Hand a prepared batch to its channels and record every result; then the claim is
+        released (what is left in flight, in doubt, goes to reconcile when the lease ends)."""
+        try:
+            self._deliver(prepared, stats)
+        finally:
+            self.leases.release(prepared.token)
+
+    def _deliver(self, prepared: Prepared, stats: DispatchStats) -> None:
+        token = prepared.token
         results: list[SendResult] = list(prepared.failures)
         for channel_name, batch in prepared.outbound.items():
             channel = self.channels.get(channel_name)
@@ -187,33 +298,44 @@ class Dispatcher:
                     for m in batch
                 ]
                 continue
-            stats.by_channel[channel_name] += len(batch)
             if not channel.record_each:
-                self.record([], handed=batch)
-                results += channel.send_batch(batch)
+                owned = self.record([], token=token, handed=batch)
+                stats.lost += len(batch) - len(owned)
+                stats.by_channel[channel_name] += len(owned)
+                results += channel.send_batch(owned) if owned else []
                 continue
             # one at a time: each result is committed with the next message's hand-over
-            self.record([], handed=batch[:1])
-            for n, item in enumerate(batch):
-                (result,) = channel.send_batch([item])
-                self.record([result], handed=batch[n + 1 : n + 2])
-                _count(stats, [result])
-        self.record(results)
+            pending: list[SendResult] = []
+            for item in batch:
+                owned = self.record(pending, token=token, handed=[item])
+                _count(stats, pending)
+                pending = []
+                if not owned:
+                    stats.lost += 1
+                    continue
+                stats.by_channel[channel_name] += 1
+                pending = list(channel.send_batch(owned))
+            self.record(pending, token=token)
+            _count(stats, pending)
+        self.record(results, token=token)
         _count(stats, results)
 
     def record(
         self,
         results: Sequence[SendResult],
         *,
+        token: str | None = None,
         handed: Sequence[Outbound] = (),
-    ) -> None:
+    ) -> list[Outbound]:
         """One transaction: the results (with retry times), and the hand-over of the messages
-        about to go to the provider (``handed_at``, and the subject they go with)."""
+        about to go to the provider (``handed_at``, and the subject they go with). The
+        hand-over is fenced: only rows the claim ``token`` still owns are handed over, and
+        only those are returned (the caller sends exactly those)."""
         if not results and not handed:
-            return
+            return []
         now = utcnow()
         with Session(self.db) as session, session.begin():
-            record_results(session=session, results=results, now=now)
+            record_results(session=session, results=results, now=now, token=token)
             retry_later = [
                 {
                     "id": int(r.message_id),
@@ -223,18 +345,35 @@ class Dispatcher:
                 if r.status == "retry" and not r.in_doubt
             ]
             update_rows(session, messages_t, retry_later)
-            update_rows(
+            if not handed:
+                return []
+            fence = and_(
+                messages_t.c.claim_token == token,
+                messages_t.c.status == MessageStatus.IN_FLIGHT.value,
+                messages_t.c.lease_until > now,
+            )
+            query = select(messages_t.c.id).where(
+                messages_t.c.id.in_([int(m.message_id) for m in handed]), fence
+            )
+            if self.db.dialect.name == "postgresql":
+                query = query.with_for_update()
+            owned = set(session.scalars(query))
+            mine = [m for m in handed if int(m.message_id) in owned]
+            update_rows(  # one statement, one new row version per message
                 session,
                 messages_t,
                 [
                     {
                         "id": int(m.message_id),
                         "handed_at": now,
+                        "lease_until": self.leases.until(now),
                         "subject": m.subject if isinstance(m, OutboundEmail) else None,
                     }
-                    for m in handed
+                    for m in mine
                 ],
+                where=lambda _v: fence,
             )
+        return mine
 
     def render(self, message: Message, contact: Contact, context: dict[str, Any]) -> Outbound:
         # The trigger event's properties are top-level names too: {{ order.number }}.
@@ -317,14 +456,18 @@ class Pipeline:
         journey_ids: set[int] | None = None,
         only: list[int] | None = None,
     ) -> int:
-        ids = self.dispatcher.claim(
+        claim = self.dispatcher.claim(
             now=now or utcnow(), limit=limit, journey_ids=journey_ids, only=only
         )
-        prepared = self.dispatcher.prepare(ids, self.stats) if ids else None
-        self.wait()
+        try:
+            prepared = self.dispatcher.prepare(claim, self.stats) if claim.ids else None
+            self.wait()
+        except BaseException:
+            self.dispatcher.leases.release(claim.token)
+            raise
         if prepared is not None:
             self._pending = self._sender.submit(self.dispatcher.deliver, prepared, self.stats)
-        return len(ids)
+        return len(claim.ids)
 
     def wait(self) -> None:
         """Until the batch with the sender is recorded (its error raised here)."""

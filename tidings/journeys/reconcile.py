@@ -12,9 +12,14 @@ provider has it. ``reconcile`` asks:
   and counted as ``unknown``; ops decide with ``resolve`` (``tidings journey reconcile
   --sent IDS`` after finding them in the relay's log, ``--resend IDS`` otherwise).
 
-Only messages in flight for longer than ``older_than`` are touched, so a live worker's
-in-progress batch is never taken from it (PostgreSQL: rows are claimed ``FOR UPDATE SKIP
-LOCKED`` as well).
+Only messages whose worker's lease has run out (``lease_until``: a live worker's heartbeat
+keeps renewing it) and that are in flight for longer than ``older_than`` are touched, so a live
+worker's batch is never taken from it however slow its provider (PostgreSQL: rows are taken
+``FOR UPDATE SKIP LOCKED`` as well). A worker that was paused past its lease and comes back
+finds its claim token gone at the hand-over and sends nothing it lost (journeys.dispatch).
+
+A provider lookup that fails (an API error, a timeout, an exception the SDK raises) leaves its
+rows in flight as ``unknown``, to be asked again at the next reconcile; the others go on.
 
 >>> reconcile(runtime, older_than=timedelta(minutes=10))  # doctest: +SKIP
 ReconcileStats(checked=12, sent=9, requeued=3, unknown=0, failed=0)
@@ -22,12 +27,13 @@ ReconcileStats(checked=12, sent=9, requeued=3, unknown=0, failed=0)
 
 from __future__ import annotations
 
+import logging
 from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Table, bindparam, select, update
+from sqlalchemy import Table, bindparam, or_, select, update
 from sqlalchemy.orm import Session
 
 from tidings.crm.models import Contact, Enrollment, Message, MessageStatus
@@ -36,6 +42,13 @@ from tidings.errors import InputError, PermanentError
 from tidings.journeys.runtime import Runtime
 
 messages_t: Table = Message.__table__  # type: ignore[assignment]
+log = logging.getLogger(__name__)
+
+
+def lease_expired() -> Any:
+    """No live worker owns the row: its lease ran out (or it predates leases). Leases are
+    wall-clock time (a heartbeat renews them), whatever ``now`` a caller reasons with."""
+    return or_(Message.lease_until.is_(None), Message.lease_until <= utcnow())
 
 
 @dataclass
@@ -90,6 +103,7 @@ def _reconcile_chunk(
             .where(
                 Message.status == MessageStatus.IN_FLIGHT.value,
                 Message.updated_at <= now - older_than,
+                lease_expired(),
                 Message.id.not_in(skip),
             )
             .order_by(Message.id)
@@ -115,7 +129,13 @@ def _reconcile_chunk(
             by_channel[message.channel].append(outbound)
         for channel_name, batch in by_channel.items():
             channel = runtime.dispatcher.channels.get(channel_name)
-            answers = channel.lookup(batch) if channel is not None else {}
+            try:
+                answers = channel.lookup(batch) if channel is not None else {}
+            except Exception as exc:  # isolated: these rows stay unknown, the rest go on
+                log.warning(
+                    "%s lookup failed, %d left in flight: %s", channel_name, len(batch), exc
+                )
+                answers = {}
             for outbound in batch:
                 if outbound.message_id not in answers:
                     stats.unknown_ids.append(int(outbound.message_id))
@@ -135,6 +155,7 @@ def _reconcile_chunk(
             "queued": {
                 "status": MessageStatus.QUEUED.value,
                 "next_attempt_at": None,
+                "claim_token": None,
                 "error": "reconciled: not with the provider, to be sent again",
             },
             "failed": {"status": MessageStatus.FAILED.value, "error": bindparam("b_error")},
@@ -154,8 +175,8 @@ def _reconcile_chunk(
 
 def resolve(runtime: Runtime, ids: list[int], *, sent: bool, now: datetime | None = None) -> int:
     """A person's decision on messages reconcile could not settle: ``sent`` (found in the
-    relay's log: never send again) or not (queue to send again). Only rows still in flight are
-    touched; returns how many."""
+    relay's log: never send again) or not (queue to send again). Only rows still in flight and
+    owned by no live worker are touched; returns how many."""
     now = now or utcnow()
     values: dict[str, Any] = (
         {"status": MessageStatus.SENT.value, "sent_at": now, "error": "resolved by ops: sent"}
@@ -163,13 +184,18 @@ def resolve(runtime: Runtime, ids: list[int], *, sent: bool, now: datetime | Non
         else {
             "status": MessageStatus.QUEUED.value,
             "next_attempt_at": None,
+            "claim_token": None,
             "error": "resolved by ops: send again",
         }
     )
     with Session(runtime.db) as session, session.begin():
         done = session.connection().execute(
             update(messages_t)
-            .where(messages_t.c.id.in_(ids), messages_t.c.status == MessageStatus.IN_FLIGHT.value)
+            .where(
+                messages_t.c.id.in_(ids),
+                messages_t.c.status == MessageStatus.IN_FLIGHT.value,
+                lease_expired(),
+            )
             .values(updated_at=now, **values)
         )
         return int(done.rowcount)

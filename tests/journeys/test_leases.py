@@ -1,0 +1,144 @@
+"""The ownership of in-flight messages (docs/journeys.md, "Leases"), one interleaving at a time.
+
+Invariant: a message is handed to a provider only by the claim that owns it at that moment, and
+reconcile takes back only what no live claim owns. Each test drives two workers (two
+dispatchers, as two processes would be) through one interleaving by hand.
+"""
+
+from __future__ import annotations
+
+import time
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session
+
+from tests.journeys.test_engine import T0, add_contacts, people
+from tests.simulators.fixtures import sendgrid_sim
+from tests.simulators.sendgrid import SendGridSimulator
+from tidings.channels.base import RetryPolicy
+from tidings.channels.sendgrid import SendGridChannel
+from tidings.config import Settings
+from tidings.crm.models import Message
+from tidings.crm.types import utcnow
+from tidings.journeys.dispatch import DispatchStats
+from tidings.journeys.loader import load_text
+from tidings.journeys.reconcile import reconcile
+from tidings.journeys.runtime import Runtime
+
+__all__ = ["sendgrid_sim"]
+JOURNEY = "name: lease\ntrigger: {type: api}\nsteps:\n  - {id: a, type: email, template: welcome}\n"
+
+
+def worker(
+    store_url: str, outbox: Path, lease: float, sim: SendGridSimulator | None = None
+) -> Runtime:
+    settings = Settings(
+        database_url=store_url,
+        outbox_dir=outbox,
+        secret_key="lease",
+        frequency_cap="off",
+        quiet_hours="off",
+        lease_seconds=lease,
+    )
+    channels = None
+    if sim is not None:
+        email = SendGridChannel(
+            api_key=sim.api_key, host=sim.url, retry=RetryPolicy(max_attempts=1)
+        )
+        channels = {"email": email, "sms": email}
+    runtime = Runtime.from_settings(settings, channels=channels)
+    runtime.engine.register(load_text(JOURNEY, source="lease.yaml"))
+    return runtime
+
+
+def queue(runtime: Runtime, n: int) -> list[int]:
+    ids = add_contacts(runtime.db, people(n))
+    version = runtime.engine.versions("lease")[-1]
+    runtime.engine.enroll_contacts(version, ids.values(), entry_key="k", now=T0)
+    runtime.engine.tick("lease", now=T0)
+    with Session(runtime.db) as session:
+        return list(session.scalars(select(Message.id).order_by(Message.id)))
+
+
+def statuses(runtime: Runtime) -> list[str]:
+    with Session(runtime.db) as session:
+        return list(session.scalars(select(Message.status).order_by(Message.id)))
+
+
+def test_reconcile_leaves_a_live_claim_alone(store_url: str, tmp_path: Path) -> None:
+    """A claimed batch waiting behind a slow send is older than any reconcile window; its
+    worker is alive, so it stays that worker's (today's duplicate: requeued and sent twice)."""
+    a = worker(store_url, tmp_path / "outbox", lease=60)
+    mids = queue(a, 5)
+    claim = a.dispatcher.claim(now=T0, limit=10)
+    assert claim.ids == mids
+    later = utcnow() + timedelta(hours=1)
+    assert reconcile(a, older_than=timedelta(0), now=later).checked == 0
+    stats = DispatchStats()
+    a.dispatcher.deliver(a.dispatcher.prepare(claim, stats), stats)
+    assert (stats.sent, stats.lost) == (5, 0)
+    assert statuses(a) == ["sent"] * 5
+
+
+def test_a_worker_that_lost_its_lease_sends_nothing_it_lost(
+    store_url: str, tmp_path: Path, sendgrid_sim: SendGridSimulator
+) -> None:
+    """A pauses past its lease with a rendered batch; reconcile takes the rows back; B sends
+    them; A wakes up and reaches the hand-over: its token is gone, it sends none of them."""
+    outbox = tmp_path / "outbox"
+    a = worker(store_url, outbox, 3600, sendgrid_sim)  # no heartbeat runs during this test
+    b = worker(store_url, outbox, 3600, sendgrid_sim)
+    mids = queue(a, 6)
+    claim = a.dispatcher.claim(now=T0, limit=10)
+    stats_a = DispatchStats()
+    prepared = a.dispatcher.prepare(claim, stats_a)
+    with Session(a.db) as session, session.begin():  # A's pause outlived its lease
+        session.execute(update(Message).values(lease_until=utcnow() - timedelta(seconds=1)))
+    assert reconcile(b, older_than=timedelta(0), now=utcnow()).requeued == 6
+    stats_b = b.dispatcher.dispatch(now=T0)
+    assert stats_b.sent == 6
+    a.dispatcher.deliver(prepared, stats_a)
+    assert (stats_a.sent, stats_a.lost) == (0, 6)
+    assert sorted(p.custom_args["tidings_message_id"] for p in sendgrid_sim.processed) == sorted(
+        str(m) for m in mids
+    )
+    assert statuses(a) == ["sent"] * 6
+
+
+def test_a_lost_claim_cannot_put_back_a_row_another_worker_owns(
+    store_url: str, tmp_path: Path
+) -> None:
+    """A result of A's arriving after B took the row (a retry, a failure) changes nothing."""
+    from tidings.channels.types import SendResult
+
+    a = worker(store_url, tmp_path / "outbox", lease=3600)
+    b = worker(store_url, tmp_path / "outbox", lease=3600)
+    (mid,) = queue(a, 1)
+    stale = a.dispatcher.claim(now=T0, limit=1)
+    with Session(a.db) as session, session.begin():
+        session.execute(update(Message).values(lease_until=utcnow() - timedelta(seconds=1)))
+    reconcile(b, older_than=timedelta(0), now=utcnow())
+    fresh = b.dispatcher.claim(now=T0, limit=1)
+    assert fresh.ids == [mid] and fresh.token != stale.token
+    a.dispatcher.record([SendResult(str(mid), "retry", "outbox", error="429")], token=stale.token)
+    assert statuses(a) == ["in_flight"]  # still B's, not queued for a third worker
+    b.dispatcher.leases.release(fresh.token)
+    a.dispatcher.leases.release(stale.token)
+
+
+def test_the_heartbeat_keeps_the_lease_and_stops_with_the_claim(
+    store_url: str, tmp_path: Path
+) -> None:
+    if not store_url.startswith("postgresql"):
+        pytest.skip("wall-clock lease renewals are the same SQL on SQLite; once is enough")
+    a = worker(store_url, tmp_path / "outbox", lease=0.6)
+    queue(a, 3)
+    claim = a.dispatcher.claim(now=T0, limit=10)
+    time.sleep(1.5)  # more than two leases: only the heartbeat keeps it
+    assert reconcile(a, older_than=timedelta(0), now=utcnow()).checked == 0
+    a.dispatcher.leases.release(claim.token)
+    time.sleep(0.8)  # no heartbeat for a released claim: the lease runs out
+    assert reconcile(a, older_than=timedelta(0), now=utcnow()).requeued == 3
