@@ -1,4 +1,5 @@
-"""outbox: a claimed message is leased to one worker (claim token, lease expiry)
+"""outbox: a claimed message is leased to one worker (claim token, lease expiry); the
+redundant index on messages.contact_id goes ((contact_id, created_at) covers it)
 
 Revision ID: 0007
 Revises: 0006
@@ -24,9 +25,11 @@ def upgrade() -> None:
         batch_op.add_column(
             sa.Column("lease_until", tidings.crm.types.UTCDateTime(timezone=True), nullable=True)
         )
+        batch_op.drop_index(batch_op.f("ix_messages_contact_id"))
 
 
 def downgrade() -> None:
     with op.batch_alter_table("messages", schema=None) as batch_op:
+        batch_op.create_index(batch_op.f("ix_messages_contact_id"), ["contact_id"], unique=False)
         batch_op.drop_column("lease_until")
         batch_op.drop_column("claim_token")
