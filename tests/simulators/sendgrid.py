@@ -16,6 +16,7 @@ import json
 import re
 import secrets
 import time
+from collections import deque
 from dataclasses import dataclass
 from typing import Any
 
@@ -114,7 +115,9 @@ def validate(payload: Any) -> list[dict[str, Any]]:
 
 
 class SendGridSimulator(SimulatorServer):
-    """``fail_next(n, status=429, retry_after=1)``; ``accepted(id)``; ``processed`` list."""
+    """``fail_next(n, status=429, retry_after=1)``; ``accepted(id)``; ``processed`` list;
+    ``hang_after_accept(n, seconds)``: the next n sends are accepted, then the answer is held
+    back (a client that times out cannot tell whether SendGrid has the message)."""
 
     def __init__(self, *, api_key: str = "SG.test-key", keep: bool = True) -> None:
         super().__init__(keep=keep)
@@ -122,6 +125,11 @@ class SendGridSimulator(SimulatorServer):
         self.processed: list[Processed] = []
         self._by_message_id: dict[str, Processed] = {}
         self._all_by_message_id: dict[str, list[Processed]] = {}
+        self._hangs: deque[float] = deque()
+
+    def hang_after_accept(self, count: int, seconds: float) -> None:
+        with self.lock:
+            self._hangs.extend([seconds] * count)
 
     def reset(self) -> None:
         super().reset()
@@ -229,4 +237,8 @@ class SendGridSimulator(SimulatorServer):
                     self._all_by_message_id.setdefault(args["tidings_message_id"], []).append(
                         record
                     )
+        with self.lock:
+            hang = self._hangs.popleft() if self._hangs else 0.0
+        if hang:
+            time.sleep(hang)
         return Reply(202, None, {"X-Message-Id": x_message_id})

@@ -7,6 +7,8 @@ Keys without a rate are not limited.
 
 The Redis bucket is one Lua script (EVALSHA) that reads Redis ``TIME``, refills by the elapsed
 time and takes the tokens atomically, so every process and machine shares one budget and clock.
+While Redis cannot be reached (a restart), a limited key waits and tries again: nothing is sent
+beyond the shared budget, and nothing fails.
 
 >>> limiter = LocalRateLimiter({"twilio": 1000})
 >>> limiter.try_acquire("twilio:+15005550006")
@@ -16,6 +18,7 @@ time and takes the tokens atomically, so every process and machine shares one bu
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from abc import ABC, abstractmethod
@@ -24,6 +27,9 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from tidings.config import Settings
+
+log = logging.getLogger(__name__)
+OUTAGE = 0.5  # seconds between tries while Redis cannot be reached
 
 _LUA = """
 local rate = tonumber(ARGV[1])
@@ -135,7 +141,15 @@ class RedisRateLimiter(RateLimiter):
         return cls(rates, redis.Redis.from_url(url), **kwargs)
 
     def _take(self, key: str, rate: float, capacity: float, tokens: int) -> float:
-        wait = float(self._script(keys=[self.prefix + key], args=[rate, capacity, tokens]))
+        import redis
+
+        try:
+            wait = float(self._script(keys=[self.prefix + key], args=[rate, capacity, tokens]))
+        except (redis.ConnectionError, redis.TimeoutError) as exc:
+            # Redis away (a restart, a failover): the shared budget cannot be read, so nothing
+            # is sent on this key until it is back; the send waits instead of failing.
+            log.warning("rate limit %s: Redis unavailable (%s); waiting %.1f s", key, exc, OUTAGE)
+            return OUTAGE
         # Redis TIME has microseconds; never spin on a wait rounded down to nothing.
         return 0.0 if wait <= 0 else max(wait, 1e-4)
 
