@@ -158,3 +158,37 @@ def test_a_stored_definition_validates_back_to_the_same_journey() -> None:
     assert dumped["settings"]["quiet_hours"] == {"start": "21:00", "end": "08:00"}
     again = type(journey).model_validate(dumped)
     assert again == journey and version_hash(again) == version_hash(journey)
+
+
+def test_rules_that_name_a_journey_step_are_checked() -> None:
+    """`opened: {journey: welcome, step: helo}` would never match: every contact would count
+    as "not opened" and get the reminder. Its own steps are checked always; another journey's
+    when the project's journeys are known."""
+    text = """
+        name: welcome
+        trigger: {type: api}
+        steps:
+          - {id: hello, type: email, template: welcome}
+          - id: check
+            type: branch
+            branches:
+              - when: {opened: {journey: welcome, step: helo}}
+                next: done
+              - when: {not: {clicked: {journey: winbak}}}
+                next: done
+              - when: {received: {journey: winback, step: nudge}}
+                next: done
+            otherwise: done
+          - {id: done, type: exit}
+    """
+    assert errors_of(text, None) == [
+        "j.yaml:9:9: steps[1].branches[0].when: journey 'welcome' has no step 'helo': this "
+        "rule would never match (hint: did you mean 'hello'?)"
+    ]
+    refs = References(template_exists=lambda n, c: True, journeys={"winback": ["offer", "done"]})
+    errors = errors_of(text, refs)
+    assert len(errors) == 3
+    assert "no journey named 'winbak': this rule would never match" in errors[1]
+    assert "did you mean 'winback'?" in errors[1]
+    assert "journey 'winback' has no step 'nudge'" in errors[2]
+    assert "its steps are: offer, done" in errors[2]

@@ -55,7 +55,7 @@ def validate(files: list[Path] | None = FILES) -> None:
     """Check journeys: schema, step graph, and that templates and segments exist."""
     from tidings.config import get_settings
     from tidings.errors import InputError
-    from tidings.journeys.loader import load_file
+    from tidings.journeys.loader import journey_files, journey_steps, load_file
     from tidings.journeys.runtime import references
     from tidings.segments.loader import load_catalog
     from tidings.templates.render import Renderer
@@ -64,7 +64,8 @@ def validate(files: list[Path] | None = FILES) -> None:
     catalog = load_catalog(get_settings().segments_dir, strict=False)
     for error in catalog.problems:
         console.print(f"[red]{error}[/]", highlight=False, soft_wrap=True)
-    refs = references(Renderer(), set(catalog.segments))
+    project = journey_files(get_settings().journeys_dir)
+    refs = references(Renderer(), set(catalog.segments), journey_steps([*project, *(files or [])]))
     problems = len(catalog.problems)
     for path in _files(files):
         try:

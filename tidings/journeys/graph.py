@@ -89,6 +89,9 @@ def check_graph(journey: Journey) -> list[Problem]:
                 )
             )
         ids.setdefault(step.id, index)
+    for name, step_id, path in referenced_engagements(journey):
+        if name == journey.name and step_id is not None and step_id not in ids:
+            problems.append(missing_step(name, step_id, list(ids), path))
     graph: dict[str, list[str]] = {}
     for index, step in enumerate(journey.steps):
         targets = []
@@ -183,6 +186,40 @@ def referenced_segments(journey: Journey) -> list[tuple[str, Path]]:
                 for name in _segment_refs(branch.when):
                     found.append((name, ("steps", index, "branches", n, "when")))
     return found
+
+
+def referenced_engagements(journey: Journey) -> list[tuple[str | None, str | None, Path]]:
+    """``(journey, step, where)`` of every engagement rule in the journey's branches
+    (``opened: {journey: welcome, step: hello}``, ``clicked``, ``received``)."""
+    found: list[tuple[str | None, str | None, Path]] = []
+    for index, step in enumerate(journey.steps):
+        if isinstance(step, BranchStep):
+            for n, branch in enumerate(step.branches):
+                for spec in _engagement_refs(branch.when):
+                    found.append((spec.journey, spec.step, ("steps", index, "branches", n, "when")))
+    return found
+
+
+def missing_step(journey: str, step: str, steps: list[str], path: Path) -> Problem:
+    close = difflib.get_close_matches(step, steps, n=1)
+    return Problem(
+        path,
+        f"journey {journey!r} has no step {step!r}: this rule would never match",
+        f"did you mean {close[0]!r}?" if close else f"its steps are: {', '.join(steps)}",
+    )
+
+
+def _engagement_refs(rule: Any) -> Iterator[Any]:
+    from tidings.segments.rules import EngagementSpec
+
+    if isinstance(rule, EngagementSpec):
+        yield rule
+        return
+    for name in type(rule).model_fields if hasattr(type(rule), "model_fields") else ():
+        value = getattr(rule, name)
+        for item in value if isinstance(value, list) else [value]:
+            if hasattr(type(item), "model_fields"):
+                yield from _engagement_refs(item)
 
 
 def _segment_refs(rule: Any) -> Iterator[str]:

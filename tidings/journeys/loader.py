@@ -30,7 +30,14 @@ from pydantic import BaseModel, ValidationError
 from tidings.errors import InputError
 from tidings.journeys import schema
 from tidings.journeys.graph import Path as GraphPath
-from tidings.journeys.graph import Problem, check_graph, referenced_segments, sends
+from tidings.journeys.graph import (
+    Problem,
+    check_graph,
+    missing_step,
+    referenced_engagements,
+    referenced_segments,
+    sends,
+)
 from tidings.yamlfile import (
     InputErrors,
     Marked,
@@ -91,10 +98,12 @@ def _hint(error: dict[str, Any]) -> str | None:
 
 @dataclass
 class References:
-    """What exists outside the journey: templates per channel, and segment names."""
+    """What exists outside the journey: templates per channel, segment names, and the steps of
+    the project's other journeys (None: not known, not checked)."""
 
     template_exists: Callable[[str, str], bool]
     segments: set[str] = field(default_factory=set)
+    journeys: dict[str, list[str]] | None = None
 
 
 def _reference_problems(journey: schema.Journey, refs: References) -> list[Problem]:
@@ -116,6 +125,20 @@ def _reference_problems(journey: schema.Journey, refs: References) -> list[Probl
                         "add it under templates/ or fix the name",
                     )
                 )
+    for other, step_id, where_ in referenced_engagements(journey):
+        if refs.journeys is None or other is None or other == journey.name:
+            continue
+        if other not in refs.journeys:
+            close = difflib.get_close_matches(other, sorted(refs.journeys), n=1)
+            problems.append(
+                Problem(
+                    where_,
+                    f"no journey named {other!r}: this rule would never match",
+                    f"did you mean {close[0]!r}?" if close else "fix the name",
+                )
+            )
+        elif step_id is not None and step_id not in refs.journeys[other]:
+            problems.append(missing_step(other, step_id, refs.journeys[other], where_))
     for name, path in referenced_segments(journey):
         if name not in refs.segments:
             close = difflib.get_close_matches(name, sorted(refs.segments), n=1)
@@ -176,6 +199,19 @@ def load_file(path: Path, *, references: References | None = None) -> schema.Jou
 
 def journey_files(directory: Path) -> list[Path]:
     return sorted(p for p in directory.glob("*.yaml") if p.is_file())
+
+
+def journey_steps(paths: list[Path]) -> dict[str, list[str]]:
+    """Name -> step ids of every journey among ``paths`` that parses (for rules that name
+    another journey's step); a file that does not parse is reported where it is loaded."""
+    steps: dict[str, list[str]] = {}
+    for path in paths:
+        try:
+            journey = load_file(path)
+        except InputError:
+            continue
+        steps[journey.name] = [step.id for step in journey.steps]
+    return steps
 
 
 def version_hash(journey: schema.Journey) -> str:

@@ -20,17 +20,19 @@ from tidings.errors import InputError
 from tidings.journeys import schema as s
 from tidings.journeys.dispatch import Dispatcher
 from tidings.journeys.engine import JourneyEngine, Version
-from tidings.journeys.loader import References, journey_files, load_file
+from tidings.journeys.loader import References, journey_files, journey_steps, load_file
 
 log = logging.getLogger(__name__)
 
 
-def references(renderer: Any, segment_names: set[str]) -> References:
+def references(
+    renderer: Any, segment_names: set[str], journeys: dict[str, list[str]] | None = None
+) -> References:
     def exists(name: str, channel: str) -> bool:
         path = renderer.email_path(name) if channel == "email" else renderer.sms_path(name)
         return bool(path.is_file())
 
-    return References(template_exists=exists, segments=segment_names)
+    return References(template_exists=exists, segments=segment_names, journeys=journeys)
 
 
 @dataclass
@@ -42,6 +44,7 @@ class Runtime:
     renderer: Any
     journeys: dict[str, Version] = field(default_factory=dict)
     problems: list[InputError] = field(default_factory=list)
+    project_steps: dict[str, list[str]] | None = None  # the project's journeys, once loaded
 
     @classmethod
     def from_settings(
@@ -74,7 +77,7 @@ class Runtime:
         return cls(db, settings, engine, dispatcher, renderer)
 
     def references(self) -> References:
-        return references(self.renderer, set(self.engine.catalog.segments))
+        return references(self.renderer, set(self.engine.catalog.segments), self.project_steps)
 
     def load(self, path: Path) -> Version:
         """Validate a journey file against the templates and segments, and register it."""
@@ -92,7 +95,9 @@ class Runtime:
         """
         loaded = []
         self.problems = list(self.engine.catalog.problems)
-        for path in journey_files(directory or self.settings.journeys_dir):
+        paths = journey_files(directory or self.settings.journeys_dir)
+        self.project_steps = journey_steps(paths)
+        for path in paths:
             try:
                 loaded.append(self.load(path))
             except InputError as exc:
