@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from datetime import datetime
 from pathlib import Path
 
 import pytest
@@ -119,3 +120,68 @@ def test_plan_run_status_pause_and_post(env: Path, store_url: str) -> None:
     assert "already recorded" in again.output
     bad = runner.invoke(app, ["events", "post", "x", "--contact", "P1", "--properties", "[1]"])
     assert bad.exit_code == 2
+
+
+def test_paused_means_paused_for_every_command(env: Path, store_url: str) -> None:
+    from sqlalchemy import func, select
+    from sqlalchemy.orm import Session
+
+    from tidings.crm.db import make_engine
+    from tidings.crm.models import Enrollment, Message
+    from tidings.crm.types import utcnow
+
+    db = make_engine(store_url)
+    add_contacts(db, people(3, created_at=utcnow()))
+    welcome = FIXTURE_PROJECT / "journeys" / "welcome.yaml"
+    assert runner.invoke(app, ["journey", "run", "--local", str(welcome)]).exit_code == 0
+    assert runner.invoke(app, ["journey", "pause", "welcome"]).exit_code == 0
+    add_contacts(db, [{**p, "external_id": f"N{i}", "email": f"n{i}@example.com"}
+                      for i, p in enumerate(people(4, created_at=utcnow()))])  # fmt: skip
+
+    def counts() -> tuple[int, int]:
+        with Session(db) as session:
+            return (
+                session.scalar(select(func.count()).select_from(Enrollment)) or 0,
+                session.scalar(select(func.count()).select_from(Message)) or 0,
+            )
+
+    before = counts()
+    for args in (["journey", "run", "--local", str(welcome)], ["journey", "tick", "welcome"],
+                 ["journey", "tick", "welcome", "--now", "2027-01-01T10:00"]):  # fmt: skip
+        result = runner.invoke(app, args)
+        assert result.exit_code == 0, result.output
+        assert "journey welcome is paused: nothing was enrolled" in result.output, args
+    assert counts() == before  # the four new sign-ups were not taken in, nothing was sent
+
+
+def test_now_plays_a_time_based_journey_forward(env: Path, store_url: str) -> None:
+    """The welcome journey waits three days, then reminds whoever did not open: seen with
+    --now, without waiting three days."""
+    from sqlalchemy import select
+    from sqlalchemy.orm import Session
+
+    from tidings.crm.db import make_engine
+    from tidings.crm.models import Message
+
+    start = "2026-12-01T10:00:00+00:00"
+    add_contacts(make_engine(store_url), people(12, created_at=datetime.fromisoformat(start)))
+    welcome = FIXTURE_PROJECT / "journeys" / "welcome.yaml"
+    run = runner.invoke(app, ["journey", "run", "--local", str(welcome), "--now", start])
+    assert run.exit_code == 0, run.output
+
+    def steps() -> list[str]:
+        with Session(make_engine(store_url)) as session:
+            return list(session.scalars(select(Message.step_id).where(Message.status == "sent")))
+
+    first = steps()
+    assert first and set(first) == {"hello"}
+    too_early = runner.invoke(app, ["journey", "tick", "welcome", "--now", "2026-12-03T10:00"])
+    assert too_early.exit_code == 0 and steps() == first
+    later = runner.invoke(app, ["journey", "tick", "welcome", "--now", "2026-12-04T10:01"])
+    assert later.exit_code == 0, later.output
+    reminders = [s for s in steps() if s == "reminder"]
+    # nobody opened: every recipient is reminded (the holdout of the first step too, for now:
+    # whether a step holdout holds for later steps is decided with the analytics work)
+    assert len(reminders) >= len(first)
+    bad = runner.invoke(app, ["journey", "tick", "--now", "next tuesday"])
+    assert bad.exit_code == 2 and "is not an ISO 8601 time" in bad.output

@@ -6,7 +6,7 @@
 from __future__ import annotations
 
 import json
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -21,6 +21,25 @@ console = Console()
 app = typer.Typer(help="Journeys: validate, plan, run, pause and watch.", no_args_is_help=True)
 
 FILES = typer.Argument(None, help="Journey files (default: every journeys/*.yaml).")
+NOW = typer.Option(
+    None,
+    "--now",
+    help="Act as if it were this time (ISO 8601, e.g. 2026-12-14T09:00; no offset means UTC): "
+    "see what a time-based journey does over weeks without waiting for them.",
+)
+
+
+def _now(value: str | None) -> datetime | None:
+    """``--now`` as an aware datetime (UTC when no offset is given)."""
+    if value is None:
+        return None
+    try:
+        moment = datetime.fromisoformat(value)
+    except ValueError:
+        raise typer.BadParameter(
+            f"{value!r} is not an ISO 8601 time, e.g. 2026-12-14T09:00", param_hint="--now"
+        ) from None
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
 def _runtime() -> Runtime:
@@ -100,7 +119,7 @@ def schema(
 
 
 @app.command("plan")
-def plan(file: Path = typer.Argument(..., help="The journey file.")) -> None:
+def plan(file: Path = typer.Argument(..., help="The journey file."), now: str | None = NOW) -> None:
     """A dry run on the current CRM data: who would enter, and what each step would do.
 
     Nothing is written or sent: the plan runs in a transaction that is rolled back.
@@ -108,7 +127,7 @@ def plan(file: Path = typer.Argument(..., help="The journey file.")) -> None:
     from tidings.journeys.planning import plan_journey
 
     runtime = _runtime()
-    report = plan_journey(runtime, file)
+    report = plan_journey(runtime, file, now=_now(now))
     console.print(f"[bold]{report.name}[/]: {report.entering} contacts would enter now")
     table = Table("step", "type", "would send", "held back", "deferred", "waiting")
     for row in report.steps:
@@ -126,6 +145,7 @@ def run(
     prefect: bool = typer.Option(
         False, "--prefect", help="As a flow run, even without a server (a temporary one starts)."
     ),
+    now: str | None = NOW,
 ) -> None:
     """Enrol, tick and send a journey now. With a Prefect server configured (PREFECT_API_URL)
     it runs as a flow run there; without one, in this process (no temporary server)."""
@@ -138,7 +158,7 @@ def run(
     if local or not (prefect or server):
         from tidings.journeys.running import run_once
 
-        summary = run_once(Runtime.from_settings(), file, progress=console)
+        summary = run_once(Runtime.from_settings(), file, progress=console, now=_now(now))
     else:
         console.print(
             f"a flow run on the Prefect server at {server} ..."
@@ -148,11 +168,19 @@ def run(
         )
         from tidings.flows.journeys import run_journey
 
-        summary = run_journey(str(file.resolve()))
+        summary = run_journey(str(file.resolve()), now=now)
     print_summary(summary)
 
 
 def print_summary(summary: dict[str, Any]) -> None:
+    if summary.get("paused"):
+        name = summary["journey"]
+        console.print(
+            f"journey {name} is paused: nothing was enrolled, advanced or sent "
+            f"(`tidings journey resume {name}`)",
+            highlight=False,
+        )
+        return
     table = Table("what", "count", title=f"journey {summary['journey']}", title_justify="left")
     for key in (
         "enrolled",
@@ -188,12 +216,14 @@ def print_outbox(folder: Path, *, limit: int = 8) -> None:
 
 
 @app.command("tick")
-def tick(name: str = typer.Argument(None, help="One journey (default: all).")) -> None:
+def tick(
+    name: str = typer.Argument(None, help="One journey (default: all)."), now: str | None = NOW
+) -> None:
     """Advance due enrollments and send what they produced (what the scheduled flow does)."""
     from tidings.journeys.running import tick_all
 
     runtime = _loaded_runtime()
-    for summary in tick_all(runtime, names=[name] if name else None):
+    for summary in tick_all(runtime, names=[name] if name else None, now=_now(now)):
         print_summary(summary)
 
 
@@ -312,6 +342,7 @@ def post(
     properties: str = typer.Option("{}", help="Event properties as a JSON object."),
     key: str | None = typer.Option(None, help="Idempotency key (a retry with it is a no-op)."),
     occurred_at: datetime | None = typer.Option(None, help="When it happened (default: now)."),
+    now: str | None = NOW,
 ) -> None:
     """Record an event now; transactional journeys it triggers send at once."""
     from tidings.journeys.running import find_contact
@@ -335,6 +366,7 @@ def post(
         idempotency_key=key,
         source="cli",
         occurred_at=occurred_at.astimezone() if occurred_at else None,
+        now=_now(now),
     )
     if outcome.duplicate:
         console.print("already recorded (same idempotency key): nothing done")

@@ -12,7 +12,7 @@ retryable errors.
 from __future__ import annotations
 
 import sys
-from datetime import datetime
+from datetime import UTC, datetime
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -45,7 +45,11 @@ def runtime() -> Any:
 
 
 def _when(value: str | None) -> datetime | None:
-    return datetime.fromisoformat(value) if value else None
+    """An ISO time parameter (no offset: UTC)."""
+    if not value:
+        return None
+    moment = datetime.fromisoformat(value)
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
 @task(
@@ -202,16 +206,17 @@ def journey_event(events: list[dict[str, Any]] | None = None) -> dict[str, Any]:
 
 
 @flow(name="journey-run", log_prints=True)
-def journey_run(file: str) -> dict[str, Any]:
-    """Register a journey file, enrol and advance it now, and send (`tidings journey run`)."""
+def journey_run(file: str, now: str | None = None) -> dict[str, Any]:
+    """Register a journey file, enrol and advance it (as of ``now``), and send (`tidings journey
+    run`)."""
     from tidings.journeys.running import run_once
 
-    return run_once(runtime(), Path(file))
+    return run_once(runtime(), Path(file), now=_when(now))
 
 
-def run_journey(file: str) -> dict[str, Any]:
-    """Run ``journey_run`` in an ephemeral Prefect API (no server needed)."""
-    return journey_run(file)
+def run_journey(file: str, now: str | None = None) -> dict[str, Any]:
+    """Run ``journey_run`` as a flow run (on the configured server, or a temporary one)."""
+    return journey_run(file, now)
 
 
 if __name__ == "__main__":

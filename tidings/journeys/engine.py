@@ -231,10 +231,18 @@ class JourneyEngine(StepRunner):
         )
         return [row[0] for row in session.execute(stmt)]
 
+    def paused(self, name: str) -> bool:
+        """Whether journey ``name`` takes no one in and advances no one (read fresh)."""
+        versions = self.versions(name)
+        return not versions or versions[-1].status != "active"
+
     def enroll_segment(self, version: Version, *, now: datetime | None = None) -> int:
-        """Enrol everyone who is in the trigger segment (each segment entry once)."""
+        """Enrol everyone who is in the trigger segment (each segment entry once); nobody
+        while the journey is paused."""
         from tidings.segments.membership import refresh
 
+        if self.paused(version.name):
+            return 0
         trigger = version.journey.trigger
         if not isinstance(trigger, s.SegmentTrigger | s.ScheduleTrigger):
             raise InputError(f"journey {version.name!r} is not triggered by a segment")
@@ -265,6 +273,8 @@ class JourneyEngine(StepRunner):
         self, version: Version, candidates: Any, *, now: datetime | None = None
     ) -> int:
         """Enrol the contacts a query selects (columns ``contact_id`` and ``entry_key``)."""
+        if self.paused(version.name):
+            return 0
         now = now or self.clock()
         with Session(self.db) as session, session.begin():
             return len(self._enroll(session, version, candidates, now=now))
@@ -280,6 +290,8 @@ class JourneyEngine(StepRunner):
     ) -> list[int]:
         """Enrol named contacts (API/CLI call, or the contact an event is about); returns
         the new enrollment ids (none for a contact the re-entry rule keeps out)."""
+        if self.paused(version.name):
+            return []
         now = now or self.clock()
         ids = sorted(set(contact_ids))
         if not ids:

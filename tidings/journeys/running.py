@@ -26,9 +26,12 @@ from tidings.journeys.runtime import Runtime
 from tidings.journeys.triggers import run_schedules
 
 
-def summary(name: str, stats: TickStats, sent: Any = None, enrolled: int = 0) -> dict[str, Any]:
+def summary(
+    name: str, stats: TickStats, sent: Any = None, enrolled: int = 0, *, paused: bool = False
+) -> dict[str, Any]:
     result: dict[str, Any] = {
         "journey": name,
+        "paused": paused,
         "enrolled": enrolled,
         "processed": stats.processed,
         "messages": stats.messages,
@@ -58,6 +61,8 @@ def run_once(
     """Register ``file``, enrol, advance what is due and send it; a summary of what happened."""
     now = now or utcnow()
     version = runtime.load(file)
+    if runtime.engine.paused(version.name):
+        return summary(version.name, TickStats(), paused=True)
     enrolled = enroll(runtime, version, now=now)
     versions = {v.id: v for v in runtime.engine.versions(version.name) if v.status == "active"}
     total = TickStats()
@@ -113,10 +118,14 @@ def tick_all(
             )
         enrolled = scheduled.get(name, 0)
         latest = versions[-1]
-        if latest.status == "active" and isinstance(latest.journey.trigger, s.SegmentTrigger):
+        if latest.status != "active":  # paused: nothing enters, moves or is sent
+            results.append(summary(name, TickStats(), paused=True))
+            continue
+        if isinstance(latest.journey.trigger, s.SegmentTrigger):
             enrolled += runtime.engine.enroll_segment(latest, now=now)
         stats = runtime.engine.tick(name, now=now)
-        sent = runtime.dispatcher.dispatch(now=now, journey_ids={v.id for v in versions})
+        active = {v.id for v in versions if v.status == "active"}
+        sent = runtime.dispatcher.dispatch(now=now, journey_ids=active)
         results.append(summary(name, stats, sent, enrolled))
     return results
 
