@@ -7,6 +7,7 @@ import time
 from pathlib import Path
 
 import orjson
+import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import Engine, func, select
 
@@ -213,11 +214,61 @@ def test_not_json_and_not_a_list_are_400(client, signer) -> None:
         assert response.status_code == 400
 
 
+def stored_types(db: Engine) -> list[tuple[str, str]]:
+    with db.connect() as conn:
+        rows = conn.execute(
+            select(MessageEvent.provider_event_id, MessageEvent.type).order_by(MessageEvent.id)
+        )
+        return [(e if t != "dead_letter" else "dead", t) for e, t in rows]
+
+
+def dead_letters(db: Engine) -> list[dict[str, str]]:
+    with db.connect() as conn:
+        rows = conn.execute(
+            select(MessageEvent.payload, MessageEvent.message_id).where(
+                MessageEvent.type == "dead_letter"
+            )
+        ).all()
+    assert all(r.message_id is None for r in rows)
+    return [r.payload for r in rows]
+
+
 def test_an_event_the_store_refuses_does_not_sink_its_batch(client, store, seeded, signer):
     events = events_for(seeded, 3)
-    events[1]["sg_event_id"] = "nul\x00byte"  # PostgreSQL text cannot hold NUL; SQLite can
+    events[1]["sg_event_id"] = "nul\x00byte"  # PostgreSQL text cannot hold NUL
     body = orjson.dumps(events)
     response = client.post("/webhooks/sendgrid", content=body, headers=signer.headers(body))
-    assert response.status_code == 200
-    expected = 2 if store.dialect.name == "postgresql" else 3
-    assert count(store, MessageEvent) == expected
+    assert response.status_code == 200 and response.json()["dead_lettered"] == 1
+    assert stored_types(store) == [
+        ("evt-0", "delivered"),
+        ("evt-2", "click"),
+        ("dead", "dead_letter"),
+    ]
+    [dead] = dead_letters(store)
+    assert "NUL" in dead["error"] and orjson.loads(dead["raw"])["sg_event_id"] == "nul\x00byte"
+
+
+@pytest.mark.parametrize("depth", [255, 600, 1024])
+def test_an_event_too_deep_to_write_back_is_dead_lettered_alone(
+    client, store, seeded, signer, depth
+) -> None:
+    """orjson reads 1,024 levels but writes 254: such an event once refused its whole batch
+    with a 500 (SendGrid retries forever, the good events are never stored)."""
+    events = events_for(seeded, 3)
+    good = [orjson.dumps(e) for e in events]
+    nested = b"[" * (depth - 2) + b"]" * (depth - 2)  # inside the batch array and the event
+    bad = good[1][:-1] + b',"deep":' + nested + b"}"
+    body = b"[" + b",".join([good[0], bad, good[2]]) + b"]"
+    assert len(orjson.loads(body)) == 3  # orjson reads it
+    for _ in range(2):  # SendGrid retries: still stored once
+        response = client.post("/webhooks/sendgrid", content=body, headers=signer.headers(body))
+        assert response.status_code == 200, response.text
+        assert response.json() == {"received": 3, "dead_lettered": 1}
+    assert stored_types(store) == [
+        ("evt-0", "delivered"),
+        ("evt-2", "click"),
+        ("dead", "dead_letter"),
+    ]
+    [dead] = dead_letters(store)
+    assert "Recursion" in dead["error"]
+    assert dead["raw"].replace(" ", "").encode() == bad

@@ -110,3 +110,37 @@ def test_preference_centre_sets_each_channel_and_purpose(client, store, seeded) 
     }
     page = client.get(f"/u/{token}")
     assert 'value="email:marketing">' in page.text  # shown unchecked now
+
+
+def test_one_click_post_acts_only_with_the_rfc_8058_body(client, store, seeded) -> None:
+    """A POST that is neither ``List-Unsubscribe=One-Click`` nor the page's own form (a link
+    scanner, a prefetcher) changes nothing: it is answered 400 with the page."""
+    token = sign_token("u", str(seeded["ann_email"]), secret="test-secret")
+    form = {"Content-Type": "application/x-www-form-urlencoded"}
+    for body, headers in [
+        ("", form),
+        ("", {}),
+        ("foo=bar", form),
+        ("List-Unsubscribe=Two-Click", form),
+        ("List-Unsubscribe=one-click", form),
+        ("action=nonsense", form),
+        ('{"List-Unsubscribe": "One-Click"}', {"Content-Type": "application/json"}),
+    ]:
+        response = client.post(f"/u/{token}", content=body, headers=headers)
+        assert response.status_code == 400, (body, response.status_code)
+        assert 'name="pref"' in response.text  # the page, so a person can still choose
+        assert marketing_email(store, seeded["ann"]) == "granted", body
+    with store.connect() as conn:
+        assert conn.execute(select(ConsentChange.id)).first() is None
+    # RFC 8058: the POST content SHOULD be multipart/form-data, MAY be urlencoded
+    multipart = (
+        b'--XyZ\r\nContent-Disposition: form-data; name="List-Unsubscribe"\r\n\r\n'
+        b"One-Click\r\n--XyZ--\r\n"
+    )
+    response = client.post(
+        f"/u/{token}",
+        content=multipart,
+        headers={"Content-Type": "multipart/form-data; boundary=XyZ"},
+    )
+    assert response.status_code == 200 and not response.cookies
+    assert marketing_email(store, seeded["ann"]) == "revoked"

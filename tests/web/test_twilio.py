@@ -147,3 +147,48 @@ def test_every_stop_word_revokes(client, store, seeded) -> None:
         assert inbound(client, "START", f"SMs{i}").status_code == 200
         assert inbound(client, word, f"SMw{i}").status_code == 200
         assert sms_consents(store, seeded["bob"])["marketing"] == "revoked", word
+
+
+def test_a_replayed_stop_or_start_changes_nothing(client, store, seeded) -> None:
+    """Same bytes, same valid signature (Twilio signs no timestamp): the MessageSid is the key.
+    A replayed old START once resubscribed a contact who had opted out since."""
+    assert inbound(client, "STOP", "SMr1").status_code == 200
+    assert inbound(client, "START", "SMr2").status_code == 200
+    assert inbound(client, "STOP", "SMr3").status_code == 200
+    assert sms_consents(store, seeded["bob"]) == REVOKED
+    assert inbound(client, "START", "SMr2").status_code == 200  # the replay
+    assert sms_consents(store, seeded["bob"]) == REVOKED
+    assert inbound(client, "START", "SMr4").status_code == 200  # a genuine START
+    assert inbound(client, "STOP", "SMr1").status_code == 200  # an old STOP replayed
+    assert inbound(client, "STOP", "SMr3").status_code == 200
+    assert sms_consents(store, seeded["bob"]) == GRANTED
+    with store.connect() as conn:
+        trail = conn.execute(
+            select(ConsentChange.status, ConsentChange.detail)
+            .where(ConsentChange.contact_id == seeded["bob"], ConsentChange.purpose == "marketing")
+            .order_by(ConsentChange.id)
+        ).all()
+    assert [(t.status, t.detail["message_sid"]) for t in trail] == [
+        ("revoked", "SMr1"),
+        ("granted", "SMr2"),
+        ("revoked", "SMr3"),
+        ("granted", "SMr4"),
+    ]
+
+
+def test_an_older_start_read_late_from_the_buffer_does_not_undo_a_newer_stop(store, seeded):
+    """The buffer can hand the store a STOP before an older START (a pending entry claimed
+    late): a change applies only if it is newer than the contact's last SMS consent change."""
+    from tidings.web.items import TwilioInbound
+    from tidings.web.store import apply_items
+
+    def item(body: str, sid: str, at: str) -> TwilioInbound:
+        form = {"From": "+14155550001", "Body": body, "MessageSid": sid}
+        return TwilioInbound(form=form, received_at=at)
+
+    apply_items(store, [item("STOP", "SMo2", "2026-11-24T10:00:02+00:00")])
+    stats = apply_items(store, [item("START", "SMo1", "2026-11-24T10:00:01+00:00")])
+    assert stats.consent_changes == 0 and stats.stored == 1  # kept as an event, not applied
+    assert sms_consents(store, seeded["bob"]) == REVOKED
+    apply_items(store, [item("START", "SMo3", "2026-11-24T10:00:03+00:00")])
+    assert sms_consents(store, seeded["bob"]) == GRANTED

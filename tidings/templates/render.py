@@ -9,6 +9,9 @@
 The Jinja environments are sandboxed (``SandboxedEnvironment``: no ``__class__``, no
 ``__globals__``), use ``StrictUndefined`` (a missing variable is an error, found by
 ``tidings templates check`` before any send), autoescape HTML only, and render ``None`` as "".
+They also limit each render (templates/limits.py): ``**`` and ``*`` results, the output
+(``TIDINGS_TEMPLATE_MAX_OUTPUT`` characters per part) and the time
+(``TIDINGS_TEMPLATE_TIMEOUT`` seconds); over a limit is a ``TemplateRenderError`` at file:line.
 """
 
 from __future__ import annotations
@@ -23,12 +26,17 @@ from typing import Any
 
 from jinja2 import StrictUndefined, Template
 from jinja2.sandbox import SandboxedEnvironment
-from jinja2.utils import concat
 
 from tidings.config import Settings, get_settings
 from tidings.errors import InputError, PermanentError
 from tidings.templates.compiler import CompiledEmail, Fragment, compile_email
 from tidings.templates.filters import FILTERS
+from tidings.templates.limits import (
+    DEFAULT_MAX_OUTPUT,
+    LimitedSandbox,
+    bounded_concat,
+    set_deadline,
+)
 from tidings.templates.sms import count_segments, non_gsm_characters
 from tidings.templates.tracking import (
     PreparedToken,
@@ -104,9 +112,12 @@ def _finalize(value: Any) -> Any:
     return "" if value is None else value
 
 
-def make_environment(*, autoescape: bool) -> SandboxedEnvironment:
-    """The sandboxed environment templates render in (HTML: autoescape; text/SMS: none)."""
-    env = SandboxedEnvironment(
+def make_environment(
+    *, autoescape: bool, max_output: int = DEFAULT_MAX_OUTPUT
+) -> SandboxedEnvironment:
+    """The sandboxed environment templates render in (HTML: autoescape; text/SMS: none),
+    with limits on ``**``, ``*``, output and time (templates/limits.py)."""
+    env = LimitedSandbox(
         autoescape=autoescape,
         undefined=StrictUndefined,
         finalize=_finalize,
@@ -114,6 +125,7 @@ def make_environment(*, autoescape: bool) -> SandboxedEnvironment:
         auto_reload=False,
     )
     env.filters.update(FILTERS)
+    env.max_output = max_output
     return env
 
 
@@ -158,8 +170,10 @@ class Renderer:
         if key is None:
             log.warning("TIDINGS_SECRET_KEY is unset: tracking tokens use an INSECURE dev key")
         self.signer = TokenSigner(key or INSECURE_DEV_KEY)
-        self.html_env = make_environment(autoescape=True)
-        self.text_env = make_environment(autoescape=False)
+        self.max_output = self.settings.template_max_output
+        self.timeout = self.settings.template_timeout
+        self.html_env = make_environment(autoescape=True, max_output=self.max_output)
+        self.text_env = make_environment(autoescape=False, max_output=self.max_output)
         self._by_version: dict[str, _Email] = {}
         self._emails: dict[str, _Email] = {}
         self._sms: dict[str, _Sms] = {}
@@ -304,6 +318,8 @@ class Renderer:
         values["_track"] = _DynamicLinks(self, mid, encoded)
         values["_open_url"] = f"{base}/t/o/{entry.open_token.token(mid, encoded)}"
         values["preheader"] = ""
+        limit = self.max_output
+        set_deadline(self.timeout)
         try:
             # one Jinja context per contact for all four parts
             jinja_context = entry.html.new_context(values)
@@ -311,23 +327,25 @@ class Renderer:
                 subject = (
                     subject_t
                     if isinstance(subject_t, str)
-                    else concat(subject_t.root_render_func(jinja_context))
+                    else bounded_concat(subject_t.root_render_func(jinja_context), limit)
                 )
                 part = "preheader"
                 preheader = (
                     entry.preheader
                     if isinstance(entry.preheader, str)
-                    else concat(entry.preheader.root_render_func(jinja_context))
+                    else bounded_concat(entry.preheader.root_render_func(jinja_context), limit)
                 )
                 jinja_context.vars["preheader"] = preheader
                 part = "html"
-                html = concat(entry.html.root_render_func(jinja_context))
+                html = bounded_concat(entry.html.root_render_func(jinja_context), limit)
                 part = "text"
-                text = concat(entry.text.root_render_func(jinja_context))
+                text = bounded_concat(entry.text.root_render_func(jinja_context), limit)
             except Exception:
                 self.html_env.handle_exception()  # re-raises with template file/line frames
         except Exception as exc:
             raise self._error(exc, entry, part) from exc
+        finally:
+            set_deadline(None)
         headers = list_unsubscribe_headers(unsubscribe_url, self.settings.unsubscribe_mailto)
         return RenderedEmail(
             subject=clean_header(subject),
@@ -356,13 +374,20 @@ class Renderer:
         values: dict[str, Any] = dict(context) if context else {}
         values["contact"] = contact_context(contact)
         values["message_id"] = None if message_id is None else str(message_id)
+        set_deadline(self.timeout)
         try:
-            body = entry.template.render(values).strip()
+            try:
+                chunks = entry.template.root_render_func(entry.template.new_context(values))
+                body = bounded_concat(chunks, self.max_output).strip()
+            except Exception:
+                self.text_env.handle_exception()  # re-raises with template file/line frames
         except Exception as exc:
             line = _template_line(exc, entry.path)
             raise TemplateRenderError(
                 _describe(exc), location=f"{entry.path}:{line or 1}", template=name
             ) from exc
+        finally:
+            set_deadline(None)
         count = count_segments(body)
         warnings: list[str] = []
         limit = self.settings.sms_segment_limit

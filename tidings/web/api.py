@@ -24,7 +24,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Header, HTTPException, Request
 from fastapi.responses import JSONResponse
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import ConfigDict, Field
 from sqlalchemy.exc import DBAPIError
 from starlette.concurrency import run_in_threadpool
 
@@ -42,6 +42,7 @@ from tidings.web.apikeys import Principal, authenticate, request_hash
 from tidings.web.card import contact_card
 from tidings.web.events import MAX_BATCH, EventIn, post_many, resolve, to_item
 from tidings.web.items import EventBatch
+from tidings.web.jsonsafe import StorableModel, problem
 
 router = APIRouter(prefix="/v1", tags=["event API"])
 bearer = HTTPBearer(auto_error=False, description="Authorization: Bearer tid_...")
@@ -155,7 +156,7 @@ def _ref_field(item: dict[str, Any]) -> str:
     return next(f for f in ("contact_id", "external_id", "email") if item.get(f))
 
 
-class ContactIn(BaseModel):
+class ContactIn(StorableModel):
     model_config = ConfigDict(extra="forbid")
     external_id: str | None = Field(None, max_length=255)
     email: str | None = Field(None, max_length=320)
@@ -169,7 +170,7 @@ class ContactIn(BaseModel):
     attributes: dict[str, Any] = Field(default_factory=dict)
 
 
-class OrderIn(BaseModel):
+class OrderIn(StorableModel):
     model_config = ConfigDict(extra="forbid")
     order_id: str = Field(min_length=1, max_length=255)
     external_id: str | None = Field(None, max_length=255)
@@ -272,9 +273,12 @@ async def post_orders(
 @router.get(
     "/contacts/{ref}",
     summary="The contact card: profile, consents and the whole history in time order",
-    responses={**UNAUTHORIZED, 404: {"description": "no such contact"}},
+    responses={**UNAUTHORIZED, **INVALID, 404: {"description": "no such contact"}},
 )
 async def get_contact(ref: str, request: Request, who: Auth) -> JSONResponse:
+    why = problem(ref, "ref")
+    if why is not None:
+        raise HTTPException(422, why)
     card = await run_in_threadpool(contact_card, request.app.state.web.db, ref)
     if card is None:
         raise HTTPException(404, f"no contact with id, external_id or email {ref!r}")

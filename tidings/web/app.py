@@ -18,7 +18,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from fastapi import FastAPI
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from sqlalchemy import Engine, text
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -140,6 +141,21 @@ class AccessLog:
             )
 
 
+async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+    """422 with each error's location, message and type, never the input: a rejected input
+    holding NaN or a lone surrogate cannot be written back as JSON (FastAPI's own handler
+    echoes it and fails with a 500)."""
+    detail = [
+        {
+            "loc": [str(part).encode("utf-8", "backslashreplace").decode() for part in e["loc"]],
+            "msg": str(e["msg"]).encode("utf-8", "backslashreplace").decode(),
+            "type": e["type"],
+        }
+        for e in exc.errors()
+    ]
+    return JSONResponse({"detail": detail}, status_code=422)
+
+
 class WebState:
     """What the routes share: settings, store, sink, runtime (built on first use)."""
 
@@ -207,6 +223,7 @@ def create_app(
         description="Provider webhooks, tracking, unsubscribe and the event API of tidings.",
     )
     app.state.web = state
+    app.add_exception_handler(RequestValidationError, validation_error)  # type: ignore[arg-type]
     app.include_router(webhooks.router)
     app.include_router(tracking.router)
     app.include_router(api.router)

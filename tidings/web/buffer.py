@@ -55,7 +55,15 @@ def one_event_each(items: Sequence[IngestItem]) -> list[IngestItem]:
     singles: list[IngestItem] = []
     for item in items:
         match item:
-            case SendGridBatch() | EventBatch():
+            case SendGridBatch():
+                if len(item.events) > 1:
+                    singles.extend(
+                        item.model_copy(update={"events": [e], "dead": item.dead if i == 0 else []})
+                        for i, e in enumerate(item.events)
+                    )
+                else:
+                    singles.append(item)
+            case EventBatch():
                 if len(item.events) > 1:
                     singles.extend(item.model_copy(update={"events": [e]}) for e in item.events)
                 else:

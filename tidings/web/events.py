@@ -20,13 +20,14 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from sqlalchemy import Engine, or_, select
 
 from tidings.crm.models import Contact
+from tidings.web.jsonsafe import StorableModel
 from tidings.web.store import EventPoster
 
 log = logging.getLogger("tidings.ingest")
 MAX_BATCH = 1000
 
 
-class ContactRef(BaseModel):
+class ContactRef(StorableModel):
     contact_id: int | None = Field(None, ge=1, le=2**62, description="Our contact id.")
     external_id: str | None = Field(
         None, min_length=1, max_length=255, description="The shop's id."

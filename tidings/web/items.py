@@ -33,6 +33,8 @@ class SendGridBatch(_Item):
 
     kind: Literal["sg"] = Field("sg", alias="k")
     events: list[Any]
+    dead: list[tuple[str, str]] = Field(default_factory=list)
+    """Events of the batch the store cannot hold, ``(JSON text, why)``: dead-lettered."""
 
 
 class TwilioStatus(_Item):
@@ -44,10 +46,11 @@ class TwilioStatus(_Item):
 
 
 class TwilioInbound(_Item):
-    """One inbound SMS: its form."""
+    """One inbound SMS: its form and when the webhook arrived (ISO 8601; orders STOP/START)."""
 
     kind: Literal["tw_in"] = Field("tw_in", alias="k")
     form: dict[str, str]
+    received_at: str | None = None
 
 
 class TrackingHit(_Item):

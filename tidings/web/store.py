@@ -15,6 +15,7 @@ statuses only move forward, and events carry an idempotency key, so a batch appl
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -22,11 +23,21 @@ from datetime import UTC, datetime
 from typing import Any, assert_never
 
 import orjson
-from sqlalchemy import BigInteger, Connection, Engine, Table, any_, bindparam, select, update
+from sqlalchemy import (
+    BigInteger,
+    Connection,
+    Engine,
+    Table,
+    any_,
+    bindparam,
+    func,
+    select,
+    update,
+)
 from sqlalchemy.dialects.postgresql import ARRAY
 
 from tidings.channels import sendgrid, twilio
-from tidings.crm.consent import ConsentWish, set_consents, suppress
+from tidings.crm.consent import ConsentWish, changes_t, set_consents, suppress, suppressions_t
 from tidings.crm.db import insert_ignore
 from tidings.crm.models import Channel, Contact, Message, MessageEvent, MessageStatus, Purpose
 from tidings.crm.types import utcnow
@@ -72,6 +83,7 @@ class ApplyStats:
     skipped: int = 0
     consent_changes: int = 0
     events: int = 0
+    dead_lettered: int = 0
     errors: list[str] = field(default_factory=list)
 
 
@@ -149,9 +161,10 @@ orjson in C), whatever the batch size: psycopg prepares it once, where a multi-r
 list would be re-parsed on every call. The join drops message ids that are not ours."""
 
 
-def _insert_events(conn: Connection, rows: list[dict[str, Any]], stats: ApplyStats) -> None:
+def _insert_events(conn: Connection, rows: list[dict[str, Any]], stats: ApplyStats) -> int:
+    """Insert event rows, skipping known ``(provider, provider_event_id)``; the rows new."""
     if not rows:
-        return
+        return 0
     unique = list({(r["provider"], r["provider_event_id"]): r for r in rows}.values())
     if conn.dialect.name == "postgresql":
         inserted = conn.exec_driver_sql(PG_INSERT_EVENTS, (_pack(unique),)).all()
@@ -161,6 +174,7 @@ def _insert_events(conn: Connection, rows: list[dict[str, Any]], stats: ApplySta
         ).all()
     stats.stored += len(inserted)
     stats.duplicates += len(rows) - len(inserted)
+    return len(inserted)
 
 
 def _pack(unique: list[dict[str, Any]]) -> str:
@@ -221,7 +235,42 @@ def _id_in(conn: Connection, column: Any, ids: Iterable[int]) -> Any:
     return column.in_(values)
 
 
-def apply_sendgrid(conn: Connection, events: list[Any], stats: ApplyStats) -> None:
+DEAD_LETTER = "dead_letter"
+"""The ``message_events.type`` of a provider event the store cannot hold as it came (nested
+deeper than orjson writes, a NUL PostgreSQL refuses): kept as JSON text in ``payload.raw``
+with the reason in ``payload.error``, without a message, once per distinct text."""
+
+
+def dead_letter_rows(
+    provider: str, dead: Sequence[tuple[str, str]], now: datetime
+) -> list[dict[str, Any]]:
+    """``message_events`` rows for dead-lettered events ``(JSON text, why)``."""
+    rows = []
+    for raw, why in dead:
+        digest = hashlib.sha256(raw.encode("utf-8", "backslashreplace")).hexdigest()
+        log.warning("%s event dead-lettered (%s): %s", provider, why, raw[:300])
+        rows.append(
+            {
+                "message_id": None,
+                "provider": provider,
+                "provider_event_id": f"dead:{digest}",
+                "type": DEAD_LETTER,
+                "occurred_at": now,
+                "received_at": now,
+                "machine": False,
+                "url": None,
+                "payload": {"error": why, "raw": raw},
+            }
+        )
+    return rows
+
+
+def apply_sendgrid(
+    conn: Connection,
+    events: list[Any],
+    stats: ApplyStats,
+    dead: Sequence[tuple[str, str]] = (),
+) -> None:
     now = utcnow()
     parsed: list[tuple[sendgrid.SendGridEvent, int | None]] = []
     for raw in events:
@@ -263,6 +312,9 @@ def apply_sendgrid(conn: Connection, events: list[Any], stats: ApplyStats) -> No
             source = event.source
             suppressions.append((Channel.EMAIL.value, email, kind, source, {"sg": event.payload}))
             emails.setdefault(source, set()).add(email)
+    if dead:
+        rows.extend(dead_letter_rows("sendgrid", dead, now))
+        stats.dead_lettered += len(dead)
     if known is None and rows:
         _pg_insert_and_advance(conn, rows, moves, now, stats)
     else:
@@ -323,13 +375,21 @@ def apply_twilio_status(conn: Connection, item: TwilioStatus, stats: ApplyStats)
 
 
 def apply_twilio_inbound(conn: Connection, item: TwilioInbound, stats: ApplyStats) -> None:
+    """Store an inbound SMS; a STOP or START changes SMS consent once and in order.
+
+    Keyed by Twilio's MessageSid (``message_events`` is unique on it): a replayed or retried
+    request is a duplicate and changes nothing, even if consent moved since. Ordered by the
+    time the webhook arrived (Twilio sends no time of its own): a change is applied to a
+    contact only if it is newer than the contact's last SMS consent change of any source, so
+    a START read late from the buffer does not undo a later unsubscribe."""
     form = item.form
     now = utcnow()
     sms = twilio.parse_inbound(form)
     if sms is None:
         stats.skipped += 1
         return
-    _insert_events(
+    received = _when(item.received_at) if item.received_at else now
+    new = _insert_events(
         conn,
         [
             {
@@ -337,7 +397,7 @@ def apply_twilio_inbound(conn: Connection, item: TwilioInbound, stats: ApplyStat
                 "provider": "twilio",
                 "provider_event_id": sms.event_id,
                 "type": sms.type,
-                "occurred_at": now,
+                "occurred_at": received,
                 "received_at": now,
                 "machine": False,
                 "url": None,
@@ -346,20 +406,32 @@ def apply_twilio_inbound(conn: Connection, item: TwilioInbound, stats: ApplyStat
         ],
         stats,
     )
-    if sms.keyword not in {"stop", "start"}:
+    if sms.keyword not in {"stop", "start"} or not new:
         return
     status = "revoked" if sms.keyword == "stop" else "granted"
-    contact_ids = list(conn.execute(select(contacts_t.c.id).where(contacts_t.c.phone == sms.phone)))
+    contact_ids = list(
+        conn.execute(select(contacts_t.c.id).where(contacts_t.c.phone == sms.phone)).scalars()
+    )
+    last = last_consent_changes(conn, contact_ids, Channel.SMS.value)
+    current = [cid for cid in contact_ids if cid not in last or last[cid] < received]
+    if len(current) < len(contact_ids):
+        stats.skipped += 1
+        log.info(
+            "twilio %s %s older than the last SMS consent change of %d contact(s): not applied",
+            sms.keyword,
+            sms.sid,
+            len(contact_ids) - len(current),
+        )
     detail = {"keyword": sms.body.strip()[:40], "message_sid": sms.sid}
     wishes = [
-        ConsentWish(row.id, Channel.SMS.value, purpose.value, status, detail)
-        for row in contact_ids
+        ConsentWish(cid, Channel.SMS.value, purpose.value, status, detail)
+        for cid in current
         for purpose in Purpose
     ]
-    stats.consent_changes += len(set_consents(conn, wishes, source=sms.source, now=now))
-    if sms.keyword == "start":
-        from tidings.crm.consent import suppressions_t
-
+    stats.consent_changes += len(
+        set_consents(conn, wishes, source=sms.source, now=now, occurred_at=received)
+    )
+    if sms.keyword == "start" and current:
         conn.execute(
             suppressions_t.delete().where(
                 suppressions_t.c.channel == Channel.SMS.value,
@@ -367,6 +439,20 @@ def apply_twilio_inbound(conn: Connection, item: TwilioInbound, stats: ApplyStat
                 suppressions_t.c.source.like("twilio:%"),
             )
         )
+
+
+def last_consent_changes(
+    conn: Connection, contact_ids: Sequence[int], channel: str
+) -> dict[int, datetime]:
+    """The time of each contact's latest consent change on ``channel`` (audit trail)."""
+    if not contact_ids:
+        return {}
+    rows = conn.execute(
+        select(changes_t.c.contact_id, func.max(changes_t.c.occurred_at))
+        .where(changes_t.c.contact_id.in_(contact_ids), changes_t.c.channel == channel)
+        .group_by(changes_t.c.contact_id)
+    )
+    return {cid: at for cid, at in rows if at is not None}
 
 
 def apply_tracking(conn: Connection, items: list[TrackingHit], stats: ApplyStats) -> None:
@@ -409,7 +495,7 @@ def apply_items(
         for item in items:
             match item:
                 case SendGridBatch():
-                    apply_sendgrid(conn, item.events, stats)
+                    apply_sendgrid(conn, item.events, stats, item.dead)
                 case TwilioStatus():
                     apply_twilio_status(conn, item, stats)
                 case TwilioInbound():

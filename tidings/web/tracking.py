@@ -7,9 +7,10 @@ prefetchers (their User-Agent, or a HEAD request) are recorded with ``machine = 
 reports do not count them as engagement.
 
 ``GET /u/{token}`` shows the preference centre and never changes anything; ``POST /u/{token}``
-with ``List-Unsubscribe=One-Click`` (RFC 8058, what mail clients send) revokes marketing
-consent for the message's channel at once, without cookies or login; the page's own form
-sets each channel and purpose.
+with ``List-Unsubscribe=One-Click`` (RFC 8058, what mail clients send; multipart/form-data or
+urlencoded) revokes marketing consent for the message's channel at once, without cookies or
+login; the page's own form (``action=save|unsubscribe``) sets each channel and purpose. Any
+other POST (a link scanner, a prefetcher, an empty body) changes nothing: 400 with the page.
 
 >>> client.get(f"/t/c/{token}").headers["location"]                # doctest: +SKIP
 'https://shop.example.com/'
@@ -20,6 +21,8 @@ from __future__ import annotations
 import base64
 import re
 import uuid
+from email.parser import BytesParser
+from email.policy import HTTP
 from html import escape
 from typing import Any
 from urllib.parse import parse_qsl
@@ -149,6 +152,10 @@ def _page(title: str, body: str) -> HTMLResponse:
 )
 def unsubscribe_page(token: str, request: Request) -> HTMLResponse:
     _, message = _message(request, token)
+    return _preferences(request, message)
+
+
+def _preferences(request: Request, message: Any, *, status_code: int = 200) -> HTMLResponse:
     with request.app.state.web.db.connect() as conn:
         current = {
             (r.channel, r.purpose): r.status
@@ -171,13 +178,41 @@ def unsubscribe_page(token: str, request: Request) -> HTMLResponse:
         f'<button name="action" value="unsubscribe">Unsubscribe from all {escape(channel)} '
         "news and offers</button></form>"
     )
-    return _page("Your subscriptions", body)
+    page = _page("Your subscriptions", body)
+    page.status_code = status_code
+    return page
+
+
+def read_form(content_type: str, raw: bytes) -> dict[str, list[str]]:
+    """The fields of a ``multipart/form-data`` or ``application/x-www-form-urlencoded`` body
+    (RFC 8058: one-click SHOULD come as the first, MAY as the second); other types: none.
+
+    >>> read_form("application/x-www-form-urlencoded", b"List-Unsubscribe=One-Click")
+    {'List-Unsubscribe': ['One-Click']}
+    """
+    form: dict[str, list[str]] = {}
+    kind = content_type.split(";", 1)[0].strip().lower()
+    if kind == "multipart/form-data":
+        head = f"Content-Type: {content_type}\r\nMIME-Version: 1.0\r\n\r\n".encode("latin-1")
+        parsed = BytesParser(policy=HTTP).parsebytes(head + raw)
+        for part in parsed.iter_parts() if parsed.is_multipart() else ():
+            name = part.get_param("name", header="content-disposition")
+            payload = part.get_payload(decode=True)
+            if isinstance(name, str) and isinstance(payload, bytes):
+                form.setdefault(name, []).append(payload.decode("utf-8", "replace"))
+    elif kind in ("", "application/x-www-form-urlencoded"):
+        for key, value in parse_qsl(raw.decode("utf-8", "replace"), keep_blank_values=True):
+            form.setdefault(key, []).append(value)
+    return form
+
+
+PAGE_ACTIONS = frozenset({"save", "unsubscribe"})
 
 
 def _apply_unsubscribe(request: Request, message: Any, form: dict[str, list[str]]) -> str:
     one_click = form.get("List-Unsubscribe") == ["One-Click"]
-    action = (form.get("action") or ["unsubscribe"])[0]
-    if one_click or action != "save":
+    action = "unsubscribe" if one_click else form["action"][0]
+    if action == "unsubscribe":
         source = "unsubscribe:one-click" if one_click else "unsubscribe:page"
         wishes = [ConsentWish(message.contact_id, message.channel, "marketing", "revoked")]
         done = "You are unsubscribed. We will not send you news and offers this way again."
@@ -197,7 +232,7 @@ def _apply_unsubscribe(request: Request, message: Any, form: dict[str, list[str]
                 message_id=message.id,
                 provider="unsubscribe",
                 provider_event_id=str(uuid.uuid4()),
-                type="unsubscribe" if action != "save" or one_click else "preferences",
+                type="unsubscribe" if action == "unsubscribe" else "preferences",
                 occurred_at=now,
                 received_at=now,
                 machine=False,
@@ -227,13 +262,18 @@ def _apply_unsubscribe(request: Request, message: Any, form: dict[str, list[str]
             }
         }
     },
-    responses=NOT_FOUND,
+    responses={
+        **NOT_FOUND,
+        400: {"description": "neither List-Unsubscribe=One-Click nor the page's form: no change"},
+    },
 )
 async def unsubscribe(token: str, request: Request) -> HTMLResponse:
     _, message = await run_in_threadpool(_message, request, token)
-    raw = await request.body()
-    form: dict[str, list[str]] = {}
-    for key, value in parse_qsl(raw.decode("utf-8", "replace"), keep_blank_values=True):
-        form.setdefault(key, []).append(value)
+    form = read_form(request.headers.get("content-type", ""), await request.body())
+    one_click = form.get("List-Unsubscribe") == ["One-Click"]
+    if not one_click and (form.get("action") or [""])[0] not in PAGE_ACTIONS:
+        # neither RFC 8058's body nor the page's form (a scanner, a prefetcher): change
+        # nothing, show the page so a person can still choose
+        return await run_in_threadpool(_preferences, request, message, status_code=400)
     done = await run_in_threadpool(_apply_unsubscribe, request, message, form)
     return _page("Done", f"<p>{escape(done)}</p>")

@@ -28,7 +28,9 @@ from starlette.concurrency import run_in_threadpool
 
 from tidings.channels import sendgrid, twilio
 from tidings.channels.types import MESSAGE_ID_ARG
+from tidings.crm.types import utcnow
 from tidings.web.items import SendGridBatch, TwilioInbound, TwilioStatus
+from tidings.web.jsonsafe import split_storable
 
 router = APIRouter(tags=["webhooks"])
 RAW_JSON = {
@@ -91,8 +93,11 @@ async def sendgrid_events(request: Request) -> JSONResponse:
         raise HTTPException(400, f"body is not JSON: {exc}") from exc
     if not isinstance(events, list):
         raise HTTPException(400, "body must be a JSON array of events")
-    await run_in_threadpool(state.sink.submit, [SendGridBatch(events=events)])
-    return JSONResponse({"received": len(events)})
+    # An event the store cannot hold is dead-lettered alone; refusing the batch would make
+    # SendGrid retry it forever and the good events in it would never be stored.
+    good, dead = split_storable(events)
+    await run_in_threadpool(state.sink.submit, [SendGridBatch(events=good, dead=dead)])
+    return JSONResponse({"received": len(events), "dead_lettered": len(dead)})
 
 
 def twilio_form(request: Request, body: bytes) -> dict[str, str]:
@@ -142,7 +147,8 @@ async def twilio_inbound(request: Request) -> Response:
     body = await request.body()
     form = twilio_form(request, body)
     state = _state(request)
-    await run_in_threadpool(state.sink.submit, [TwilioInbound(form=form)])
+    item = TwilioInbound(form=form, received_at=utcnow().isoformat())
+    await run_in_threadpool(state.sink.submit, [item])
     reply = ""
     if twilio.inbound_keyword(form.get("Body", "")) == "help":
         reply = f"<Message>{escape(state.settings.twilio_help_text)}</Message>"
