@@ -89,6 +89,15 @@ def test_init_writes_a_project_that_runs_on_its_own(tmp_path: Path) -> None:
     card = tidings("contacts", "show", "S1", cwd=shop)
     assert card.returncode == 0 and "s1@example.com" in card.stdout, card.stdout + card.stderr
     assert journeys_in(shop / "tidings.db") == {"welcome"}  # nothing of the example content
+    played = tidings(
+        "journey",
+        "simulate",
+        "journeys/welcome.yaml",
+        "-s",
+        "journeys/scenarios/welcome.yaml",
+        cwd=shop,
+    )
+    assert played.returncode == 0 and "every expectation met" in played.stdout, played.stdout
     assert not (tmp_path / "tidings.db").exists()
 
 
@@ -217,3 +226,37 @@ def test_the_wheel_installs_only_tidings(tmp_path: Path) -> None:
     }
     assert "tidings/project_template/journeys/welcome.yaml" in names  # `tidings init` needs it
     assert "tidings/crm/migrations/script.py.mako" in names
+
+
+SCENARIOS = sorted((ROOT / "journeys" / "scenarios").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("scenario", SCENARIOS, ids=[p.stem for p in SCENARIOS])
+def test_the_example_scenarios_hold(scenario: Path) -> None:
+    """CI plays every shipped scenario against its journey with the real engine."""
+    journey = ROOT / "journeys" / f"{scenario.stem}.yaml"
+    done = tidings("journey", "simulate", str(journey), "--scenario", str(scenario), cwd=ROOT)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "every expectation met" in done.stdout
+
+
+def test_a_wrong_expectation_fails_with_a_readable_diff(tmp_path: Path) -> None:
+    scenario = tmp_path / "wrong.yaml"
+    scenario.write_text(
+        (ROOT / "journeys" / "scenarios" / "welcome.yaml")
+        .read_text()
+        .replace("bob: {sent: [hello, reminder]", "bob: {sent: [hello]")
+    )
+    done = tidings("journey", "simulate", "journeys/welcome.yaml", "-s", str(scenario), cwd=ROOT)
+    assert done.returncode == 1
+    assert "1 expectation(s) not met" in done.stdout
+    assert "bob.sent: expected ['hello'], got ['hello', 'reminder']" in done.stdout
+
+    scenario.write_text(
+        "start: 2026-12-01T09:00:00Z\ncontacts: [{id: a}]\n"
+        "timeline:\n  - {at: 2026-12-01T10:00:00Z, contact: a, open: hello, click: hello}\n"
+        "expect: {zed: {sent: []}}\n"
+    )
+    bad = tidings("journey", "simulate", "journeys/welcome.yaml", "-s", str(scenario), cwd=ROOT)
+    assert bad.returncode == 2
+    assert f"{scenario}:" in bad.stderr and "each timeline item does one thing" in bad.stderr

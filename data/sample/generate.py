@@ -29,6 +29,7 @@ PLACES = [
 PLANS = ["free", "free", "free", "pro", "pro", "enterprise"]
 START = datetime(2025, 1, 1, tzinfo=UTC)
 END = datetime(2026, 11, 1, tzinfo=UTC)  # no activity after the data was "exported"
+SPAN = (END - START).days
 
 
 def main() -> None:
@@ -55,7 +56,10 @@ def main() -> None:
                 "consent_email": rng.choice(["yes", "yes", "yes", "no", ""]),
                 "consent_sms": rng.choice(["yes", "no", "", ""]),
                 "plan": rng.choice(PLANS),
-                "signup_date": (START + timedelta(days=rng.randrange(600))).date().isoformat(),
+                # spread over the whole period, up to the export day (one draw, as before)
+                "signup_date": (START + timedelta(days=rng.randrange(600) * SPAN // 600))
+                .date()
+                .isoformat(),
                 "zip": f"{rng.randrange(100000):05d}",
             }
         )

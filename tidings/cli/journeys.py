@@ -138,6 +138,46 @@ def plan(file: Path = typer.Argument(..., help="The journey file."), now: str | 
         console.print(note)
 
 
+@app.command("simulate")
+def simulate_command(
+    file: Path = typer.Argument(..., help="The journey file."),
+    scenario: Path = typer.Option(..., "--scenario", "-s", help="The scenario YAML."),
+) -> None:
+    """Play a scenario (contacts, events, opens, clicks, orders on a timeline) against the
+    journey in a scratch store with the real engine; print what each contact went through, and
+    fail with a diff where the scenario's `expect` says otherwise."""
+    from tidings.config import get_settings
+    from tidings.journeys.simulate import load_scenario, simulate
+
+    played = simulate(get_settings(), file, load_scenario(scenario))
+    table = Table(
+        "contact",
+        "sent (step @ time)",
+        "held",
+        "reached",
+        "goal",
+        title=f"journey {played.journey}",
+    )
+    for name, outcome in played.contacts.items():
+        table.add_row(
+            name,
+            ", ".join(f"{step} @ {at:%Y-%m-%d %H:%M}" for step, at in outcome.sent) or "-",
+            ", ".join(f"{step}: {why}" for step, why in outcome.held) or "-",
+            outcome.reached,
+            f"{outcome.goal:%Y-%m-%d %H:%M}" if outcome.goal else "-",
+        )
+    console.print(table)
+    if played.mismatches:
+        console.print(f"[red]{len(played.mismatches)} expectation(s) not met ({scenario}):[/]")
+        for contact, key, wanted, actual in played.mismatches:
+            console.print(
+                f"  {contact}.{key}: expected {wanted!r}, got {actual!r}", highlight=False
+            )
+        raise typer.Exit(1)
+    if played.contacts:
+        console.print(f"[green]ok[/] {scenario}: every expectation met", highlight=False)
+
+
 @app.command("run")
 def run(
     file: Path = typer.Argument(..., help="The journey file."),
