@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 from sqlalchemy import select
 
 from tidings.crm.models import Consent, ConsentChange, MessageEvent
@@ -144,3 +145,39 @@ def test_one_click_post_acts_only_with_the_rfc_8058_body(client, store, seeded) 
     )
     assert response.status_code == 200 and not response.cookies
     assert marketing_email(store, seeded["ann"]) == "revoked"
+
+
+def test_without_a_secret_the_renderer_and_the_web_app_use_one_key(
+    store, seeded, signer, tmp_path
+) -> None:
+    """Out of the box (no TIDINGS_SECRET_KEY) an unsubscribe link the renderer wrote must open:
+    both sign and check with the same development key (it was two keys: every link 404)."""
+    from fastapi.testclient import TestClient
+
+    from tests.web.conftest import PUBLIC_URL, make_settings
+    from tidings.crm.models import Contact
+    from tidings.templates.render import Renderer
+    from tidings.web.app import create_app
+
+    settings = make_settings(str(store.url), signer, tmp_path, secret_key=None)
+    renderer = Renderer(settings=settings)
+    with store.connect() as conn:
+        ann = conn.execute(select(Contact).where(Contact.id == seeded["ann"])).one()
+    email = renderer.render_email("welcome", contact=ann._mapping, message_id=seeded["ann_email"])
+    unsubscribe = email.headers["List-Unsubscribe"].split("<")[1].split(">")[0]
+    with TestClient(create_app(settings, db=store), follow_redirects=False) as client:
+        page = client.get(unsubscribe.removeprefix(PUBLIC_URL))
+    assert page.status_code == 200, unsubscribe
+
+
+def test_no_real_provider_sends_without_a_secret(store_url, tmp_path) -> None:
+    from tidings.channels.smtp import SmtpChannel
+    from tidings.config import Settings
+    from tidings.errors import ConfigurationError
+    from tidings.journeys.runtime import Runtime
+
+    settings = Settings(database_url=store_url, outbox_dir=tmp_path, secret_key=None)
+    Runtime.from_settings(settings)  # the sandbox outbox may: nothing leaves the machine
+    smtp = SmtpChannel(host="127.0.0.1", port=1)
+    with pytest.raises(ConfigurationError, match="TIDINGS_SECRET_KEY is not set, and smtp"):
+        Runtime.from_settings(settings, channels={"email": smtp, "sms": smtp})

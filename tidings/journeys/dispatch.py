@@ -54,7 +54,7 @@ from tidings.config import Settings, get_settings
 from tidings.crm.db import update_rows
 from tidings.crm.models import Contact, Enrollment, Message, MessageStatus
 from tidings.crm.types import utcnow
-from tidings.errors import InputError, PermanentError
+from tidings.errors import ConfigurationError, InputError, PermanentError
 
 messages_t: Table = Message.__table__  # type: ignore[assignment]
 log = logging.getLogger(__name__)
@@ -172,6 +172,14 @@ class Dispatcher:
         self.channels = channels
         self.settings = settings or get_settings()
         self.leases = Leases(db, self.settings.lease_seconds)
+        real = sorted({c.provider for c in channels.values() if c.provider != "outbox"})
+        if real and self.settings.secret_key is None:
+            raise ConfigurationError(
+                f"TIDINGS_SECRET_KEY is not set, and {', '.join(real)} would send real messages "
+                "whose tracking and unsubscribe links are signed with the public development "
+                "key: set TIDINGS_SECRET_KEY (e.g. `python -c 'import secrets; "
+                "print(secrets.token_urlsafe(32))'`), or send through the outbox channel"
+            )
 
     def claim(
         self,

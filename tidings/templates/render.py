@@ -43,10 +43,10 @@ from tidings.templates.tracking import (
     TokenSigner,
     encode_message_id,
     list_unsubscribe_headers,
+    signing_key,
 )
 
 log = logging.getLogger(__name__)
-INSECURE_DEV_KEY = "INSECURE-development-key-set-TIDINGS_SECRET_KEY"
 CONTACT_FIELDS = (
     "id",
     "external_id",
@@ -163,13 +163,10 @@ class Renderer:
         self.settings = settings or get_settings()
         self.root = Path(templates_dir or self.settings.templates_dir)
         self.public_url = (public_url or self.settings.public_url).rstrip("/")
-        key = secret_key or (
-            self.settings.secret_key.get_secret_value() if self.settings.secret_key else None
-        )
-        self.insecure_key = key is None
-        if key is None:
+        self.insecure_key = secret_key is None and self.settings.secret_key is None
+        if self.insecure_key:
             log.warning("TIDINGS_SECRET_KEY is unset: tracking tokens use an INSECURE dev key")
-        self.signer = TokenSigner(key or INSECURE_DEV_KEY)
+        self.signer = TokenSigner(secret_key or signing_key(self.settings))
         self.max_output = self.settings.template_max_output
         self.timeout = self.settings.template_timeout
         self.html_env = make_environment(autoescape=True, max_output=self.max_output)

@@ -68,6 +68,17 @@ def _prefix(kind: str, index: int | None, url: str | None) -> bytes:
     )
 
 
+DEV_SIGNING_KEY = "INSECURE-development-key-set-TIDINGS_SECRET_KEY"
+"""Signs and checks tokens when TIDINGS_SECRET_KEY is unset: the same for the renderer and the
+web app, so links work in development; only the sandbox outbox may send with it."""
+
+
+def signing_key(settings: Any) -> str:
+    """TIDINGS_SECRET_KEY, or the one development key (the renderer and the web app agree)."""
+    secret = settings.secret_key.get_secret_value() if settings.secret_key else None
+    return secret or DEV_SIGNING_KEY
+
+
 class TokenSigner:
     """Signs tokens with one secret; ``prepare`` precomputes the per-link part.
 

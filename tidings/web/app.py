@@ -25,12 +25,12 @@ from sqlalchemy import Engine, text
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from tidings.config import Settings, get_settings
+from tidings.templates.tracking import signing_key
 from tidings.web.apikeys import IdempotencyStore, RedisIdempotencyStore
 from tidings.web.buffer import Sink, make_sink
 from tidings.web.store import EventPoster
 
 log = logging.getLogger("tidings.web")
-DEV_SECRET = "tidings-development-secret-do-not-use"
 
 
 class JsonFormatter(logging.Formatter):
@@ -170,10 +170,9 @@ class WebState:
 
         self.settings = settings
         self.db = db or make_engine(settings.database_url)
-        secret = settings.secret_key.get_secret_value() if settings.secret_key else None
-        if secret is None:
+        if settings.secret_key is None:
             log.warning("TIDINGS_SECRET_KEY unset: tracking tokens use the development key")
-        self.secret = secret or DEV_SECRET
+        self.secret = signing_key(settings)
         self._runtime_factory = runtime_factory
         self._runtime: Any = None
         self._lock = threading.Lock()
