@@ -334,6 +334,18 @@ class Conversion(Base):
     value: Mapped[Decimal] = mapped_column(Numeric(14, 2), default=Decimal(0))
     currency: Mapped[str | None] = mapped_column(String(3))
     occurred_at: Mapped[datetime]
+    # what earned it: the enrollment (and its journey version), the variant the contact was
+    # assigned ("holdout" / "control" included), and the last message sent before it
+    enrollment_id: Mapped[int | None] = mapped_column(
+        IdType, ForeignKey("enrollments.id", ondelete="SET NULL"), index=True
+    )
+    journey_id: Mapped[int | None] = mapped_column(
+        IdType, ForeignKey("journeys.id", ondelete="SET NULL"), index=True
+    )
+    variant: Mapped[str | None] = mapped_column(String(64))
+    message_id: Mapped[int | None] = mapped_column(
+        IdType, ForeignKey("messages.id", ondelete="SET NULL")
+    )
 
 
 class Attribution(Base):

@@ -60,6 +60,19 @@ messages_t: Table = Message.__table__  # type: ignore[assignment]
 log = logging.getLogger(__name__)
 
 
+EXAMPLES = 5  # message ids kept per failure reason (the rest are only counted)
+
+
+@dataclass
+class Problem:
+    """Messages that failed (or go back to the queue) for one reason: how many, a few ids."""
+
+    status: str  # failed | retry
+    reason: str
+    count: int = 0
+    message_ids: list[int] = field(default_factory=list)
+
+
 @dataclass
 class DispatchStats:
     claimed: int = 0
@@ -69,6 +82,28 @@ class DispatchStats:
     render_failed: int = 0
     lost: int = 0  # claimed, then lost with the lease before the hand-over: not sent by us
     by_channel: dict[str, int] = field(default_factory=lambda: defaultdict(int))
+    problems: dict[tuple[str, str], Problem] = field(default_factory=dict)
+
+    def note(self, result: SendResult) -> None:
+        """Keep the reason of a message that was not accepted (grouped by status and reason)."""
+        reason = result.error or "no reason given"
+        problem = self.problems.get((result.status, reason))
+        if problem is None:
+            problem = self.problems[(result.status, reason)] = Problem(result.status, reason)
+        problem.count += 1
+        if len(problem.message_ids) < EXAMPLES:
+            problem.message_ids.append(int(result.message_id))
+
+    def add(self, other: DispatchStats) -> None:
+        """Fold ``other`` (another dispatch of the same command) into these."""
+        for name in ("claimed", "sent", "failed", "retry", "render_failed", "lost"):
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+        for channel, n in other.by_channel.items():
+            self.by_channel[channel] += n
+        for key, theirs in other.problems.items():
+            mine = self.problems.setdefault(key, Problem(theirs.status, theirs.reason))
+            mine.count += theirs.count
+            mine.message_ids.extend(theirs.message_ids[: EXAMPLES - len(mine.message_ids)])
 
 
 @dataclass(frozen=True)
@@ -387,12 +422,15 @@ class Dispatcher:
         # The trigger event's properties are top-level names too: {{ order.number }}.
         trigger = context.get("trigger") or {}
         properties = trigger.get("properties") or {} if isinstance(trigger, dict) else {}
+        # An API trigger's per-contact data: {{ data.code }}, and top-level names ({{ code }}).
+        data = context.get("data")
         values = {
             **(message.meta or {}).get("context", {}),
             **properties,
             "event": properties,
             "trigger": trigger,
             "journey": {"step": message.step_id},
+            **({"data": data} if isinstance(data, dict) else {}),
         }
         key = message.idempotency_key
         if message.channel == "sms":
@@ -436,10 +474,12 @@ def _count(stats: DispatchStats, results: Sequence[SendResult]) -> None:
     for result in results:
         if result.status == "accepted":
             stats.sent += 1
-        elif result.status == "failed":
+            continue
+        if result.status == "failed":
             stats.failed += 1
         else:
             stats.retry += 1
+        stats.note(result)
 
 
 class Pipeline:

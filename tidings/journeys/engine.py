@@ -43,7 +43,6 @@ from tidings.config import Settings, get_settings
 from tidings.crm.db import insert_ignore, insert_rows, update_rows
 from tidings.crm.models import (
     Enrollment,
-    Event,
     MessageStatus,
     SegmentMembership,
 )
@@ -51,6 +50,7 @@ from tidings.crm.models import Journey as JourneyRow
 from tidings.crm.types import utcnow
 from tidings.errors import InputError
 from tidings.journeys import schema as s
+from tidings.journeys.goals import convert
 from tidings.journeys.loader import version_hash
 from tidings.journeys.state import (
     MAX_WAVES,
@@ -58,9 +58,7 @@ from tidings.journeys.state import (
     TickStats,
     Version,
     contacts_t,
-    conversions_t,
     enrollments_t,
-    matches,
     messages_t,
 )
 from tidings.journeys.steps import StepRunner
@@ -311,16 +309,26 @@ class JourneyEngine(StepRunner):
 
     # -- the tick ------------------------------------------------------------------------
     def tick(self, name: str, *, now: datetime | None = None, batch_size: int = 1000) -> TickStats:
-        """Advance every due enrollment of journey ``name`` (all its versions)."""
+        """Record the journey's conversions (which may end enrollments), then advance every
+        due enrollment of journey ``name`` (all its versions)."""
         total = TickStats()
         versions = {v.id: v for v in self.versions(name) if v.status == "active"}
         if not versions:
             return total
+        total.exited += self.convert(list(versions.values()), now=now or self.clock())[1]
         while True:
             stats = self.tick_batch(versions, now=now or self.clock(), batch_size=batch_size)
             total.add(stats)
             if stats.processed < batch_size:
                 return total
+
+    def convert(
+        self, versions: list[Version], *, now: datetime, contact_id: int | None = None
+    ) -> tuple[int, int]:
+        """Conversions of ``versions`` up to ``now`` (journeys.goals), in one transaction:
+        (converted, exited)."""
+        with Session(self.db) as session, session.begin():
+            return convert(session, versions, now=now, contact_id=contact_id)
 
     def tick_batch(
         self,
@@ -362,7 +370,6 @@ class JourneyEngine(StepRunner):
             stats.ids = [i.id for i in items]
             if not items:
                 return stats
-            self._check_goals(session, items, now)
             messages: list[dict[str, Any]] = []
             active = [i for i in items if not i.parked]
             for _ in range(MAX_WAVES):
@@ -402,57 +409,6 @@ class JourneyEngine(StepRunner):
         stats.completed = sum(1 for i in items if i.status == "completed")
         stats.exited = sum(1 for i in items if i.status == "exited")
         return stats
-
-    def _check_goals(self, session: Session, items: list[Item], now: datetime) -> None:
-        """Enrollments whose contact reached the goal exit (if the goal says so) and convert."""
-        by_goal: dict[int, list[Item]] = defaultdict(list)
-        for item in items:
-            if item.version.journey.settings.goal is not None:
-                by_goal[item.version.id].append(item)
-        for group in by_goal.values():
-            goal = group[0].version.journey.settings.goal
-            assert goal is not None
-            earliest = min(i.entered_at for i in group)
-            rows = session.execute(
-                select(Event.id, Event.contact_id, Event.occurred_at, Event.properties)
-                .where(
-                    Event.contact_id.in_({i.contact_id for i in group}),
-                    Event.name == goal.event,
-                    Event.occurred_at >= earliest,
-                    Event.occurred_at <= now,
-                )
-                .order_by(Event.occurred_at)
-            ).all()
-            conversions = []
-            for item in group:
-                hit = next(
-                    (
-                        r
-                        for r in rows
-                        if r.contact_id == item.contact_id
-                        and item.entered_at
-                        <= r.occurred_at
-                        <= item.entered_at + timedelta(seconds=goal.within)
-                        and matches(r.properties, goal.where)
-                    ),
-                    None,
-                )
-                if hit is None:
-                    continue
-                conversions.append(
-                    {
-                        "idempotency_key": f"goal:{item.id}",
-                        "contact_id": item.contact_id,
-                        "kind": "event",
-                        "goal": f"{item.version.name}:{goal.event}",
-                        "event_id": hit.id,
-                        "occurred_at": hit.occurred_at,
-                        "value": (hit.properties or {}).get("value", 0) or 0,
-                    }
-                )
-                if goal.exit:
-                    item.finish("goal")
-            insert_rows(session, conversions_t, conversions)
 
 
 def wake_waiting(

@@ -16,6 +16,7 @@ import hashlib
 from collections.abc import Sequence
 
 HOLDOUT = "holdout"
+CONTROL = "control"
 _SCALE = 10_000
 
 
@@ -41,3 +42,9 @@ def variant_for(
         if position < running:
             return variant
     return weights[-1][0]
+
+
+def in_control(journey: str, key: int | str, percent: float) -> bool:
+    """Whether ``key`` is in the journey's control group (``settings.control_group``): it
+    receives nothing from the journey, and its conversions are the baseline for the lift."""
+    return percent > 0 and bucket(f"{journey}:control", key) < percent * _SCALE / 100

@@ -22,13 +22,21 @@ from tidings.errors import InputError
 from tidings.journeys import schema as s
 from tidings.journeys.dispatch import DispatchStats
 from tidings.journeys.engine import TickStats, Version
+from tidings.journeys.failures import failure_report
 from tidings.journeys.runtime import Runtime
 from tidings.journeys.triggers import run_schedules
 
 
 def summary(
-    name: str, stats: TickStats, sent: Any = None, enrolled: int = 0, *, paused: bool = False
+    name: str,
+    stats: TickStats,
+    sent: Any = None,
+    enrolled: int = 0,
+    *,
+    paused: bool = False,
+    failures: list[dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
+    """What a run did; ``failures``: each reason a message was not sent (``failure_report``)."""
     result: dict[str, Any] = {
         "journey": name,
         "paused": paused,
@@ -41,7 +49,9 @@ def summary(
         "held": dict(stats.held),
     }
     if sent is not None:
-        result.update(sent=sent.sent, failed=sent.failed + sent.render_failed, retry=sent.retry)
+        # render failures are among ``failed`` (one result each, reason "render: ...")
+        result.update(sent=sent.sent, failed=sent.failed, retry=sent.retry)
+    result["failures"] = failures or []
     return result
 
 
@@ -89,7 +99,7 @@ def run_once(
                 break
         bar.update(task, description=f"{version.name}: sending")
         sent = runtime.dispatcher.dispatch(now=now, journey_ids=set(versions))
-    return summary(version.name, total, sent, enrolled)
+    return summary(version.name, total, sent, enrolled, failures=failure_report(runtime.db, sent))
 
 
 def tick_all(
@@ -126,7 +136,9 @@ def tick_all(
         stats = runtime.engine.tick(name, now=now)
         active = {v.id for v in versions if v.status == "active"}
         sent = runtime.dispatcher.dispatch(now=now, journey_ids=active)
-        results.append(summary(name, stats, sent, enrolled))
+        results.append(
+            summary(name, stats, sent, enrolled, failures=failure_report(runtime.db, sent))
+        )
     return results
 
 
@@ -150,6 +162,7 @@ def work(
         f"unknown={checked.unknown} failed={checked.failed}"
     )
     versions = {v.id: v for v in runtime.engine.versions(name) if v.status == "active"}
+    runtime.engine.convert(list(versions.values()), now=utcnow())
     total = TickStats()
     sent = DispatchStats()
     # the sender thread sends batch k while this thread advances and renders batch k+1
@@ -161,7 +174,7 @@ def work(
             claimed = pipe.pump(now=now, limit=batch_size, journey_ids=set(versions))
             if until_idle and stats.processed == 0 and claimed == 0:
                 break
-    return summary(name, total, sent)
+    return summary(name, total, sent, failures=failure_report(runtime.db, sent))
 
 
 def journey_status(runtime: Runtime, name: str) -> dict[str, Any]:

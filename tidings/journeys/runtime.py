@@ -9,7 +9,9 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -40,8 +42,8 @@ class Runtime:
     db: Engine
     settings: Settings
     engine: JourneyEngine
-    dispatcher: Dispatcher
     renderer: Any
+    channels: Mapping[str, Any] | None = None  # None: the settings' channels, on first send
     journeys: dict[str, Version] = field(default_factory=dict)
     problems: list[InputError] = field(default_factory=list)
     project_steps: dict[str, list[str]] | None = None  # the project's journeys, once loaded
@@ -52,9 +54,8 @@ class Runtime:
         settings: Settings | None = None,
         *,
         db: Engine | None = None,
-        channels: dict[str, Any] | None = None,
+        channels: Mapping[str, Any] | None = None,
     ) -> Runtime:
-        from tidings.channels import get_channel
         from tidings.crm.db import make_engine
         from tidings.segments.loader import load_catalog
         from tidings.templates.render import Renderer
@@ -62,19 +63,21 @@ class Runtime:
         settings = settings or get_settings()
         db = db or make_engine(settings.database_url)
         renderer = Renderer(settings=settings)
-        if channels is None:
-            email = get_channel(settings.email_channel, settings)
-            sms = (
-                email
-                if settings.sms_channel == settings.email_channel
-                else get_channel(settings.sms_channel, settings)
-            )
-            channels = {"email": email, "sms": sms}
         engine = JourneyEngine(
             db=db, settings=settings, catalog=load_catalog(settings.segments_dir, strict=False)
         )
-        dispatcher = Dispatcher(db=db, renderer=renderer, channels=channels, settings=settings)
-        return cls(db, settings, engine, dispatcher, renderer)
+        return cls(db, settings, engine, renderer, channels)
+
+    @cached_property
+    def dispatcher(self) -> Dispatcher:
+        """Built, with its channels, on first use: a read-only command (status, plan, pause)
+        never needs a provider's credentials; a sending one fails here, before any claim."""
+        from tidings.channels import build_channels
+
+        channels = self.channels if self.channels is not None else build_channels(self.settings)
+        return Dispatcher(
+            db=self.db, renderer=self.renderer, channels=channels, settings=self.settings
+        )
 
     def references(self) -> References:
         return references(self.renderer, set(self.engine.catalog.segments), self.project_steps)

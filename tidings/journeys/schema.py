@@ -143,7 +143,13 @@ class Experiment(_Strict):
 
     name: str | None = Field(None, description="Default: <journey>.<step>.")
     variants: list[Variant] = Field(min_length=2)
-    holdout: float = Field(0, ge=0, lt=100, description="Percent who get no message.")
+    holdout: float = Field(
+        0,
+        ge=0,
+        lt=100,
+        description="Percent who get no message at this step, nor at any later send step of "
+        "the journey (a holdout that receives mail measures nothing).",
+    )
     metric: Literal["open", "click", "conversion"] = "click"
 
     @model_validator(mode="after")
@@ -320,6 +326,14 @@ class JourneySettings(_Strict):
     )
     transactional: bool = Field(
         False, description="Bypasses frequency caps and quiet hours, never consent."
+    )
+    control_group: float = Field(
+        0,
+        ge=0,
+        lt=100,
+        description="Percent of contacts held out of the whole journey: they enter and move "
+        "through it but receive nothing at any step, and their conversions are the baseline "
+        "that the lift is measured against.",
     )
     max_enrollments_per_run: int | None = Field(None, ge=1)
 

@@ -23,12 +23,13 @@ from sqlalchemy.orm import Session
 from tidings.config import Settings
 from tidings.crm.db import insert_rows
 from tidings.crm.models import (
+    Assignment,
     Event,
     Experiment,
     MessageStatus,
 )
 from tidings.journeys import schema as s
-from tidings.journeys.experiments import HOLDOUT, variant_for
+from tidings.journeys.experiments import CONTROL, HOLDOUT, in_control, variant_for
 from tidings.journeys.policy import Candidate, Rules, gate
 from tidings.journeys.state import (
     Item,
@@ -310,6 +311,7 @@ class StepRunner:
         )
         contacts = self._contacts(session, group)
         variants = self._assign(session, version, step, group, now)
+        out = self._held_out(session, version, group)
         templates = {
             v.name: v.template
             for v in (step.experiment.variants if step.experiment else [])
@@ -317,7 +319,7 @@ class StepRunner:
         }
         candidates = []
         for item in group:
-            if variants.get(item.id) == HOLDOUT:
+            if variants.get(item.id) == HOLDOUT or item.id in out:
                 continue
             row = contacts[item.contact_id]
             address = row["email"] if step.type == "email" else row["phone"]
@@ -344,8 +346,8 @@ class StepRunner:
                 stats.deferred_steps[step.id] += 1
                 continue
             visit = item.visit(step.id)
-            if decision is None:  # in the experiment's holdout: no message, counted there
-                stats.held["holdout"] += 1
+            if decision is None:  # a holdout or the control group: no message, counted there
+                stats.held[out.get(item.id, HOLDOUT)] += 1
                 item.go(item.version.after(step.id))
                 continue
             row = contacts[item.contact_id]
@@ -374,6 +376,30 @@ class StepRunner:
                 }
             )
             item.go(item.version.after(step.id))
+
+    def _held_out(self, session: Session, version: Version, group: list[Item]) -> dict[int, str]:
+        """Who receives nothing from this journey at any send step: its control group, and
+        whoever an experiment of the journey put in its holdout (at this step or before)."""
+        journey = version.journey
+        out: dict[int, str] = {}
+        if journey.settings.control_group:
+            for item in group:
+                if in_control(version.name, item.contact_id, journey.settings.control_group):
+                    out[item.id] = CONTROL
+        rest = {i.contact_id: i.id for i in group if i.id not in out}
+        if rest and any(getattr(step, "experiment", None) for step in journey.steps):
+            held = session.scalars(
+                select(Assignment.contact_id)
+                .join(Experiment, Experiment.id == Assignment.experiment_id)
+                .where(
+                    Experiment.journey_name == version.name,
+                    Assignment.variant == HOLDOUT,
+                    Assignment.contact_id.in_(list(rest)),
+                )
+            )
+            for contact_id in held:
+                out[rest[contact_id]] = HOLDOUT
+        return out
 
     def _assign(
         self,

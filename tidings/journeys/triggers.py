@@ -1,4 +1,4 @@
-"""What starts journeys: posted events (with the transactional fast path) and schedules.
+"""What starts journeys: posted events (with the transactional fast path), API calls, schedules.
 
 ``post_event`` is the one entry for an event, whoever posts it (CLI, API, import of a live
 feed): it stores the event once (idempotency key), enrols the contact in every active journey
@@ -10,31 +10,48 @@ does not wait for the next tick.
 ...                      properties={"order": {"number": "1"}})  # doctest: +SKIP
 >>> outcome.sent                                                  # doctest: +SKIP
 1
+
+``trigger_journey`` is the one entry for a ``type: api`` journey, whoever fires it (``tidings
+journey trigger``, ``POST /v1/journeys/{name}/trigger``): it names the contacts (unknown ones
+refuse the whole call, nothing is enrolled), enrols them with their ``data`` as the enrollment
+context (templates read ``{{ data.code }}``, or ``{{ code }}``), advances the new enrollments and
+sends what they produced in the same call.
+
+>>> outcome = trigger_journey(runtime, "spring_launch",
+...                           [Target("C0002", data={"code": "SPRING"})])  # doctest: +SKIP
+>>> outcome.enrolled, outcome.sent                                      # doctest: +SKIP
+(1, 1)
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import uuid
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
 from cronsim import CronSim
-from sqlalchemy import Table, select
+from sqlalchemy import Table, or_, select
 from sqlalchemy.orm import Session
 
 from tidings.crm.db import insert_ignore
-from tidings.crm.models import Event, Message
+from tidings.crm.models import Contact, Enrollment, Event, Message
 from tidings.crm.models import Journey as JourneyRow
 from tidings.crm.types import utcnow
+from tidings.errors import InputError
 from tidings.journeys import schema as s
+from tidings.journeys.dispatch import DispatchStats
 from tidings.journeys.engine import Version, wake_waiting
+from tidings.journeys.failures import failure_report
 from tidings.journeys.runtime import Runtime
 from tidings.journeys.state import matches
 
 SCHEDULE_LOOKBACK = timedelta(days=35)
+CHUNK = 1000  # enrollments advanced and sent per step of a trigger
 events_t: Table = Event.__table__  # type: ignore[assignment]
 
 
@@ -44,8 +61,12 @@ class EventOutcome:
     duplicate: bool
     enrollments: dict[str, list[int]] = field(default_factory=dict)
     woken: int = 0
+    converted: int = 0
     sent: int = 0
     failed: int = 0
+    retry: int = 0
+    failures: list[dict[str, Any]] = field(default_factory=list)
+    """Each reason a message was not sent: status, reason, count, contacts."""
 
 
 def event_key(contact_id: int, name: str, occurred_at: datetime, properties: Any) -> str:
@@ -125,20 +146,254 @@ def post_event(
             versions=[v for v in every if v.name in active_names],
             now=now,
         )
+    goals = [v for v in every if v.journey.settings.goal and v.journey.settings.goal.event == name]
+    if goals:  # converted at once, whether the contact is waiting, finished or exited
+        outcome.converted = runtime.engine.convert(goals, now=now, contact_id=contact_id)[0]
+    sent = DispatchStats()
     for version, ids in urgent:
         of_journey = {v.id: v for v in every if v.name == version.name}
-        runtime.engine.tick_batch(of_journey, now=now, batch_size=len(ids), only=ids)
+        sent.add(advance_and_send(runtime, of_journey, ids, now=now))
+    outcome.sent, outcome.failed, outcome.retry = sent.sent, sent.failed, sent.retry
+    outcome.failures = failure_report(runtime.db, sent) if sent.problems else []
+    return outcome
+
+
+def runs_at_once(versions: list[Version], name: str, properties: dict[str, Any]) -> bool:
+    """Whether event ``name`` triggers a transactional journey (sent in the call that posts
+    it); ``versions`` from ``engine.versions()``."""
+    for version in newest_active(versions):
+        t = version.journey.trigger
+        if (
+            isinstance(t, s.EventTrigger)
+            and t.event == name
+            and version.journey.settings.transactional
+            and matches(properties, t.where)
+        ):
+            return True
+    return False
+
+
+def advance_and_send(
+    runtime: Runtime, versions: dict[int, Version], enrollment_ids: list[int], *, now: datetime
+) -> DispatchStats:
+    """Advance these new enrollments now and send the messages they produced, a chunk at a
+    time (the transactional path: nothing waits for the next tick)."""
+    stats = DispatchStats()
+    for chunk in _chunks(enrollment_ids, CHUNK):
+        runtime.engine.tick_batch(versions, now=now, batch_size=len(chunk), only=chunk)
         with Session(runtime.db) as session:
             message_ids = list(
                 session.scalars(
                     select(Message.id).where(
-                        Message.enrollment_id.in_(ids), Message.status == "queued"
+                        Message.enrollment_id.in_(chunk), Message.status == "queued"
                     )
                 )
             )
-        stats = runtime.dispatcher.dispatch(now=now, only=message_ids)
-        outcome.sent += stats.sent
-        outcome.failed += stats.failed
+        stats.add(runtime.dispatcher.dispatch(now=now, only=message_ids))
+    return stats
+
+
+def _chunks(items: list[int], size: int) -> Iterator[list[int]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+# -- API triggers -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Target:
+    """A contact named by a trigger: ``ref`` is an external id or an email (``by="any"``, as
+    the CLI's ``--contact``; ``#<id>`` is an id), or ``by`` says which; ``data`` is what its
+    templates get (merged over the call's common data)."""
+
+    ref: str
+    by: str = "any"  # any | external_id | email | contact_id
+    data: dict[str, Any] = field(default_factory=dict)
+
+
+class TriggerRefused(InputError):
+    """The journey cannot be triggered: unknown (404), not ``type: api`` (422), paused (409)."""
+
+    def __init__(self, message: str, *, status: int, hint: str | None = None) -> None:
+        super().__init__(message, hint=hint)
+        self.status = status
+
+
+class UnknownContacts(InputError):
+    """Some targets name no contact: nothing was enrolled. ``unknown``: (index, target)."""
+
+    def __init__(self, unknown: list[tuple[int, Target]]) -> None:
+        shown = ", ".join(repr(t.ref) for _, t in unknown[:10])
+        more = f" and {len(unknown) - 10} more" if len(unknown) > 10 else ""
+        super().__init__(
+            f"{len(unknown)} contact(s) not found: {shown}{more}; nothing was triggered",
+            hint="import them first (tidings contacts import FILE), or leave them out",
+        )
+        self.unknown = unknown
+
+
+@dataclass
+class TriggerOutcome:
+    journey: str
+    named: int = 0
+    enrolled: int = 0
+    already: int = 0
+    """Named, but kept out by the journey's re-entry rule (or the same key was used before)."""
+    contacts: dict[int, bool] = field(default_factory=dict)
+    """contact id -> enrolled by this call."""
+    sent: int = 0
+    failed: int = 0
+    retry: int = 0
+    failures: list[dict[str, Any]] = field(default_factory=list)
+
+
+def api_version(runtime: Runtime, name: str) -> tuple[Version, dict[int, Version]]:
+    """The newest version of ``name`` (and all its versions), if it can be triggered."""
+    versions = runtime.engine.versions(name)
+    if not versions:
+        raise TriggerRefused(
+            f"no journey named {name!r} is registered",
+            status=404,
+            hint="register it: tidings journey run FILE, or tidings journey tick",
+        )
+    latest = versions[-1]
+    trigger = latest.journey.trigger
+    if not isinstance(trigger, s.ApiTrigger):
+        raise TriggerRefused(
+            f"journey {name!r} has trigger type {trigger.type!r}: only `type: api` journeys "
+            "can be triggered by a call",
+            status=422,
+            hint="an event starts a `type: event` journey: tidings events post, POST /v1/events",
+        )
+    if latest.status != "active":
+        raise TriggerRefused(
+            f"journey {name!r} is paused: nothing was enrolled or sent",
+            status=409,
+            hint=f"tidings journey resume {name}",
+        )
+    return latest, {v.id: v for v in versions}
+
+
+def _is_id(target: Target) -> bool:
+    ref = target.ref.strip()
+    return target.by == "contact_id" or (
+        target.by == "any" and ref.startswith("#") and ref[1:].isdigit()
+    )
+
+
+def resolve_targets(runtime: Runtime, targets: Sequence[Target]) -> list[int | None]:
+    """The contact id of each target (None where none matches); an external id wins over an
+    email when a ``by="any"`` ref matches both."""
+    ids = sorted({int(t.ref.strip().lstrip("#")) for t in targets if _is_id(t)})
+    refs = sorted({t.ref.strip() for t in targets if not _is_id(t)})
+    emails = sorted({r.lower() for r in refs})
+    by_id: set[int] = set()
+    by_ext: dict[str, int] = {}
+    by_email: dict[str, int] = {}
+    with runtime.db.connect() as conn:
+        for start in range(0, max(len(ids), len(refs)), CHUNK):
+            rows = conn.execute(
+                select(Contact.id, Contact.external_id, Contact.email)
+                .where(
+                    or_(
+                        Contact.id.in_(ids[start : start + CHUNK]),
+                        Contact.external_id.in_(refs[start : start + CHUNK]),
+                        Contact.email.in_(emails[start : start + CHUNK]),
+                    )
+                )
+                .order_by(Contact.id)
+            )
+            for cid, ext, email in rows:
+                by_id.add(cid)
+                if ext:
+                    by_ext[ext] = cid
+                if email:
+                    by_email.setdefault(email, cid)
+    found: list[int | None] = []
+    for t in targets:
+        ref = t.ref.strip()
+        if _is_id(t):
+            cid = int(ref.lstrip("#"))
+            found.append(cid if cid in by_id else None)
+        elif t.by == "external_id":
+            found.append(by_ext.get(ref))
+        elif t.by == "email":
+            found.append(by_email.get(ref.lower()))
+        else:
+            found.append(by_ext.get(ref) or by_email.get(ref.lower()))
+    return found
+
+
+def segment_targets(runtime: Runtime, segment: str, *, now: datetime | None = None) -> list[Target]:
+    """The contacts in ``segment`` now, as targets (by id)."""
+    from tidings.segments.loader import load_catalog
+    from tidings.segments.membership import segment_statement
+
+    catalog = runtime.engine.catalog or load_catalog(runtime.settings.segments_dir, strict=False)
+    statement = segment_statement(
+        catalog.get(segment), catalog=catalog, dialect=runtime.db.dialect.name, now=now or utcnow()
+    )
+    with runtime.db.connect() as conn:
+        return [Target(f"#{cid}", by="contact_id") for cid in conn.execute(statement).scalars()]
+
+
+def trigger_journey(
+    runtime: Runtime,
+    name: str,
+    targets: Sequence[Target],
+    *,
+    data: dict[str, Any] | None = None,
+    key: str | None = None,
+    source: str = "api",
+    now: datetime | None = None,
+) -> TriggerOutcome:
+    """Enrol ``targets`` in the ``type: api`` journey ``name`` and send at once.
+
+    ``data`` is common to every target (a target's own ``data`` wins, key by key). ``key``
+    makes the call retry-safe: the same key enrols nobody twice (entry key ``api:<key>``); a
+    call without one is a new entry, subject to the journey's re-entry rule. Raises
+    ``TriggerRefused`` (unknown journey, not ``type: api``, paused) and ``UnknownContacts``
+    (before anything is written)."""
+    now = now or utcnow()
+    latest, versions = api_version(runtime, name)
+    found = resolve_targets(runtime, targets)
+    unknown = [(i, t) for i, (t, cid) in enumerate(zip(targets, found, strict=True)) if cid is None]
+    if unknown:
+        raise UnknownContacts(unknown)
+    contact_ids = [cid for cid in found if cid is not None]
+    entry_key = f"api:{key}" if key else f"api:{uuid.uuid4().hex}"
+    groups: dict[str, tuple[dict[str, Any], list[int]]] = {}
+    for target, cid in zip(targets, contact_ids, strict=True):
+        values = {**(data or {}), **target.data}
+        body = json.dumps(values, sort_keys=True, default=str)
+        groups.setdefault(body, (values, []))[1].append(cid)
+    new: list[int] = []
+    for values, ids in groups.values():  # one enrolment per distinct data
+        trigger = {
+            "type": "api",
+            "journey": name,
+            "properties": values,
+            "occurred_at": now.isoformat(),
+            "source": source,
+        }
+        new += runtime.engine.enroll_contacts(
+            latest, ids, entry_key=entry_key, context={"trigger": trigger, "data": values}, now=now
+        )
+    entered: set[int] = set()
+    with runtime.db.connect() as conn:
+        for chunk in _chunks(new, CHUNK):
+            entered.update(
+                conn.execute(
+                    select(Enrollment.contact_id).where(Enrollment.id.in_(chunk))
+                ).scalars()
+            )
+    outcome = TriggerOutcome(journey=name, named=len(set(contact_ids)), enrolled=len(entered))
+    outcome.already = outcome.named - outcome.enrolled
+    outcome.contacts = {cid: cid in entered for cid in contact_ids}
+    sent = advance_and_send(runtime, versions, new, now=now)
+    outcome.sent, outcome.failed, outcome.retry = sent.sent, sent.failed, sent.retry
+    outcome.failures = failure_report(runtime.db, sent) if sent.problems else []
     return outcome
 
 
