@@ -168,3 +168,26 @@ def test_segment_counts_in_the_simulator() -> None:
     assert num_segments("€" * 80) == 1 and num_segments("€" * 81) == 2  # extension: 2 septets
     assert num_segments("é" * 160) == 1  # é is in the GSM-7 basic table
     assert num_segments("ú" * 70) == 1 and num_segments("ú" * 71) == 2  # ú is not: UCS-2
+
+
+def test_every_exception_the_sdk_raises_is_mapped(twilio_sim: TwilioSimulator) -> None:
+    """Checked against twilio.base (version.py, page.py) and twilio.http: after the request
+    may have reached Twilio, an unreadable answer is retryable and in doubt (reconcile asks)."""
+    import requests
+    from twilio.base.exceptions import TwilioException, TwilioRestException
+
+    adapter = channel(twilio_sim)
+    doubtful = [
+        TwilioException("Unable to fetch page"),
+        requests.exceptions.ChunkedEncodingError("broken"),
+        ValueError("Expecting value: line 1 column 1"),
+        requests.exceptions.ReadTimeout("read timed out"),
+    ]
+    for error in doubtful:
+        mapped = adapter.classify(error)
+        assert mapped is not None and mapped.retryable and mapped.in_doubt, error
+    refused = adapter.classify(requests.exceptions.ConnectionError("Connection refused"))
+    assert refused is not None and refused.retryable and not refused.in_doubt
+    bad = adapter.classify(TwilioRestException(400, "uri", "invalid To", code=21211))
+    assert bad is not None and not bad.retryable
+    assert adapter.classify(KeyError("a bug")) is None  # not ours to hide: it propagates
