@@ -18,15 +18,17 @@ from __future__ import annotations
 import os
 from functools import lru_cache
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal, get_args
 
-from pydantic import Field, SecretStr, ValidationInfo, field_validator
+from pydantic import Field, SecretStr, ValidationError, ValidationInfo, field_validator
 from pydantic_settings import (
     BaseSettings,
     DotEnvSettingsSource,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
 )
+
+from tidings.errors import ConfigurationError
 
 
 class Settings(BaseSettings):
@@ -319,8 +321,50 @@ class Settings(BaseSettings):
 
 @lru_cache(maxsize=1)
 def get_settings() -> Settings:
-    """The process-wide settings, read once from the environment and the project."""
-    return Settings()
+    """The process-wide settings, read once from the environment and the project.
+
+    A bad value is a ``ConfigurationError`` of one line naming the variable, the value and
+    what it may be (the command line prints it and exits 2).
+    """
+    try:
+        return Settings()
+    except ValidationError as exc:
+        raise settings_error(exc) from None
+
+
+def settings_error(exc: ValidationError) -> ConfigurationError:
+    """One line per bad setting, joined: ``TIDINGS_EMAIL_CHANNEL='sendgird' is not one of
+    outbox, sendgrid, smtp (did you mean 'sendgrid'?)``.
+
+    >>> try:
+    ...     Settings(email_channel="sendgird")
+    ... except ValidationError as exc:
+    ...     print(settings_error(exc))
+    TIDINGS_EMAIL_CHANNEL='sendgird' is not one of outbox, sendgrid, smtp (did you mean 'sendgrid'?)
+    """
+    return ConfigurationError("; ".join(_explain(error) for error in exc.errors()))
+
+
+def _explain(error: Any) -> str:
+    import difflib
+
+    name = str(error["loc"][0]) if error.get("loc") else ""
+    field = Settings.model_fields.get(name)
+    variable = f"TIDINGS_{name.upper()}" if name else "a setting"
+    secret = field is not None and "SecretStr" in str(field.annotation)
+    value = "<secret>" if secret else repr(error.get("input"))
+    message = str(error.get("msg", "is not valid"))
+    if error.get("type") == "literal_error" and field is not None:
+        choices = [str(c) for c in get_args(field.annotation)]
+        close = difflib.get_close_matches(str(error.get("input")), choices, n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        return f"{variable}={value} is not one of {', '.join(choices)}{hint}"
+    if message.startswith("Value error, "):
+        message = message.removeprefix("Value error, ")
+        if message.startswith(variable):  # the validator already says which and why
+            return message
+    message = message[:1].lower() + message[1:]
+    return f"{variable}={value}: {message}"
 
 
 def use_project(directory: str | Path) -> None:

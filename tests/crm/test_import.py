@@ -51,25 +51,43 @@ def _consents(engine: Engine) -> dict[tuple[str | None, str], str]:
 def test_messy_file_counts_reasons_and_state(store: Engine) -> None:
     report = import_contacts(MESSY, engine=store)
 
-    assert (report.read, report.accepted, report.rejected) == (15, 8, 7)
-    assert (report.inserted, report.updated, report.unchanged) == (6, 0, 0)
+    # rejected: a row naming nobody, an unreadable consent, a broken line
+    assert (report.read, report.accepted, report.rejected) == (15, 12, 3)
+    assert (report.inserted, report.updated, report.unchanged) == (10, 0, 0)
     problems = {(e.line, e.column) for e in report.errors}
-    assert problems == {
+    assert problems == {(11, None), (13, "consent_email"), (14, None)}
+    reasons = {e.line: e.reason for e in report.errors}
+    assert "neither external_id nor email" in reasons[11]
+    assert "has 2 fields where the header has 14" in reasons[14]
+    # a bad optional field is left out of a row that is imported (an email too, beside an id)
+    assert report.warned == 4
+    assert {(w.line, w.column) for w in report.warnings} == {
         (3, "email"),
         (9, "timezone"),
         (10, "phone"),
-        (11, None),
         (12, "locale"),
-        (13, "consent_email"),
-        (14, None),
     }
-    reasons = {e.line: e.reason for e in report.errors}
-    assert "Mars/Olympus" in reasons[9] and "IANA" in reasons[9]
-    assert "neither external_id nor email" in reasons[11]
-    assert "has 2 fields where the header has 14" in reasons[14]
+    warned = {w.line: w.reason for w in report.warnings}
+    assert "Mars/Olympus" in warned[9] and "IANA" in warned[9]
+    assert "imported without it" in warned[10]
 
     contacts = _contacts(store)
-    assert set(contacts) == {"C001", "C003", "dan@example.com", "C004", "C010", "C011"}
+    assert set(contacts) == {
+        "C001",
+        "C002",
+        "C003",
+        "dan@example.com",
+        "C004",
+        "C005",
+        "C006",
+        "C007",
+        "C010",
+        "C011",
+    }
+    assert contacts["C002"]["email"] is None and contacts["C002"]["phone"] == "+16502530001"
+    assert (contacts["C005"]["email"], contacts["C005"]["timezone"]) == ("eve@example.com", None)
+    assert (contacts["C006"]["email"], contacts["C006"]["phone"]) == ("frank@example.com", None)
+    assert contacts["C007"]["locale"] is None
     assert contacts["C001"] == {
         "email": "ann.lee@example.com",
         "phone": "+14155552671",
@@ -96,6 +114,7 @@ def test_messy_file_counts_reasons_and_state(store: Engine) -> None:
     assert _consents(store) == {
         ("C001", "email"): "granted",
         ("C001", "sms"): "revoked",
+        ("C002", "email"): "granted",
         ("C003", "email"): "granted",
         ("C003", "sms"): "granted",
         ("dan@example.com", "email"): "granted",
@@ -103,7 +122,7 @@ def test_messy_file_counts_reasons_and_state(store: Engine) -> None:
     }
     with store.connect() as conn:
         audit = conn.execute(select(ConsentChange.source, ConsentChange.status)).all()
-    assert len(audit) == 6
+    assert len(audit) == 7
     assert {source for source, _ in audit} == {"import:messy_contacts.csv"}
 
 
@@ -113,11 +132,11 @@ def test_reimport_changes_nothing(store: Engine) -> None:
     with store.connect() as conn:
         stamps = conn.execute(select(Contact.id, Contact.updated_at)).all()
     again = import_contacts(MESSY, engine=store)
-    assert (again.inserted, again.updated, again.unchanged, again.rejected) == (0, 0, 6, 7)
+    assert (again.inserted, again.updated, again.unchanged, again.rejected) == (0, 0, 10, 3)
     assert _contacts(store) == before
     with store.connect() as conn:
         assert conn.execute(select(Contact.id, Contact.updated_at)).all() == stamps
-        assert conn.scalar(select(func.count()).select_from(ConsentChange)) == 6
+        assert conn.scalar(select(func.count()).select_from(ConsentChange)) == 7
 
 
 def test_batch_size_does_not_change_the_result(store: Engine, tmp_path: Path) -> None:
@@ -159,9 +178,11 @@ def test_jsonl_contacts_with_nested_attributes(store: Engine, tmp_path: Path) ->
     ]
     path.write_text("\n".join(json.dumps(line) for line in lines) + "\n{broken\n")
     report = import_contacts(path, engine=store)
-    assert (report.inserted, report.rejected) == (1, 3)
-    assert [e.line for e in report.errors] == [2, 3, 4]
+    assert (report.inserted, report.rejected, report.warned) == (2, 2, 1)
+    assert [e.line for e in report.errors] == [3, 4]
+    assert [(w.line, w.column) for w in report.warnings] == [(2, "email")]
     assert _contacts(store)["7"]["attributes"] == {"score": 3, "tags": ["a"]}
+    assert _contacts(store)["8"]["email"] is None
 
 
 def test_events_import_is_idempotent(store: Engine, tmp_path: Path) -> None:

@@ -15,6 +15,7 @@ cheap).
 
 from __future__ import annotations
 
+import difflib
 import importlib
 from typing import TYPE_CHECKING, Any
 
@@ -49,8 +50,10 @@ def channel_class(name: str) -> type[Channel[Any]]:
     try:
         target = REGISTRY[name]
     except KeyError:
+        close = difflib.get_close_matches(name, REGISTRY, n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
         raise ConfigurationError(
-            f"unknown channel {name!r}; choose one of {', '.join(REGISTRY)}"
+            f"unknown channel {name!r}; choose one of {', '.join(REGISTRY)}{hint}"
         ) from None
     module, _, attribute = target.partition(":")
     found: type[Channel[Any]] = getattr(importlib.import_module(module), attribute)
@@ -67,6 +70,21 @@ def get_channel(name: str, settings: Settings | None = None, **overrides: Any) -
     return cls.from_settings(settings, **overrides)
 
 
+def build_channels(settings: Settings) -> dict[str, Channel[Any]]:
+    """The email and SMS channels the settings name (one adapter when both name the same).
+
+    A missing credential is a ``ConfigurationError`` naming its variable; callers build the
+    channels only when they are about to send (``Runtime.dispatcher``).
+    """
+    email = get_channel(settings.email_channel, settings)
+    sms = (
+        email
+        if settings.sms_channel == settings.email_channel
+        else get_channel(settings.sms_channel, settings)
+    )
+    return {"email": email, "sms": sms}
+
+
 __all__ = [
     "CHANNELS",
     "REGISTRY",
@@ -76,6 +94,7 @@ __all__ = [
     "ProviderPermanentError",
     "ProviderRetryableError",
     "SendResult",
+    "build_channels",
     "channel_class",
     "get_channel",
 ]

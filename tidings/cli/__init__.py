@@ -39,11 +39,24 @@ def fail(message: str, code: int = 2) -> NoReturn:
 
 
 def run_guarded(main: typer.Typer) -> None:
+    """Run the app; a bad setting, bad input or a service that is down ends in one line
+    ``error: ...`` and exit 2, never a traceback (an unexpected error keeps its traceback)."""
+    from tidings.cli.errors import service_error
+
     try:
         main()
     except (ConfigurationError, InputError) as exc:
-        err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
-        sys.exit(2)
+        _error_exit(str(exc))
+    except Exception as exc:
+        message = service_error(exc)
+        if message is None:
+            raise
+        _error_exit(message)
+
+
+def _error_exit(message: str) -> NoReturn:
+    err_console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    sys.exit(2)
 
 
 @app.callback()
@@ -146,7 +159,9 @@ def demo(
         crm_cli.print_import_report(IMPORTERS[kind](data / f"{kind}.csv", engine=engine))
     console.rule("3. data quality")
     crm_cli.print_quality(quality_report(engine=engine, stale_days=settings.stale_days))
-    console.rule("4. the welcome journey (sign-ups of the last 14 days, A/B subject test) -> outbox")
+    console.rule(
+        "4. the welcome journey (sign-ups of the last 14 days, A/B subject test) -> outbox"
+    )
     runtime = Runtime.from_settings(settings, db=engine)
     runtime.load_journeys()
     # The sample is an export taken on 2026-11-01: the welcome journey plays that morning, so

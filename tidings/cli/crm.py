@@ -25,6 +25,12 @@ orders_app = typer.Typer(help="Orders: import.", no_args_is_help=True)
 FILE = typer.Argument(..., help="A .csv (`,` or `;`, with or without BOM) or .jsonl file.")
 FORMAT = typer.Option(None, "--format", help="csv or jsonl (default: from the file name).")
 AS_JSON = typer.Option(False, "--json", help="Print the report as JSON.")
+EXTRA = typer.Option(
+    False,
+    "--allow-extra-columns",
+    help="Keep an unknown column that looks like a known one (e-mail, amount) as an "
+    "attribute instead of stopping on the header.",
+)
 SHOWN_ERRORS = 25
 
 
@@ -33,48 +39,76 @@ def print_import_report(report: ImportReport, *, out: Console = console) -> None
         f"[bold]{report.kind}[/] from {report.path}: {report.read} rows, "
         f"[green]{report.accepted} accepted[/] ({report.inserted} new, {report.updated} updated, "
         f"{report.unchanged} unchanged), "
-        + (f"[red]{report.rejected} rejected[/]" if report.rejected else "0 rejected"),
+        + (f"[red]{report.rejected} rejected[/]" if report.rejected else "0 rejected")
+        + (f", [yellow]{report.warned} with warnings[/]" if report.warned else ""),
         highlight=False,
     )
-    if report.errors:
-        table = Table("line", "column", "reason", title="rejected rows", title_justify="left")
-        for error in report.errors[:SHOWN_ERRORS]:
-            table.add_row(str(error.line), error.column or "-", error.reason)
+    sections = (
+        ("rejected rows", report.errors),
+        ("warnings: imported without these fields", report.warnings),
+    )
+    for title, problems in sections:
+        if not problems:
+            continue
+        table = Table("line", "column", "reason", title=title, title_justify="left")
+        for problem in problems[:SHOWN_ERRORS]:
+            table.add_row(str(problem.line), problem.column or "-", problem.reason)
         out.print(table)
-        hidden = len(report.errors) - SHOWN_ERRORS
+        hidden = len(problems) - SHOWN_ERRORS
         if hidden > 0:
             out.print(f"... and {hidden} more (use --json for all)")
 
 
-def _import(kind: str, path: Path, fmt: str | None, as_json: bool) -> None:
+def _import(kind: str, path: Path, fmt: str | None, as_json: bool, allow_extra: bool) -> None:
     from tidings.crm.db import make_engine
     from tidings.crm.importer import IMPORTERS
 
-    report = IMPORTERS[kind](path, engine=make_engine(), fmt=fmt)
+    # A header error (a misspelt or missing column) raises InputError: exit 2, nothing imported.
+    report = IMPORTERS[kind](path, engine=make_engine(), fmt=fmt, allow_extra_columns=allow_extra)
     if as_json:
         typer.echo(json.dumps(report.to_dict(), indent=2))
     else:
         print_import_report(report)
-    # 1: the good rows are in, but some were rejected (scripts can tell).
+    # 1: the good rows are in, but some were rejected (scripts can tell). Warnings alone (a
+    # field left out of an imported row) exit 0: every row is in.
     raise typer.Exit(1 if report.rejected else 0)
 
 
 @contacts_app.command("import")
-def contacts_import(path: Path = FILE, fmt: str | None = FORMAT, as_json: bool = AS_JSON) -> None:
-    """Upsert contacts (by external_id, else email); unknown columns become attributes."""
-    _import("contacts", path, fmt, as_json)
+def contacts_import(
+    path: Path = FILE,
+    fmt: str | None = FORMAT,
+    as_json: bool = AS_JSON,
+    allow_extra: bool = EXTRA,
+) -> None:
+    """Upsert contacts (by external_id, else email); other columns become attributes.
+
+    A column that looks like a known one (e-mail, phone_number) stops the import on the header
+    unless --allow-extra-columns; a bad phone, locale or timezone is left out with a warning.
+    """
+    _import("contacts", path, fmt, as_json, allow_extra)
 
 
 @events_app.command("import")
-def events_import(path: Path = FILE, fmt: str | None = FORMAT, as_json: bool = AS_JSON) -> None:
+def events_import(
+    path: Path = FILE,
+    fmt: str | None = FORMAT,
+    as_json: bool = AS_JSON,
+    allow_extra: bool = EXTRA,
+) -> None:
     """Append events (external_id|email, name, occurred_at, properties...)."""
-    _import("events", path, fmt, as_json)
+    _import("events", path, fmt, as_json, allow_extra)
 
 
 @orders_app.command("import")
-def orders_import(path: Path = FILE, fmt: str | None = FORMAT, as_json: bool = AS_JSON) -> None:
+def orders_import(
+    path: Path = FILE,
+    fmt: str | None = FORMAT,
+    as_json: bool = AS_JSON,
+    allow_extra: bool = EXTRA,
+) -> None:
     """Upsert orders by order_id (external_id|email, total, currency, status, placed_at)."""
-    _import("orders", path, fmt, as_json)
+    _import("orders", path, fmt, as_json, allow_extra)
 
 
 def print_quality(report: QualityReport, *, out: Console = console) -> None:

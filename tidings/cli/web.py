@@ -155,7 +155,8 @@ def _detail(item: dict[str, object]) -> str:
         f"{e['type']}{' (machine)' if e['machine'] else ''}"
         for e in events  # type: ignore[attr-defined]
     )
-    return f"{item['channel']} {item['template'] or ''} to {item['to']}: {item['status']}" + (
+    why = f" ({item['error']})" if item.get("error") else ""  # failed, held, queued to retry
+    return f"{item['channel']} {item['template'] or ''} to {item['to']}: {item['status']}{why}" + (
         f" [{trail}]" if trail else ""
     )
 

@@ -2,17 +2,23 @@
 
 Streaming: records are read one at a time and written in batches of ``import_batch_size`` rows,
 each batch in one transaction, so memory stays flat whatever the file size and an interrupted
-import can simply be run again. Every bad row is reported with its line, column and reason and
-skipped; good rows are imported; importing the same file twice changes nothing.
+import can simply be run again. The header is checked before any row (``crm.columns``): a
+misspelt or missing column stops the import. Every bad row is reported with its line, column
+and reason and skipped; good rows are imported; importing the same file twice changes nothing.
+A bad optional field (a phone that does not parse) is left out with a warning on its line, and
+the rest of the row is imported: a row is rejected only when it names nobody (neither an
+external_id nor a valid email) or a required field is bad.
 
->>> from crm.db import make_engine, upgrade
+>>> from tidings.crm.db import make_engine, upgrade
 >>> engine = make_engine("sqlite:///:memory:"); upgrade(engine)
 >>> import tempfile, pathlib
 >>> path = pathlib.Path(tempfile.mkdtemp()) / "c.csv"
->>> _ = path.write_text("email,first_name,consent_email\\nann@example.com,Ann,yes\\nbad,Bo,no\\n")
+>>> _ = path.write_text("email,phone\\nann@example.com,123\\nbad,+14155552671\\n")
 >>> report = import_contacts(path, engine=engine)
 >>> print(report.inserted, report.rejected, str(report.errors[0])[:35])
 1 1 line 3, column email: invalid email
+>>> print(report.warned, str(report.warnings[0])[:35])
+1 line 2, column phone: invalid phone
 """
 
 from __future__ import annotations
@@ -29,6 +35,7 @@ from typing import Any
 from sqlalchemy import Connection, Engine, Table, bindparam, insert, or_, select, update
 
 from tidings.config import Settings, get_settings
+from tidings.crm.columns import CONTACTS, EVENTS, ORDERS, Columns
 from tidings.crm.consent import ConsentWish, set_consents
 from tidings.crm.db import insert_ignore
 from tidings.crm.models import Channel, Contact, Event, Order, Purpose
@@ -94,7 +101,9 @@ class ImportReport:
     inserted: int = 0
     updated: int = 0
     unchanged: int = 0
+    warned: int = 0  # accepted rows of which a field was left out
     errors: list[RowError] = field(default_factory=list)
+    warnings: list[RowError] = field(default_factory=list)
 
     @property
     def accepted(self) -> int:
@@ -106,6 +115,12 @@ class ImportReport:
             if len(self.errors) < MAX_REPORTED_ERRORS:
                 self.errors.append(RowError(line, column, reason))
 
+    def warn(self, line: int, problems: Iterable[tuple[str | None, str]]) -> None:
+        self.warned += 1
+        for column, reason in problems:
+            if len(self.warnings) < MAX_REPORTED_ERRORS:
+                self.warnings.append(RowError(line, column, reason))
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "kind": self.kind,
@@ -116,11 +131,20 @@ class ImportReport:
             "inserted": self.inserted,
             "updated": self.updated,
             "unchanged": self.unchanged,
+            "warned": self.warned,
             "errors": [
                 {"line": e.line, "column": e.column, "reason": e.reason} for e in self.errors
             ],
             "errors_truncated": self.rejected > 0 and len(self.errors) >= MAX_REPORTED_ERRORS,
+            "warnings": [
+                {"line": e.line, "column": e.column, "reason": e.reason} for e in self.warnings
+            ],
+            "warnings_truncated": len(self.warnings) >= MAX_REPORTED_ERRORS,
         }
+
+
+Problems = list[tuple[str | None, str]]
+"""(column, reason) pairs: what rejects a row, or what was left out of it."""
 
 
 class RowRejected(Exception):
@@ -153,17 +177,32 @@ def _split(record: Record, known: Iterable[str]) -> tuple[dict[str, Any], dict[s
     return found, extra
 
 
+def _leave_out(name: str, exc: FieldError, problems: Problems, warnings: Problems | None) -> None:
+    """An optional field that fails: a warning when the caller collects them (files), else a
+    problem that rejects the row (the API answers 422 and the caller fixes the request)."""
+    if warnings is None:
+        problems.append((name, str(exc)))
+    else:
+        warnings.append((name, f"{exc}; imported without it"))
+
+
 def _identity(
-    found: Mapping[str, Any], problems: list[tuple[str | None, str]]
+    found: Mapping[str, Any], problems: Problems, warnings: Problems | None
 ) -> tuple[str | None, str | None]:
+    """The row's external_id and normalized email. An invalid email rejects the row when it is
+    the only identity; beside an external_id it is an optional field (``_leave_out``)."""
     external_id = _text(found.get("external_id"))
     email = _text(found.get("email"))
     if email is not None:
         try:
             email = normalize_email(email)
         except FieldError as exc:
-            problems.append(("email", str(exc)))
-    if external_id is None and email is None and not any(c == "email" for c, _ in problems):
+            if external_id is None:
+                problems.append(("email", str(exc)))
+                return None, None
+            _leave_out("email", exc, problems, warnings)
+            email = None
+    if external_id is None and email is None:
         problems.append((None, "row has neither external_id nor email: give one of them"))
     return external_id, email
 
@@ -171,31 +210,53 @@ def _identity(
 def _run(
     path: Path,
     *,
-    kind: str,
+    columns: Columns,
     fmt: str | None,
     engine: Engine,
     settings: Settings,
-    parse: Callable[[Record], Any],
+    allow_extra: bool,
+    parse: Callable[[Record, Problems], Any],
     apply: Callable[[Connection, list[Any], ImportReport], None],
 ) -> ImportReport:
-    report = ImportReport(kind=kind, path=str(path))
+    report = ImportReport(kind=columns.kind, path=str(path))
     batch: list[Any] = []
+    # JSON Lines has no header: each new set of keys is checked like one (and remembered)
+    suspicious: dict[frozenset[str], list[tuple[str, str]]] = {}
 
     def flush() -> None:
         with engine.begin() as conn:
             apply(conn, batch, report)
         batch.clear()
 
-    for record in read_records(path, fmt):
+    def check_header(names: list[str], location: str) -> None:
+        columns.check_header(names, location, allow_extra=allow_extra)
+
+    for record in read_records(path, fmt, check_header=check_header):
         report.read += 1
         if ERROR in record.values:
             report.reject(record.line, [(None, f"the line {record.values[ERROR]}")])
             continue
+        if not allow_extra:
+            keys = frozenset(record.values)
+            if keys not in suspicious:
+                suspicious[keys] = columns.suspicious(sorted(keys))
+            if suspicious[keys]:
+                report.reject(
+                    record.line,
+                    [
+                        (c, columns.explain(c, k) + " (or pass --allow-extra-columns)")
+                        for c, k in suspicious[keys]
+                    ],
+                )
+                continue
+        warnings: Problems = []
         try:
-            batch.append(parse(record))
+            batch.append(parse(record, warnings))
         except RowRejected as rejected:
             report.reject(record.line, rejected.problems)
             continue
+        if warnings:
+            report.warn(record.line, warnings)
         if len(batch) >= settings.import_batch_size:
             flush()
     if batch:
@@ -216,10 +277,13 @@ class ContactRow:
     consents: dict[str, str]
 
 
-def _parse_contact(record: Record, settings: Settings) -> ContactRow:
-    found, attributes = _split(record, ("external_id", *CONTACT_FIELDS, *CONSENT_COLUMNS))
-    problems: list[tuple[str | None, str]] = []
-    external_id, email = _identity(found, problems)
+def _parse_contact(
+    record: Record, settings: Settings, warnings: Problems | None = None
+) -> ContactRow:
+    """A contact row; without ``warnings`` a bad optional field rejects it (the API)."""
+    found, attributes = _split(record, CONTACTS.known)
+    problems: Problems = []
+    external_id, email = _identity(found, problems, warnings)
     values: dict[str, str] = {"email": email} if email else {}
     checks: dict[str, Callable[[str], str]] = {
         "phone": lambda v: normalize_phone(v, region=settings.default_region),
@@ -233,8 +297,10 @@ def _parse_contact(record: Record, settings: Settings) -> ContactRow:
         if raw is not None:
             try:
                 values[name] = check(raw)
-            except FieldError as exc:
-                problems.append((name, str(exc)))
+            except FieldError as exc:  # optional: the contact is imported without it
+                _leave_out(name, exc, problems, warnings)
+    # Consent is a legal record: a value that cannot be read rejects the row for a person to
+    # look at, rather than being dropped (which would keep whatever consent is stored).
     consents: dict[str, str] = {}
     for column, channel in CONSENT_COLUMNS.items():
         try:
@@ -351,18 +417,24 @@ def _apply_consents(
 
 
 def import_contacts(
-    path: Path, *, engine: Engine, settings: Settings | None = None, fmt: str | None = None
+    path: Path,
+    *,
+    engine: Engine,
+    settings: Settings | None = None,
+    fmt: str | None = None,
+    allow_extra_columns: bool = False,
 ) -> ImportReport:
     """Upsert contacts by ``external_id``, else by normalized email."""
     settings = settings or get_settings()
     source = f"import:{path.name}"
     return _run(
         path,
-        kind="contacts",
+        columns=CONTACTS,
         fmt=fmt,
         engine=engine,
         settings=settings,
-        parse=lambda record: _parse_contact(record, settings),
+        allow_extra=allow_extra_columns,
+        parse=lambda record, warnings: _parse_contact(record, settings, warnings),
         apply=lambda conn, rows, report: _apply_contacts(conn, rows, report, source=source),
     )
 
@@ -411,12 +483,10 @@ def _resolve_contacts(
     return resolved
 
 
-def _parse_event(record: Record) -> _Owned:
-    found, properties = _split(
-        record, ("external_id", "email", "name", "occurred_at", "idempotency_key")
-    )
-    problems: list[tuple[str | None, str]] = []
-    external_id, email = _identity(found, problems)
+def _parse_event(record: Record, warnings: Problems | None = None) -> _Owned:
+    found, properties = _split(record, EVENTS.known)
+    problems: Problems = []
+    external_id, email = _identity(found, problems, warnings)
     name = _text(found.get("name"))
     if name is None:
         problems.append(("name", "event name is empty: give e.g. order.placed"))
@@ -480,27 +550,31 @@ def _apply_events(
 
 
 def import_events(
-    path: Path, *, engine: Engine, settings: Settings | None = None, fmt: str | None = None
+    path: Path,
+    *,
+    engine: Engine,
+    settings: Settings | None = None,
+    fmt: str | None = None,
+    allow_extra_columns: bool = False,
 ) -> ImportReport:
     """Append events; an event already stored (same idempotency key) is skipped."""
     source = f"import:{path.name}"
     return _run(
         path,
-        kind="events",
+        columns=EVENTS,
         fmt=fmt,
         engine=engine,
         settings=settings or get_settings(),
+        allow_extra=allow_extra_columns,
         parse=_parse_event,
         apply=lambda conn, rows, report: _apply_events(conn, rows, report, source=source),
     )
 
 
-def _parse_order(record: Record) -> _Owned:
-    found, attributes = _split(
-        record, ("order_id", "external_id", "email", "total", "currency", "status", "placed_at")
-    )
-    problems: list[tuple[str | None, str]] = []
-    external_id, email = _identity(found, problems)
+def _parse_order(record: Record, warnings: Problems | None = None) -> _Owned:
+    found, attributes = _split(record, ORDERS.known)
+    problems: Problems = []
+    external_id, email = _identity(found, problems, warnings)
     values: dict[str, Any] = {"attributes": attributes}
     order_id = _text(found.get("order_id"))
     if order_id is None:
@@ -583,15 +657,21 @@ def _differs(stored: Any, new: Any) -> bool:
 
 
 def import_orders(
-    path: Path, *, engine: Engine, settings: Settings | None = None, fmt: str | None = None
+    path: Path,
+    *,
+    engine: Engine,
+    settings: Settings | None = None,
+    fmt: str | None = None,
+    allow_extra_columns: bool = False,
 ) -> ImportReport:
     """Upsert orders by ``order_id``: a changed status or total updates the stored order."""
     return _run(
         path,
-        kind="orders",
+        columns=ORDERS,
         fmt=fmt,
         engine=engine,
         settings=settings or get_settings(),
+        allow_extra=allow_extra_columns,
         parse=_parse_order,
         apply=_apply_orders,
     )

@@ -14,7 +14,7 @@ from __future__ import annotations
 import codecs
 import csv
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -24,6 +24,10 @@ from tidings.errors import InputError
 DELIMITERS = (",", ";", "\t")
 FORMATS = ("csv", "jsonl")
 ERROR = "__error__"  # key of a record that could not be read
+
+HeaderCheck = Callable[[list[str], str], None]
+"""Called with the columns of a CSV header and its location (``file:1``) before any row is
+read; it raises ``InputError`` to stop the import."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,7 +88,9 @@ class _Lines:
 NOT_UTF8 = "is not valid UTF-8 (save the file as UTF-8)"
 
 
-def read_csv(lines: _Lines, *, name: str) -> Iterator[Record]:
+def read_csv(
+    lines: _Lines, *, name: str, check_header: HeaderCheck | None = None
+) -> Iterator[Record]:
     first = next(lines, "")
     if not first.strip():
         raise InputError(
@@ -109,6 +115,8 @@ def read_csv(lines: _Lines, *, name: str) -> Iterator[Record]:
                 hint="remove or rename one of them",
             )
         seen[column.lower()] = index
+    if check_header is not None:
+        check_header(columns, f"{name}:1")
     reader = csv.reader(lines, delimiter=delimiter)
     for row in reader:
         end = lines.number
@@ -148,14 +156,20 @@ def read_jsonl(lines: _Lines, *, name: str) -> Iterator[Record]:
         yield Record(number, value)
 
 
-def read_records(path: Path, fmt: str | None = None) -> Iterator[Record]:
-    """Yield the records of ``path``; a record whose values hold ``ERROR`` is a broken line."""
+def read_records(
+    path: Path, fmt: str | None = None, *, check_header: HeaderCheck | None = None
+) -> Iterator[Record]:
+    """Yield the records of ``path``; a record whose values hold ``ERROR`` is a broken line.
+
+    ``check_header`` sees the columns of a CSV file before its first row (JSON Lines has no
+    header: each object's keys are the caller's to check).
+    """
     kind = detect_format(path, fmt)
     if not path.is_file():
         raise InputError("no such file", location=str(path))
     with path.open("rb") as handle:
         lines = _Lines(handle)
         if kind == "csv":
-            yield from read_csv(lines, name=str(path))
+            yield from read_csv(lines, name=str(path), check_header=check_header)
         else:
             yield from read_jsonl(lines, name=str(path))

@@ -98,6 +98,8 @@ def check_templates(renderer: Renderer, samples: Samples | None = None) -> Check
             _add(report, Problem(exc.location or name, exc.message))
             continue
         report.warnings.extend(compiled.warnings)
+        for unknown in compiled.mjml_problems:
+            _add(report, Problem(unknown.location, unknown.message))
         for variant in compiled.subjects:
             for index, contact in enumerate(samples.contacts):
                 try:

@@ -4,6 +4,8 @@ The result is a ``CompiledEmail`` whose ``html`` and ``text`` are plain Jinja so
 contact only Jinja runs (see ``templates.render``). Steps:
 
 1. split the YAML front matter (subject, preheader, from_name, ...) from the MJML body;
+   check the MJML against the component table (``templates.mjml_schema``): an unknown tag
+   is an error here, an unknown attribute is reported by ``tidings templates check``;
 2. replace every Jinja fragment (``{{ }}``, ``{% %}``) by an inert placeholder, remembering the
    file and line it came from, so neither MRML nor the CSS inliner can touch it;
 3. MJML -> HTML with ``mjml-python`` (MRML), ``<mj-include>`` served from the templates folder;
@@ -34,6 +36,7 @@ from typing import Any
 import yaml
 
 from tidings.errors import InputError
+from tidings.templates.mjml_schema import MjmlProblem, check_mjml
 
 JINJA = re.compile(r"\{\{.*?\}\}|\{%.*?%\}|\{#.*?#\}", re.S)
 PLACEHOLDER = re.compile(r"(?:<!--)?TDJ(\d+)X(?:-->)?")
@@ -90,6 +93,8 @@ class CompiledEmail:
     # (output line -> fragments) per part, to point render errors at file:line
     line_maps: dict[str, dict[int, list[Fragment]]] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
+    # attributes MJML does not know (``templates check`` fails on them; sending goes on)
+    mjml_problems: list[MjmlProblem] = field(default_factory=list)
 
 
 def split_front_matter(source: str, path: str) -> tuple[dict[str, Any], dict[str, int], str, int]:
@@ -433,6 +438,26 @@ def _check_syntax(env: Any, source: str, path: str, first_line: int, what: str) 
         ) from exc
 
 
+def _check_components(
+    body: str, path: str, body_line: int, includes: dict[str, Path]
+) -> list[MjmlProblem]:
+    """Unknown MJML attributes of the body and its partials; an unknown tag is an error:
+    MRML would copy ``<mj-sectoin>`` into the HTML as it is."""
+    problems = check_mjml(body, path=path, first_line=body_line)
+    for target in includes.values():
+        if target.suffix == ".mjml":
+            problems += check_mjml(target.read_text(encoding="utf-8"), path=str(target))
+    tags = [p for p in problems if p.is_tag]
+    if tags:
+        more = f" (and {len(tags) - 1} more)" if len(tags) > 1 else ""
+        raise InputError(
+            tags[0].message + more,
+            location=tags[0].location,
+            hint="MJML components: https://documentation.mjml.io/#components",
+        )
+    return problems
+
+
 def compile_email(
     source: str,
     *,
@@ -474,6 +499,7 @@ def compile_email(
     _check_syntax(env, body, path, body_line, "the body")
     for ref, target in includes.items():
         _check_syntax(env, target.read_text(encoding="utf-8"), str(target), 1, f"partial {ref}")
+    mjml_problems = _check_components(body, path, body_line, includes)
 
     if front.get("preheader") is not None and "<mj-preview" not in body:
         preview = "<mj-preview>{{ preheader }}</mj-preview>"
@@ -545,4 +571,5 @@ def compile_email(
         text_from=text_from,
         line_maps={"html": html_map, "text": text_map},
         warnings=warnings,
+        mjml_problems=mjml_problems,
     )
