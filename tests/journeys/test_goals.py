@@ -177,3 +177,33 @@ def test_a_journey_control_group_gets_nothing_and_is_measured(runtime: Runtime) 
     for contact in (min(control), min(set(ids.values()) - control)):
         post_event(runtime, contact_id=contact, name="order.placed", now=T0 + timedelta(days=1))
     assert sorted(v or "-" for _, _, v, _, _ in conversions(runtime)) == ["-", "control"]
+
+
+def test_imported_orders_are_events_and_convert_at_the_next_tick(
+    runtime: Runtime, tmp_path: Path
+) -> None:
+    from tidings.crm.importer import import_orders
+    from tidings.crm.models import Event
+
+    ids = add_contacts(runtime.db, people(2))
+    version = runtime.engine.register(load_text(ONE_EMAIL, source="w.yaml"))
+    runtime.engine.enroll_contacts(version, ids.values(), entry_key="k", now=T0)
+    tick_all(runtime, names=["winback_once"], now=T0)
+    orders = tmp_path / "orders.csv"
+    placed = (T0 + timedelta(days=1)).isoformat()
+    orders.write_text(
+        f"order_id,external_id,total,currency,status,placed_at\nO1,P0,80.00,EUR,paid,{placed}\n"
+    )
+    for _ in range(2):  # a re-import adds nothing
+        import_orders(orders, engine=runtime.db)
+    orders.write_text(orders.read_text().replace(",paid,", ",shipped,"))
+    import_orders(orders, engine=runtime.db)
+    with Session(runtime.db) as session:
+        names = sorted(session.scalars(select(Event.name)))
+    assert names == ["order.paid", "order.placed", "order.shipped"]
+    tick_all(runtime, names=["winback_once"], now=T0 + timedelta(days=2))
+    with Session(runtime.db) as session:
+        kind, order_id, value = session.execute(
+            select(Conversion.kind, Conversion.order_id, Conversion.value)
+        ).one()
+    assert (kind, value) == ("order", Decimal("80.00")) and order_id is not None

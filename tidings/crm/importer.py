@@ -645,9 +645,64 @@ def _apply_orders(conn: Connection, rows: list[_Owned], report: ImportReport) ->
             .values({f: bindparam(f) for f in (*ORDER_FIELDS, "updated_at")}),
             changed,
         )
+    events = [
+        event
+        for order_id, values in pending.items()
+        for event in order_events(
+            order_id, values, previous=_status(stored.get(order_id)), now=now
+        )
+    ]
+    if events:
+        conn.execute(insert_ignore(conn, events_t), events)
     report.inserted += len(fresh)
     report.updated += len(changed)
     report.unchanged += len(pending) - len(fresh) - len(changed)
+
+
+PLACED = {"pending", "placed"}
+
+
+def _status(order: Any) -> str | None:
+    return None if order is None else str(order["status"])
+
+
+def order_events(
+    order_id: str, values: dict[str, Any], *, previous: str | None, now: datetime
+) -> list[dict[str, Any]]:
+    """An order as events, whichever way it arrives (file or API), so waits, goals, triggers
+    and segments see it: ``order.placed`` when it is new (at ``placed_at``), and
+    ``order.<status>`` whenever its status changes to something past placed. Each has a key
+    derived from the order and the status: importing the same file again adds nothing."""
+    status = values["status"]
+    properties = {
+        "order_id": order_id,
+        "value": str(values["total"]),
+        "currency": values["currency"],
+        "status": status,
+    }
+    base = {"contact_id": values["contact_id"], "source": "orders", "received_at": now}
+    events = []
+    if previous is None:
+        events.append(
+            {
+                **base,
+                "name": "order.placed",
+                "properties": properties,
+                "occurred_at": values["placed_at"],
+                "idempotency_key": f"order:{order_id}:placed",
+            }
+        )
+    if status != previous and status not in PLACED:
+        events.append(
+            {
+                **base,
+                "name": f"order.{status}",
+                "properties": properties,
+                "occurred_at": now if previous is not None else values["placed_at"],
+                "idempotency_key": f"order:{order_id}:{status}",
+            }
+        )
+    return events
 
 
 def _differs(stored: Any, new: Any) -> bool:
