@@ -95,7 +95,9 @@ def test_smtp_kill_9_leaves_at_most_one_in_doubt(postgres_url: str, relay: SmtpS
             time.sleep(0.001)
         if worker.poll() is not None:
             assert worker.stdout is not None
-            pytest.fail(f"the worker ended before the kill:\n{log.getvalue()}{worker.stdout.read()}")
+            pytest.fail(
+                f"the worker ended before the kill:\n{log.getvalue()}{worker.stdout.read()}"
+            )
         os.kill(worker.pid, signal.SIGKILL)
         worker.wait()
         time.sleep(LEASE)  # the dead worker's lease runs out
