@@ -207,3 +207,25 @@ def test_imported_orders_are_events_and_convert_at_the_next_tick(
             select(Conversion.kind, Conversion.order_id, Conversion.value)
         ).one()
     assert (kind, value) == ("order", Decimal("80.00")) and order_id is not None
+
+
+def test_plan_counts_only_what_it_would_do_and_shows_the_holdout(
+    runtime: Runtime, tmp_path: Path
+) -> None:
+    from tidings.journeys.planning import plan_journey
+
+    ids = add_contacts(runtime.db, people(40))
+    file = tmp_path / "welcome_ab.yaml"
+    file.write_text(AB_REMINDER.replace("trigger: {type: api}", "trigger: {type: event, event: x}"))
+    for contact in ids.values():
+        post_event(runtime, contact_id=contact, name="x", now=T0)
+    first = {row.step: row for row in plan_journey(runtime, file, now=T0).steps}
+    held = first["hello"].held.get("holdout", 0)
+    assert held > 0 and first["hello"].sent + held == 40  # every entrant accounted for
+    assert first["reminder"].held.get("holdout", 0) == held  # the holdout holds later too
+    assert first["reminder"].sent == 40 - held
+    version = runtime.engine.register(load_text(file.read_text(), source=str(file)))
+    runtime.engine.enroll_contacts(version, ids.values(), entry_key="real", now=T0)
+    tick_all(runtime, names=["welcome_ab"], now=T0)  # the real run sends hello
+    again = {row.step: row for row in plan_journey(runtime, file, now=T0).steps}
+    assert again["hello"].sent == 0  # already sent: not "would send" again

@@ -63,6 +63,8 @@ def plan_journey(
             catalog=runtime.engine.catalog,
         )
         version = engine.register(journey)
+        with Session(conn) as session:  # what a real run already sent is not part of the plan
+            before = session.scalar(select(func.max(Message.id))) or 0
         trigger = journey.trigger
         if isinstance(trigger, s.SegmentTrigger | s.ScheduleTrigger):
             entering = engine.enroll_segment(version, now=now)
@@ -92,6 +94,8 @@ def plan_journey(
             result = engine.tick(journey.name, now=clock)
             for step_id, n in result.deferred_steps.items():
                 stats[step_id].deferred += n
+            for (step_id, reason), n in result.held_out_steps.items():
+                stats[step_id].held[reason] = stats[step_id].held.get(reason, 0) + n
             ticks += 1
             with Session(conn) as session:
                 due = session.scalar(
@@ -112,7 +116,7 @@ def plan_journey(
                     func.min(Message.created_at),
                     func.max(Message.created_at),
                 )
-                .where(Message.journey_id == version.id)
+                .where(Message.journey_id == version.id, Message.id > before)
                 .group_by(Message.step_id, Message.status, Message.error)
             ):
                 row = stats[str(message_step)]

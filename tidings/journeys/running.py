@@ -15,7 +15,7 @@ from rich.progress import Progress
 from sqlalchemy import func, or_, select
 from sqlalchemy.orm import Session
 
-from tidings.crm.models import Contact, Enrollment, Message
+from tidings.crm.models import Assignment, Contact, Enrollment, Experiment, Message
 from tidings.crm.models import Journey as JourneyRow
 from tidings.crm.types import utcnow
 from tidings.errors import InputError
@@ -190,10 +190,17 @@ def journey_status(runtime: Runtime, name: str) -> dict[str, Any]:
             .order_by(Enrollment.journey_id, Enrollment.status, Enrollment.step_id)
         ).all()
         messages = session.execute(
-            select(Message.step_id, Message.channel, Message.status, func.count())
+            select(Message.step_id, Message.variant, Message.channel, Message.status, func.count())
             .where(Message.journey_id.in_(short))
-            .group_by(Message.step_id, Message.channel, Message.status)
-            .order_by(Message.step_id, Message.status)
+            .group_by(Message.step_id, Message.variant, Message.channel, Message.status)
+            .order_by(Message.step_id, Message.variant, Message.status)
+        ).all()
+        assigned = session.execute(
+            select(Experiment.name, Assignment.variant, func.count())
+            .join(Assignment, Assignment.experiment_id == Experiment.id)
+            .where(Experiment.journey_name == name)
+            .group_by(Experiment.name, Assignment.variant)
+            .order_by(Experiment.name, Assignment.variant)
         ).all()
     waiting: dict[str, int] = defaultdict(int)
     for _, step, state, count in enrollments:
@@ -207,7 +214,12 @@ def journey_status(runtime: Runtime, name: str) -> dict[str, Any]:
             for j, step, state, n in enrollments
         ],
         "messages": [
-            {"step": step, "channel": ch, "status": st, "count": n} for step, ch, st, n in messages
+            {"step": step, "variant": variant, "channel": ch, "status": st, "count": n}
+            for step, variant, ch, st, n in messages
+        ],
+        "experiments": [
+            {"experiment": experiment, "variant": variant, "contacts": n}
+            for experiment, variant, n in assigned
         ],
         "waiting": dict(waiting),
     }

@@ -100,6 +100,8 @@ class TickStats:
     # over a million-contact broadcast would hold every id)
     ids: list[int] = field(default_factory=list)
     deferred_steps: dict[str, int] = field(default_factory=lambda: defaultdict(int))
+    # per (step, "holdout" | "control"): sends left out with no message row
+    held_out_steps: dict[tuple[str, str], int] = field(default_factory=lambda: defaultdict(int))
 
     def add(self, other: TickStats) -> None:
         self.processed += other.processed
@@ -109,6 +111,8 @@ class TickStats:
         self.exited += other.exited
         for step, n in other.deferred_steps.items():
             self.deferred_steps[step] += n
+        for key, n in other.held_out_steps.items():
+            self.held_out_steps[key] += n
         for reason, n in other.held.items():
             self.held[reason] += n
 

@@ -347,7 +347,9 @@ class StepRunner:
                 continue
             visit = item.visit(step.id)
             if decision is None:  # a holdout or the control group: no message, counted there
-                stats.held[out.get(item.id, HOLDOUT)] += 1
+                reason = out.get(item.id, HOLDOUT)
+                stats.held[reason] += 1
+                stats.held_out_steps[(step.id, reason)] += 1
                 item.go(item.version.after(step.id))
                 continue
             row = contacts[item.contact_id]
