@@ -648,9 +648,7 @@ def _apply_orders(conn: Connection, rows: list[_Owned], report: ImportReport) ->
     events = [
         event
         for order_id, values in pending.items()
-        for event in order_events(
-            order_id, values, previous=_status(stored.get(order_id)), now=now
-        )
+        for event in order_events(order_id, values, previous=_status(stored.get(order_id)), now=now)
     ]
     if events:
         conn.execute(insert_ignore(conn, events_t), events)
