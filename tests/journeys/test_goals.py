@@ -229,3 +229,41 @@ def test_plan_counts_only_what_it_would_do_and_shows_the_holdout(
     tick_all(runtime, names=["welcome_ab"], now=T0)  # the real run sends hello
     again = {row.step: row for row in plan_journey(runtime, file, now=T0).steps}
     assert again["hello"].sent == 0  # already sent: not "would send" again
+
+
+def test_a_wait_for_an_event_starts_at_the_event_that_put_the_contact_there(
+    runtime: Runtime,
+) -> None:
+    """The cart is abandoned at 10:00 and posted at 10:05; the order comes at 10:03, before any
+    tick: the wait began at 10:00, so the order ends it (no reminder), and the 4 hours run from
+    10:00, not from the first tick."""
+    ids = add_contacts(runtime.db, people(2))
+    runtime.engine.register(
+        load_text(
+            "name: cart\ntrigger: {type: event, event: cart.abandoned}\nsteps:\n"
+            "  - {id: wait, type: wait_for_event, event: order.placed, timeout: 4 hours,\n"
+            "     on_timeout: reminder, next: done}\n"
+            "  - {id: reminder, type: email, template: welcome}\n  - {id: done, type: exit}\n",
+            source="cart.yaml",
+        )
+    )
+    for name in ("P0", "P1"):
+        post_event(
+            runtime,
+            contact_id=ids[name],
+            name="cart.abandoned",
+            occurred_at=T0,
+            now=T0 + timedelta(minutes=5),
+        )
+    post_event(
+        runtime,
+        contact_id=ids["P0"],
+        name="order.placed",
+        occurred_at=T0 + timedelta(minutes=3),
+        now=T0 + timedelta(minutes=6),
+    )
+    tick_all(runtime, names=["cart"], now=T0 + timedelta(minutes=10))
+    tick_all(runtime, names=["cart"], now=T0 + timedelta(hours=4, minutes=1))
+    with Session(runtime.db) as session:
+        sent = list(session.scalars(select(Message.contact_id).where(Message.status == "sent")))
+    assert sent == [ids["P1"]]  # P0 ordered; P1 reminded 4 hours after abandoning, not later

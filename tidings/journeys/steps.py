@@ -111,6 +111,19 @@ class StepRunner:
         item.park(until)
 
     @staticmethod
+    def _wait_start(item: Item, step_id: str, now: datetime) -> datetime:
+        """When a wait for an event began: at the event that put the contact on this step when
+        it is the journey's first (an order placed a minute after the abandoned cart, before
+        the first tick, ends the wait), else when the contact got here (now)."""
+        if step_id != item.version.journey.steps[0].id or item.context.get("entry_wait"):
+            return now  # a later step, or back here through a loop: from now
+        item.context["entry_wait"] = True
+        trigger = item.context.get("trigger") or {}
+        when = trigger.get("occurred_at") if isinstance(trigger, dict) else None
+        start = datetime.fromisoformat(when) if isinstance(when, str) else item.entered_at
+        return min(start, now)
+
+    @staticmethod
     def _done_waiting(item: Item, step_id: str | None) -> None:
         item.context.pop("waiting", None)
         item.go(step_id)
@@ -154,7 +167,8 @@ class StepRunner:
         waking = [i for i in group if self._woken(i, step.id)]
         for item in group:
             if item not in waking:
-                self._wait(item, step.id, now, now + timedelta(seconds=step.timeout))
+                start = self._wait_start(item, step.id, now)
+                self._wait(item, step.id, start, start + timedelta(seconds=step.timeout))
         if not waking:
             return
         since = {i.id: datetime.fromisoformat(i.context["waiting"]["since"]) for i in waking}
