@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import smtplib
 from pathlib import Path
 
 import pytest
@@ -162,3 +163,44 @@ def test_non_ascii_and_long_lines_survive_the_wire(smtp_sim: SmtpSimulator) -> N
     text, markup = (p.get_content() for p in mime.iter_parts())
     assert text == "Hallo Jürgen"
     assert markup.replace("\r\n", "\n") == html
+
+
+def refusing_port() -> int:
+    """A loopback port nothing listens on: connecting is refused at once."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def test_a_relay_that_is_down_fails_fast_with_its_cause() -> None:
+    """64 messages to a relay that refuses: one round of the configured retries, then the rest
+    of the batch comes back as retry at once, each with the cause (not 64 rounds of backoff)."""
+    port = refusing_port()
+    adapter = SmtpChannel(host="127.0.0.1", port=port, security="none", timeout=5.0, retry=FAST)
+    tries: list[int] = []
+    connect = adapter._connect
+
+    def counted() -> smtplib.SMTP:
+        tries.append(1)
+        return connect()
+
+    adapter._connect = counted  # type: ignore[method-assign]
+    with adapter:  # the dispatcher hands SMTP one message at a time (record_each)
+        results = [r for n in range(1, 65) for r in adapter.send_batch([email(n)])]
+    assert [r.status for r in results] == ["retry"] * 64
+    assert len(tries) == FAST.max_attempts
+    assert {r.error for r in results} == {f"smtp: relay 127.0.0.1:{port} refused the connection"}
+    assert [r.attempts for r in results[:2]] == [FAST.max_attempts, 0]
+    assert not any(r.in_doubt for r in results)
+
+
+def test_the_circuit_closes_when_the_relay_answers_again(smtp_sim: SmtpSimulator) -> None:
+    from dataclasses import replace
+
+    adapter = channel(smtp_sim, port=refusing_port(), retry=replace(FAST, circuit_cooldown=0.0))
+    with adapter:
+        assert adapter.send_batch([email(1)])[0].status == "retry"
+        adapter.port = smtp_sim.port  # the relay is back
+        assert [r.status for r in adapter.send_batch([email(2), email(3)])] == ["accepted"] * 2

@@ -37,6 +37,7 @@ PREFECT = str(Path(sys.executable).with_name("prefect"))
 DEPLOYMENTS = {
     "journey-tick/journey-tick",
     "broadcast/broadcast",
+    "broadcast-share/broadcast-share",
     "journey-event/journey-event",
     "event-ingest/event-ingest",
     "train-and-score/scores-weekly",
@@ -73,6 +74,7 @@ def prefect_env(tmp_path: Path, postgres_url: str, redis_url: str) -> Iterator[d
         PREFECT_WORKER_QUERY_SECONDS="2",
         PREFECT_WORKER_PREFETCH_SECONDS="5",
         DO_NOT_TRACK="1",
+        COLUMNS="250",  # `prefect deployment ls` cuts names to the terminal width
         TIDINGS_DATABASE_URL=postgres_url,
         TIDINGS_REDIS_URL=redis_url,
         TIDINGS_QUIET_HOURS="off",
@@ -127,8 +129,10 @@ def api(env: dict[str, str], path: str, body: dict[str, Any] | None = None) -> A
     return response.json()
 
 
-def run_deployment(env: dict[str, str], name: str, project: Path, **params: Any) -> dict[str, Any]:
-    args = ["deployment", "run", name]
+def run_deployment(
+    env: dict[str, str], deployment: str, project: Path, **params: Any
+) -> dict[str, Any]:
+    args = ["deployment", "run", deployment]
     if params:
         args += ["--params", json.dumps(params)]
     out = prefect(env, *args, cwd=project)
@@ -212,6 +216,16 @@ def test_deploy_all_trigger_each_and_the_schedule_runs(
         for name in ("broadcast/broadcast", "event-ingest/event-ingest"):
             run = run_deployment(env, name, project)  # the defaults in prefect.yaml are valid
             assert run["state_type"] == "COMPLETED", (name, run["state"])
+        # a broadcast cut into 2 shares: two broadcast-share flow runs, on any worker
+        shared = run_deployment(
+            env, "broadcast/broadcast", project, name="welcome", chunk_size=50, shares=2
+        )
+        assert shared["state_type"] == "COMPLETED", shared["state"]
+        share_id = next(
+            d["id"] for d in api(env, "/deployments/filter", {}) if d["name"] == "broadcast-share"
+        )
+        share_runs = api(env, "/flow_runs/filter", {"deployments": {"id": {"any_": [share_id]}}})
+        assert [r["state_type"] for r in share_runs] == ["COMPLETED", "COMPLETED"]
         scores = run_deployment(env, "train-and-score/scores-weekly", project)
         assert scores["state_type"] == "COMPLETED", scores["state"]
         assert list((project / "models").iterdir())

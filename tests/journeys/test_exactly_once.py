@@ -34,7 +34,7 @@ from tidings.journeys.engine import JourneyEngine
 from tidings.journeys.loader import load_text
 
 CONTACTS = int(os.environ.get("TIDINGS_KILL_TEST_CONTACTS", "100000"))
-LEASE = 1.0  # seconds: a killed worker's claims are free again this soon
+LEASE = 2.0  # seconds: a killed worker's claims are free again this soon (a loaded CI too)
 KILLS = 20
 JOURNEY = """
 name: broadcast_kill

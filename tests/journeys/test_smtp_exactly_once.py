@@ -34,7 +34,7 @@ from tidings.journeys.runtime import Runtime
 
 CONTACTS = 1500
 KILLS = 8
-LEASE = 1.0  # seconds: a killed worker's claims are free again this soon
+LEASE = 2.0  # seconds: a killed worker's claims are free again this soon (a loaded CI too)
 
 
 @pytest.fixture

@@ -177,7 +177,8 @@ def test_no_real_provider_sends_without_a_secret(store_url, tmp_path) -> None:
     from tidings.journeys.runtime import Runtime
 
     settings = Settings(database_url=store_url, outbox_dir=tmp_path, secret_key=None)
-    Runtime.from_settings(settings)  # the sandbox outbox may: nothing leaves the machine
+    assert Runtime.from_settings(settings).dispatcher  # the sandbox outbox may
     smtp = SmtpChannel(host="127.0.0.1", port=1)
+    runtime = Runtime.from_settings(settings, channels={"email": smtp, "sms": smtp})
     with pytest.raises(ConfigurationError, match="TIDINGS_SECRET_KEY is not set, and smtp"):
-        Runtime.from_settings(settings, channels={"email": smtp, "sms": smtp})
+        assert runtime.dispatcher is None  # built before anything is claimed or sent

@@ -4,7 +4,12 @@
 post -> parse result; an exception from ``post`` goes through ``classify`` into a retryable or
 permanent error; retryable ones are tried again with exponential backoff and jitter (a
 Retry-After from the provider wins, and pauses every worker of this adapter), up to
-``RetryPolicy.max_attempts``. A provider module fills in only ``build_payload``, ``post``,
+``RetryPolicy.max_attempts``. A provider that cannot be reached at all (connection refused, no
+route, connect timeout: errors marked ``unreachable``) opens the adapter's *circuit* once
+``max_attempts`` connection attempts in a row have failed: for ``circuit_cooldown`` seconds every
+further message comes back at once as ``retry`` with that cause, untried, so a relay that is down
+costs one round of retries, not one round per message. Any answer from the provider closes it.
+A provider module fills in only ``build_payload``, ``post``,
 ``parse_result`` and ``classify``. HTTP providers set ``concurrency`` > 1 and the batch runs
 on a bounded thread pool; results come back in the order of the messages, one each.
 A provider that keeps no record we could query after a crash (SMTP) sets ``record_each``: the
@@ -54,6 +59,8 @@ class RetryPolicy:
     base: float = 0.5
     cap: float = 30.0
     max_retry_after: float = 60.0
+    circuit_cooldown: float = 30.0
+    """Seconds the circuit stays open after ``max_attempts`` failed connections in a row."""
 
     @classmethod
     def from_settings(cls, settings: Any) -> RetryPolicy:
@@ -94,6 +101,10 @@ class Channel(ABC, Generic[M]):
         self._hold_until = 0.0
         self._pool: ThreadPoolExecutor | None = None
         self._pool_lock = threading.Lock()
+        self._circuit_lock = threading.Lock()
+        self._unreachable_in_a_row = 0
+        self._open_until = 0.0
+        self._open_cause: ProviderRetryableError | None = None
 
     @classmethod
     def from_settings(cls, settings: Any, **overrides: Any) -> Channel[Any]:
@@ -182,6 +193,9 @@ class Channel(ABC, Generic[M]):
             return self._failed(message, error, attempts=0)
         attempt = 0
         while True:
+            cause = self._circuit_open()
+            if cause is not None:  # the provider is unreachable: do not even try
+                return self._retry_later(message, cause, attempts=attempt)
             attempt += 1
             self._wait_for_hold()
             self.rate_limiter.acquire(self.rate_key(message))
@@ -192,10 +206,16 @@ class Channel(ABC, Generic[M]):
                 if problem is None:
                     raise
                 if isinstance(problem, ProviderPermanentError):
+                    self._reached()
                     return self._failed(message, problem, attempts=attempt)
+                if problem.unreachable:
+                    self._unreachable(problem)
+                else:
+                    self._reached()
                 retry_after = problem.retry_after
                 if (
-                    problem.in_doubt
+                    self._circuit_open() is not None
+                    or problem.in_doubt
                     or attempt >= self.retry.max_attempts
                     or (retry_after is not None and retry_after > self.retry.max_retry_after)
                 ):
@@ -206,8 +226,34 @@ class Channel(ABC, Generic[M]):
                 else:
                     self._sleep(delay)
                 continue
+            self._reached()
             result = self.parse_result(message, response)
             return _with_attempts(result, attempt)
+
+    # -- the circuit ----------------------------------------------------------------------
+    def _unreachable(self, problem: ProviderRetryableError) -> None:
+        """One more connection attempt failed; ``max_attempts`` in a row open the circuit."""
+        with self._circuit_lock:
+            self._unreachable_in_a_row += 1
+            if self._unreachable_in_a_row >= self.retry.max_attempts:
+                self._open_until = time.monotonic() + self.retry.circuit_cooldown
+                self._open_cause = problem
+
+    def _reached(self) -> None:
+        """The provider answered (whatever it said): the circuit closes."""
+        if self._unreachable_in_a_row or self._open_cause is not None:
+            with self._circuit_lock:
+                self._unreachable_in_a_row = 0
+                self._open_until = 0.0
+                self._open_cause = None
+
+    def _circuit_open(self) -> ProviderRetryableError | None:
+        """The cause while the circuit is open; None when a message may be tried (after the
+        cooldown one is: it closes the circuit if it gets through, reopens it if not)."""
+        with self._circuit_lock:
+            if self._open_cause is not None and time.monotonic() < self._open_until:
+                return self._open_cause
+            return None
 
     # -- helpers --------------------------------------------------------------------------
     def _classified(self, raw: Exception) -> ProviderRetryableError | ProviderPermanentError | None:

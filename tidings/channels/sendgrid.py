@@ -198,13 +198,17 @@ class SendGridChannel(Channel[OutboundEmail]):
                 return ProviderRetryableError(
                     f"timed out after {self.timeout}s", provider=self.provider, in_doubt=True
                 )
-            return ProviderRetryableError(f"cannot connect: {reason}", provider=self.provider)
+            return ProviderRetryableError(
+                f"cannot connect: {reason}", provider=self.provider, unreachable=True
+            )
         if isinstance(error, TimeoutError | socket.timeout | RemoteDisconnected):
             return ProviderRetryableError(
                 f"{error.__class__.__name__}: {error}", provider=self.provider, in_doubt=True
             )
         if isinstance(error, ConnectionRefusedError | socket.gaierror):
-            return ProviderRetryableError(f"cannot connect: {error}", provider=self.provider)
+            return ProviderRetryableError(
+                f"cannot connect: {error}", provider=self.provider, unreachable=True
+            )
         if isinstance(error, HTTPException | OSError):
             return ProviderRetryableError(
                 f"{error.__class__.__name__}: {error}", provider=self.provider, in_doubt=True

@@ -167,8 +167,30 @@ class SmtpChannel(Channel[OutboundEmail]):
 
     def _send(self, message: OutboundEmail, payload: bytes) -> dict[str, tuple[int, bytes]]:
         if self._conn is None:
-            self._conn = self._connect()
+            self._conn = self._reach()
         return self._conn.sendmail(message.from_email, [message.to], payload)
+
+    def _reach(self) -> smtplib.SMTP:
+        """A new connection; a relay that cannot be reached is said plainly (``unreachable``:
+        nothing was sent, and enough of these in a row open the circuit)."""
+        relay = f"relay {self.host}:{self.port}"
+        try:
+            return self._connect()
+        except smtplib.SMTPResponseException:
+            raise  # the relay answered (421 at the greeting...): classified by its code
+        except ConnectionRefusedError as error:
+            reason = f"{relay} refused the connection"
+            cause: Exception = error
+        except TimeoutError as error:
+            reason = f"{relay} did not answer within {self.timeout:g}s"
+            cause = error
+        except smtplib.SMTPServerDisconnected as error:
+            reason = f"{relay} closed the connection before greeting ({error})"
+            cause = error
+        except OSError as error:  # no such host, no route, TLS handshake...
+            reason = f"cannot reach {relay}: {error.__class__.__name__}: {error}"
+            cause = error
+        raise ProviderRetryableError(reason, provider=self.provider, unreachable=True) from cause
 
     def _drop(self) -> None:
         conn, self._conn = self._conn, None

@@ -204,7 +204,10 @@ class TwilioChannel(Channel[OutboundSms]):
                 and "refused" in str(error).lower()
             )
             return ProviderRetryableError(
-                f"{error.__class__.__name__}: {error}", provider=self.provider, in_doubt=in_doubt
+                f"{error.__class__.__name__}: {error}",
+                provider=self.provider,
+                in_doubt=in_doubt,
+                unreachable=not in_doubt,
             )
         # The rest the SDK can raise once the request may have reached Twilio (twilio.base
         # version/page, twilio.http): a broken or unreadable answer (ChunkedEncodingError,

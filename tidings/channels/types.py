@@ -114,6 +114,8 @@ class ProviderRetryableError(RetryableError):
 
     ``in_doubt``: the request may have reached the provider (timeout, dropped reply), so an
     in-process retry could send twice; the base class hands it back instead of retrying.
+    ``unreachable``: no connection could be made (refused, no route, connect timeout): nothing
+    was sent; enough of these in a row open the adapter's circuit (``channels.base``).
     """
 
     def __init__(
@@ -125,6 +127,7 @@ class ProviderRetryableError(RetryableError):
         code: str | None = None,
         retry_after: float | None = None,
         in_doubt: bool = False,
+        unreachable: bool = False,
     ) -> None:
         super().__init__(
             reason, retry_after=retry_after, provider=provider, status=status, code=code
@@ -134,6 +137,7 @@ class ProviderRetryableError(RetryableError):
         self.code = code
         self.reason = reason
         self.in_doubt = in_doubt
+        self.unreachable = unreachable
 
 
 class ProviderPermanentError(PermanentError):

@@ -210,6 +210,7 @@ def run(
 
         summary = run_journey(str(file.resolve()), now=now)
     print_summary(summary)
+    exit_if_unsent([summary])
 
 
 def print_summary(summary: dict[str, Any]) -> None:
@@ -237,6 +238,28 @@ def print_summary(summary: dict[str, Any]) -> None:
     for reason, n in sorted(summary.get("held", {}).items()):
         table.add_row(f"held: {reason}", str(n))
     console.print(table)
+    print_failures(summary.get("failures") or [])
+
+
+def print_failures(failures: list[dict[str, Any]]) -> None:
+    """Each reason a message was not sent: how many, why, which contacts (a few each)."""
+    from tidings.journeys.failures import failure_lines
+
+    err = Console(stderr=True)
+    for line in failure_lines(failures):
+        err.print(f"[red]{line}[/]", highlight=False, soft_wrap=True)
+
+
+def exit_if_unsent(summaries: list[dict[str, Any]]) -> None:
+    """Exit 1 when a message failed or went back to the queue (the reasons were printed)."""
+    failed = sum(int(s.get("failed") or 0) for s in summaries)
+    retry = sum(int(s.get("retry") or 0) for s in summaries)
+    if failed or retry:
+        Console(stderr=True).print(
+            f"[red]not everything was sent: {failed} failed, {retry} queued again[/]",
+            highlight=False,
+        )
+        raise typer.Exit(1)
 
 
 def print_outbox(folder: Path, *, limit: int = 8) -> None:
@@ -263,8 +286,10 @@ def tick(
     from tidings.journeys.running import tick_all
 
     runtime = _loaded_runtime()
-    for summary in tick_all(runtime, names=[name] if name else None, now=_now(now)):
+    summaries = tick_all(runtime, names=[name] if name else None, now=_now(now))
+    for summary in summaries:
         print_summary(summary)
+    exit_if_unsent(summaries)
 
 
 @app.command("work")
@@ -283,7 +308,9 @@ def work_command(
     runtime = _loaded_runtime()
     seconds = parse_duration(reconcile_after or runtime.settings.reconcile_after)
     console.print("ready", highlight=False)
-    print_summary(work(runtime, name, reconcile_after=timedelta(seconds=seconds), report=console))
+    summary = work(runtime, name, reconcile_after=timedelta(seconds=seconds), report=console)
+    print_summary(summary)
+    exit_if_unsent([summary])
 
 
 @app.command("reconcile")
@@ -352,10 +379,21 @@ def status(name: str = typer.Argument(..., help="Journey name.")) -> None:
     for row in info["enrollments"]:
         table.add_row(row["version"], row["step"] or "-", row["status"], str(row["count"]))
     console.print(table)
-    messages = Table("step", "channel", "status", "messages")
+    messages = Table("step", "variant", "channel", "status", "messages")
     for row in info["messages"]:
-        messages.add_row(row["step"] or "-", row["channel"], row["status"], str(row["count"]))
+        messages.add_row(
+            row["step"] or "-",
+            row["variant"] or "-",
+            row["channel"],
+            row["status"],
+            str(row["count"]),
+        )
     console.print(messages)
+    if info["experiments"]:  # the holdout gets no message: its size is here
+        assigned = Table("experiment", "variant", "contacts assigned")
+        for row in info["experiments"]:
+            assigned.add_row(row["experiment"], row["variant"], str(row["contacts"]))
+        console.print(assigned)
 
 
 @app.command("pause")
@@ -413,4 +451,116 @@ def post(
         return
     for journey, ids in outcome.enrollments.items():
         console.print(f"{journey}: {len(ids)} enrolled")
-    console.print(f"sent {outcome.sent}, failed {outcome.failed}, woke {outcome.woken}")
+    console.print(
+        f"sent {outcome.sent}, failed {outcome.failed}, woke {outcome.woken}"
+        + (f", queued again {outcome.retry}" if outcome.retry else "")
+    )
+    print_failures(outcome.failures)
+    exit_if_unsent([{"failed": outcome.failed, "retry": outcome.retry}])
+
+
+@app.command("trigger")
+def trigger(
+    name: str = typer.Argument(..., help="The journey (its trigger is `type: api`)."),
+    contact: list[str] | None = typer.Option(
+        None, "--contact", "-c", help="External id, email or #id; repeat for more contacts."
+    ),
+    segment: str | None = typer.Option(None, "--segment", help="Everyone in this segment now."),
+    file: Path | None = typer.Option(
+        None,
+        "--file",
+        help="A CSV with a column external_id or email; its other columns are that contact's data.",
+    ),
+    data: str = typer.Option(
+        "{}", "--data", help="JSON object every contact's templates get: {{ data.code }}."
+    ),
+    key: str | None = typer.Option(
+        None, "--key", help="Idempotency key: the same key never enrols a contact twice."
+    ),
+    now: str | None = NOW,
+) -> None:
+    """Fire a `type: api` journey for contacts now: enrol them and send at once."""
+    from tidings.errors import InputError
+    from tidings.journeys.triggers import Target, segment_targets, trigger_journey
+
+    err = Console(stderr=True)
+    sources = [given for given in (contact, segment, file) if given]
+    if len(sources) != 1:
+        err.print(
+            "[red]error:[/] name the contacts once: --contact ID ..., --segment S or --file F"
+        )
+        raise typer.Exit(2)
+    common = _json_object(data, "--data")
+    moment = _now(now)
+    runtime = _loaded_runtime()
+    try:
+        if contact:
+            targets = [Target(ref) for ref in contact]
+        elif segment:
+            targets = segment_targets(runtime, segment, now=moment)
+        else:
+            assert file is not None
+            targets = _file_targets(file)
+        outcome = trigger_journey(
+            runtime, name, targets, data=common, key=key, source="cli", now=moment
+        )
+    except InputError as exc:
+        err.print(f"[red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        raise typer.Exit(2) from None
+    console.print(
+        f"journey {name}: {outcome.named} named, {outcome.enrolled} enrolled"
+        + (
+            f", {outcome.already} already in (re-entry rule or same --key)"
+            if outcome.already
+            else ""
+        )
+        + f"; sent {outcome.sent}, failed {outcome.failed}"
+        + (f", queued again {outcome.retry}" if outcome.retry else ""),
+        highlight=False,
+    )
+    print_failures(outcome.failures)
+    exit_if_unsent([{"failed": outcome.failed, "retry": outcome.retry}])
+
+
+def _json_object(text: str, option: str) -> dict[str, Any]:
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise typer.BadParameter(f"not JSON: {exc}", param_hint=option) from None
+    if not isinstance(value, dict):
+        raise typer.BadParameter(
+            'give a JSON object, e.g. \'{"code": "SPRING"}\'', param_hint=option
+        )
+    return value
+
+
+def _file_targets(path: Path) -> list[Any]:
+    """Targets from a CSV: the column ``external_id`` (or ``email``) names each contact; the
+    other non-empty cells are its data."""
+    import csv
+
+    from tidings.errors import InputError
+    from tidings.journeys.triggers import Target
+
+    if not path.is_file():
+        raise InputError(f"{path}: no such file")
+    with path.open(newline="", encoding="utf-8-sig") as handle:
+        reader = csv.DictReader(handle)
+        columns = [c.strip() for c in reader.fieldnames or []]
+        by = next((c for c in ("external_id", "email") if c in columns), None)
+        if by is None:
+            found = ", ".join(columns) or "none"
+            raise InputError(f"{path}: needs a column external_id or email (found: {found})")
+        targets = []
+        for line, row in enumerate(reader, start=2):
+            values = {(k or "").strip(): (v or "").strip() for k, v in row.items()}
+            ref = values.pop(by)
+            if not ref:
+                raise InputError(f"{path}:{line}: empty {by}")
+            data = {
+                k: v for k, v in values.items() if k and v and k not in ("external_id", "email")
+            }
+            targets.append(Target(ref, by=by, data=data))
+    if not targets:
+        raise InputError(f"{path}: no contacts in the file")
+    return targets

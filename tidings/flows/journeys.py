@@ -19,6 +19,7 @@ from typing import Any
 
 from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
+from prefect.task_runners import ThreadPoolTaskRunner
 
 from tidings.errors import RetryableError
 
@@ -135,14 +136,39 @@ def broadcast_chunk(name: str, low: int, high: int, now: str) -> dict[str, Any]:
     return summary(name, total, sent)
 
 
+CHUNK_THREADS = 2  # chunks a flow run sends at once: each holds database connections
+SHARE_DEPLOYMENT = "broadcast-share/broadcast-share"
+TOTALS = ("processed", "messages", "sent", "failed", "retry")
+
+
+def _sum(results: list[dict[str, Any]]) -> dict[str, int]:
+    return {key: sum(int(r.get(key, 0)) for r in results) for key in TOTALS}
+
+
+@flow(
+    name="broadcast-share",
+    log_prints=True,
+    task_runner=ThreadPoolTaskRunner(max_workers=CHUNK_THREADS),  # type: ignore[arg-type]
+)
+def broadcast_share(name: str, bounds: list[int], chunk_size: int, now: str) -> dict[str, Any]:
+    """Advance and send the chunks of contact ids starting at ``bounds`` (a share of a
+    broadcast), ``CHUNK_THREADS`` at a time."""
+    futures = broadcast_chunk.map(name, bounds, [b + chunk_size for b in bounds], now)
+    return _sum([future.result() for future in futures])
+
+
 @flow(name="broadcast", log_prints=True)
-def broadcast(name: str, chunk_size: int = 5000, now: str | None = None) -> dict[str, Any]:
-    """Enrol a segment or scheduled journey's audience, then advance and send it in chunks of
-    contact ids mapped over tasks (on as many workers as the work pool has)."""
+def broadcast(
+    name: str, chunk_size: int = 5000, shares: int = 1, now: str | None = None
+) -> dict[str, Any]:
+    """Enrol a segment or scheduled journey's audience, cut it into chunks of contact ids, and
+    send them: with ``shares`` > 1 (and deployed) as that many ``broadcast-share`` flow runs,
+    which the work pool's workers pick up on any machine; otherwise in this flow run."""
+    from prefect.runtime import deployment
     from sqlalchemy import func, select
     from sqlalchemy.orm import Session
 
-    from tidings.crm.models import Enrollment
+    from tidings.crm.models import Enrollment, Message
     from tidings.crm.types import utcnow
     from tidings.journeys.running import enroll
 
@@ -156,17 +182,58 @@ def broadcast(name: str, chunk_size: int = 5000, now: str | None = None) -> dict
                 Enrollment.journey_id.in_([v.id for v in versions]), Enrollment.status == "active"
             )
         ).one()
+    totals: dict[str, Any] = {"journey": name, "enrolled": enrolled, "chunks": 0, "shares": 0}
     if low is None:
-        return {"journey": name, "enrolled": enrolled, "chunks": 0}
+        return totals
     bounds = list(range(low, high + 1, chunk_size))
-    futures = broadcast_chunk.map(
-        name, bounds, [b + chunk_size for b in bounds], moment.isoformat()
-    )
-    results = [future.result() for future in futures]
-    totals: dict[str, Any] = {"journey": name, "enrolled": enrolled, "chunks": len(bounds)}
-    for key in ("processed", "messages", "sent", "failed", "retry"):
-        totals[key] = sum(r.get(key, 0) for r in results)
-    return totals
+    size = -(-len(bounds) // max(1, shares))
+    parts = [bounds[i : i + size] for i in range(0, len(bounds), size)]
+    totals.update(chunks=len(bounds), shares=len(parts))
+    if len(parts) > 1 and deployment.id is not None:
+        totals["share_runs"] = _fan_out(name, parts, chunk_size, moment.isoformat())
+        with Session(rt.db) as session:  # the shares ran elsewhere: what they did is stored
+            by_status: dict[str, int] = {
+                status: n
+                for status, n in session.execute(
+                    select(Message.status, func.count())
+                    .where(
+                        Message.journey_id.in_([v.id for v in versions]),
+                        Message.created_at >= moment,
+                    )
+                    .group_by(Message.status)
+                )
+            }
+        return {**totals, "sent": by_status.get("sent", 0), "failed": by_status.get("failed", 0)}
+    results = [broadcast_share(name, part, chunk_size, moment.isoformat()) for part in parts]
+    return {**totals, **_sum(results)}
+
+
+def _fan_out(name: str, parts: list[list[int]], chunk_size: int, now: str) -> list[str]:
+    """One ``broadcast-share`` flow run per part, on any worker; waits for all of them and
+    returns their names."""
+    import time
+
+    from prefect.client.orchestration import get_client
+    from prefect.deployments import run_deployment
+
+    runs: list[Any] = [
+        run_deployment(
+            SHARE_DEPLOYMENT,
+            parameters={"name": name, "bounds": part, "chunk_size": chunk_size, "now": now},
+            timeout=0,  # start them all, then wait
+        )
+        for part in parts
+    ]
+    with get_client(sync_client=True) as client:
+        while True:
+            done = [client.read_flow_run(run.id) for run in runs]
+            if all(r.state is not None and r.state.is_final() for r in done):
+                break
+            time.sleep(1)
+    failed = [r.name for r in done if r.state is None or not r.state.is_completed()]
+    if failed:
+        raise RuntimeError(f"broadcast shares did not complete: {', '.join(failed)}")
+    return [r.name for r in done]
 
 
 @flow(name="journey-event", log_prints=True)

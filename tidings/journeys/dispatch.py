@@ -312,13 +312,21 @@ class Dispatcher:
                         provider="render",
                         channel=message.channel,
                         to=message.to_address,
-                        error=str(exc),
+                        error=self._render_reason(exc),
                         attempts=0,
                     )
                 )
                 continue
             prepared.outbound[message.channel].append(item)
         return prepared
+
+    def _render_reason(self, error: Exception) -> str:
+        """``templates/sms/x.sms.j2:1: UndefinedError: ...``: where, relative to the project."""
+        location = getattr(error, "location", None)
+        if not location:
+            return str(error)
+        root = str(self.settings.project_dir).rstrip("/") + "/"
+        return f"{str(location).removeprefix(root)}: {getattr(error, 'message', error)}"
 
     def deliver(self, prepared: Prepared, stats: DispatchStats) -> None:
         """Hand a prepared batch to its channels and record every result; then the claim is

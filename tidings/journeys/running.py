@@ -5,6 +5,7 @@ These are the plain functions the CLI and the Prefect flows (``flows/journeys.py
 
 from __future__ import annotations
 
+import time
 from collections import defaultdict
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -165,15 +166,25 @@ def work(
     runtime.engine.convert(list(versions.values()), now=utcnow())
     total = TickStats()
     sent = DispatchStats()
-    # the sender thread sends batch k while this thread advances and renders batch k+1
-    with runtime.dispatcher.pipeline(sent) as pipe:
-        while True:
-            now = utcnow()
-            stats = runtime.engine.tick_batch(versions, now=now, batch_size=batch_size)
-            total.add(stats)
-            claimed = pipe.pump(now=now, limit=batch_size, journey_ids=set(versions))
-            if until_idle and stats.processed == 0 and claimed == 0:
-                break
+    lost = 0
+    while True:
+        # the sender thread sends batch k while this thread advances and renders batch k+1
+        with runtime.dispatcher.pipeline(sent) as pipe:
+            while True:
+                now = utcnow()
+                stats = runtime.engine.tick_batch(versions, now=now, batch_size=batch_size)
+                total.add(stats)
+                claimed = pipe.pump(now=now, limit=batch_size, journey_ids=set(versions))
+                if until_idle and stats.processed == 0 and claimed == 0:
+                    break
+        if not until_idle or sent.lost == lost:
+            break
+        # this worker was paused past its lease (a loaded machine) and sent none of what it
+        # lost: once those leases run out, reconcile takes the rows back and the loop goes on
+        lost = sent.lost
+        out.print(f"{lost} claimed messages lost with the lease; reconciling them", highlight=False)
+        time.sleep(runtime.settings.lease_seconds)
+        reconcile(runtime, older_than=timedelta(0))
     return summary(name, total, sent, failures=failure_report(runtime.db, sent))
 
 

@@ -240,6 +240,8 @@ class TriggerOutcome:
     enrolled: int = 0
     already: int = 0
     """Named, but kept out by the journey's re-entry rule (or the same key was used before)."""
+    contact_ids: list[int] = field(default_factory=list)
+    """The contact id of each target, in order."""
     contacts: dict[int, bool] = field(default_factory=dict)
     """contact id -> enrolled by this call."""
     sent: int = 0
@@ -390,6 +392,7 @@ def trigger_journey(
             )
     outcome = TriggerOutcome(journey=name, named=len(set(contact_ids)), enrolled=len(entered))
     outcome.already = outcome.named - outcome.enrolled
+    outcome.contact_ids = contact_ids
     outcome.contacts = {cid: cid in entered for cid in contact_ids}
     sent = advance_and_send(runtime, versions, new, now=now)
     outcome.sent, outcome.failed, outcome.retry = sent.sent, sent.failed, sent.retry

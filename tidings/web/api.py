@@ -11,6 +11,13 @@ field, and nothing of that request is written.
 >>> client.post("/v1/events", json={"external_id": "C0002", "name": "order.shipped"},
 ...             headers={"Authorization": f"Bearer {key}"}).json()    # doctest: +SKIP
 {'results': [{'index': 0, 'status': 'stored', 'event_id': 7, 'sent': 1, ...}]}
+
+With the Redis buffer (``TIDINGS_REDIS_URL``) an event that triggers a transactional journey is
+still posted in the request (the SMS goes out in it); the others are queued (202). An event for
+an unknown contact is 422 either way; only while the store is unreachable is everything queued.
+
+``POST /v1/journeys/{name}/trigger`` fires a ``type: api`` journey for the contacts it names
+(``journeys.triggers.trigger_journey``, as ``tidings journey trigger`` does).
 """
 
 from __future__ import annotations
@@ -25,7 +32,7 @@ from fastapi import APIRouter, Depends, Header, HTTPException, Request
 from fastapi.responses import JSONResponse
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import ConfigDict, Field
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from starlette.concurrency import run_in_threadpool
 
 from tidings.crm.importer import (
@@ -40,7 +47,7 @@ from tidings.crm.readers import Record
 from tidings.crm.types import utcnow
 from tidings.web.apikeys import Principal, authenticate, request_hash
 from tidings.web.card import contact_card
-from tidings.web.events import MAX_BATCH, EventIn, post_many, resolve, to_item
+from tidings.web.events import MAX_BATCH, ContactRef, EventIn, post_many, resolve, to_item
 from tidings.web.items import EventBatch
 from tidings.web.jsonsafe import StorableModel, problem
 
@@ -138,22 +145,160 @@ async def post_events(
 
     def compute() -> tuple[int, dict[str, Any]]:
         if state.sink.buffered:
-            state.sink.submit([EventBatch(events=items)])
-            return 202, {"status": "queued", "count": len(items)}
-        missing = [i for i, cid in enumerate(resolve(state.db, items)) if cid is None]
-        if missing:
-            errors = [
-                {"index": i, "field": _ref_field(items[i]), "error": "no such contact"}
-                for i in missing
-            ]
-            return 422, {"detail": errors}
+            return _post_buffered(state, items)
+        unknown = _unknown(items, resolve(state.db, items))
+        if unknown:
+            return 422, unknown
         return 200, {"results": post_many(state.runtime(), items)}
 
     return await idempotent(request, who, idem, compute)
 
 
+def _post_buffered(state: Any, items: list[dict[str, Any]]) -> tuple[int, dict[str, Any]]:
+    """With Redis: what triggers a transactional journey is posted now, the rest is queued;
+    while the store is unreachable everything is queued (the consumer posts it later)."""
+    from tidings.journeys.triggers import runs_at_once
+
+    def queue(some: list[dict[str, Any]]) -> None:
+        if some:
+            state.sink.submit([EventBatch(events=some)])
+
+    try:
+        found = resolve(state.db, items)
+        runtime = state.runtime()
+        versions = runtime.engine.versions()
+    except (OperationalError, InterfaceError):
+        queue(items)
+        return 202, {"status": "queued", "count": len(items)}
+    unknown = _unknown(items, found)
+    if unknown:
+        return 422, unknown
+    now = [i for i, e in enumerate(items) if runs_at_once(versions, e["name"], e["properties"])]
+    if not now:
+        queue(items)
+        return 202, {"status": "queued", "count": len(items)}
+    at_once = set(now)
+    later = [i for i in range(len(items)) if i not in at_once]
+    queue([items[i] for i in later])
+    try:
+        posted = post_many(runtime, [items[i] for i in now])
+    except (OperationalError, InterfaceError):  # the store went away meanwhile
+        queue([items[i] for i in now])
+        return 202, {"status": "queued", "count": len(items)}
+    results = [{**result, "index": index} for index, result in zip(now, posted, strict=True)]
+    results += [{"index": i, "status": "queued"} for i in later]
+    return 200, {"results": sorted(results, key=lambda r: int(r["index"]))}
+
+
+def _unknown(items: list[dict[str, Any]], found: list[int | None]) -> dict[str, Any] | None:
+    """The 422 body for events whose contact does not exist (None when all do)."""
+    errors = [
+        {"index": i, "field": _ref_field(items[i]), "error": "no such contact"}
+        for i, cid in enumerate(found)
+        if cid is None
+    ]
+    return {"detail": errors} if errors else None
+
+
 def _ref_field(item: dict[str, Any]) -> str:
     return next(f for f in ("contact_id", "external_id", "email") if item.get(f))
+
+
+class TriggerContact(ContactRef):
+    model_config = ConfigDict(extra="forbid")
+    data: dict[str, Any] = Field(
+        default_factory=dict,
+        description="This contact's template data ({{ data.code }}, or {{ code }}); its keys "
+        "win over the common data.",
+    )
+
+
+class TriggerIn(StorableModel):
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "example": {
+                "contacts": [
+                    {"external_id": "C0002", "data": {"code": "SPRING-7Q"}},
+                    {"email": "ann@example.com"},
+                ],
+                "data": {"launch": "spring"},
+            }
+        },
+    )
+    contacts: list[TriggerContact] = Field(min_length=1, max_length=MAX_BATCH)
+    data: dict[str, Any] = Field(default_factory=dict, description="Template data for everyone.")
+
+
+def _target(contact: TriggerContact) -> Any:
+    from tidings.journeys.triggers import Target
+
+    if contact.contact_id is not None:
+        return Target(f"#{contact.contact_id}", by="contact_id", data=contact.data)
+    if contact.external_id is not None:
+        return Target(contact.external_id, by="external_id", data=contact.data)
+    return Target(contact.email or "", by="email", data=contact.data)
+
+
+@router.post(
+    "/journeys/{name}/trigger",
+    summary="Fire a `type: api` journey for these contacts: enrolled and sent at once",
+    responses={
+        **UNAUTHORIZED,
+        **INVALID,
+        404: {"description": "no such journey"},
+        409: {"description": "the journey is paused"},
+    },
+)
+async def trigger_journey(
+    name: str, body: TriggerIn, request: Request, who: Auth, idem: IdemKey = None
+) -> JSONResponse:
+    why = problem(name, "name")
+    if why is not None:
+        raise HTTPException(422, why)
+    state = request.app.state.web
+    targets = [_target(c) for c in body.contacts]
+
+    def compute() -> tuple[int, dict[str, Any]]:
+        from tidings.journeys.triggers import TriggerRefused, UnknownContacts
+        from tidings.journeys.triggers import trigger_journey as fire
+
+        try:
+            outcome = fire(
+                state.runtime(),
+                name,
+                targets,
+                data=body.data,
+                key=f"{who.prefix}:{idem}" if idem else None,
+                source=f"api:{who.name}",
+            )
+        except UnknownContacts as exc:
+            detail = [
+                {"index": i, "field": t.by, "error": "no such contact"} for i, t in exc.unknown
+            ]
+            return 422, {"detail": detail}
+        except TriggerRefused as exc:
+            return exc.status, {"detail": str(exc)}
+        contacts = [
+            {
+                "index": i,
+                "contact_id": cid,
+                "status": "enrolled" if outcome.contacts.get(cid) else "already",
+            }
+            for i, cid in enumerate(outcome.contact_ids)
+        ]
+        return 200, {
+            "journey": outcome.journey,
+            "enrolled": outcome.enrolled,
+            "already": outcome.already,
+            "sent": outcome.sent,
+            "failed": outcome.failed,
+            "retry": outcome.retry,
+            "failures": outcome.failures,
+            "contacts": contacts,
+        }
+
+    return await idempotent(request, who, idem, compute)
 
 
 class ContactIn(StorableModel):

@@ -48,7 +48,13 @@ class EventIn(ContactRef):
             "example": {
                 "external_id": "C0002",
                 "name": "order.shipped",
-                "properties": {"order": {"number": "O1", "carrier": "DHL"}},
+                "properties": {
+                    "order": {
+                        "number": "O1",
+                        "carrier": "DHL",
+                        "tracking_url": "https://track.example.com/O1",
+                    }
+                },
             }
         },
     )
@@ -67,7 +73,11 @@ class EventResult(BaseModel):
     event_id: int | None = None
     sent: int = 0
     failed: int = 0
+    retry: int = Field(0, description="not sent now, queued again (the provider was unreachable)")
     enrollments: dict[str, int] = Field(default_factory=dict)
+    failures: list[dict[str, Any]] = Field(
+        default_factory=list, description="why messages were not sent: status, reason, count"
+    )
     error: str | None = None
 
 
@@ -150,6 +160,8 @@ def post_many(runtime: Any, items: list[dict[str, Any]]) -> list[dict[str, Any]]
                 "event_id": outcome.event_id,
                 "sent": outcome.sent,
                 "failed": outcome.failed,
+                "retry": outcome.retry,
+                "failures": outcome.failures,
                 "enrollments": {k: len(v) for k, v in outcome.enrollments.items()},
             }
         )

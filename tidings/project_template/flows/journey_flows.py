@@ -3,6 +3,6 @@
 prefect deploy --all      # journey-tick every minute, broadcast, journey-event
 """
 
-from tidings.flows.journeys import broadcast, journey_event, journey_tick
+from tidings.flows.journeys import broadcast, broadcast_share, journey_event, journey_tick
 
-__all__ = ["broadcast", "journey_event", "journey_tick"]
+__all__ = ["broadcast", "broadcast_share", "journey_event", "journey_tick"]
