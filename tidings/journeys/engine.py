@@ -66,6 +66,11 @@ from tidings.journeys.steps import StepRunner
 journeys_t: Table = JourneyRow.__table__  # type: ignore[assignment]
 
 
+IN_CALL_GRACE = timedelta(seconds=30)
+"""How long a worker's tick leaves an enrollment alone that its caller advances in the same
+call (a transactional event, an API trigger): no race for it, and a safety net after."""
+
+
 class JourneyEngine(StepRunner):
     def __init__(
         self,
@@ -166,6 +171,7 @@ class JourneyEngine(StepRunner):
         *,
         now: datetime,
         context: dict[str, Any] | None = None,
+        due: datetime | None = None,
     ) -> list[int]:
         """INSERT ... SELECT the candidate (contact_id, entry_key) rows, honouring re-entry;
         returns the ids of the new enrollments."""
@@ -199,7 +205,7 @@ class JourneyEngine(StepRunner):
             key,
             literal("active"),
             literal(first),
-            literal(now, type_=Enrollment.next_due_at.type),
+            literal(due or now, type_=Enrollment.next_due_at.type),
             literal(now, Enrollment.entered_at.type),
             literal(now, Enrollment.updated_at.type),
             literal(context or {}, Enrollment.context.type),
@@ -285,9 +291,14 @@ class JourneyEngine(StepRunner):
         entry_key: str,
         context: dict[str, Any] | None = None,
         now: datetime | None = None,
+        in_call: bool = False,
     ) -> list[int]:
         """Enrol named contacts (API/CLI call, or the contact an event is about); returns
-        the new enrollment ids (none for a contact the re-entry rule keeps out)."""
+        the new enrollment ids (none for a contact the re-entry rule keeps out).
+
+        ``in_call``: the caller advances them itself at once (``tick_batch(..., in_call=True)``);
+        a worker's tick leaves them alone for ``IN_CALL_GRACE`` (and takes them over after it,
+        should the caller die)."""
         if self.paused(version.name):
             return []
         now = now or self.clock()
@@ -298,7 +309,8 @@ class JourneyEngine(StepRunner):
             candidates = select(
                 contacts_t.c.id.label("contact_id"), literal(entry_key).label("entry_key")
             ).where(contacts_t.c.id.in_(ids))
-            return self._enroll(session, version, candidates, now=now, context=context)
+            due = now + IN_CALL_GRACE if in_call else None
+            return self._enroll(session, version, candidates, now=now, context=context, due=due)
 
     def _catalog(self) -> Any:
         if self.catalog is None:
@@ -337,8 +349,11 @@ class JourneyEngine(StepRunner):
         now: datetime,
         batch_size: int,
         only: Iterable[int] | None = None,
+        in_call: bool = False,
     ) -> TickStats:
-        """One transaction: claim up to ``batch_size`` due enrollments (or just ``only``)."""
+        """One transaction: claim up to ``batch_size`` due enrollments (or just ``only``;
+        ``in_call``: those enrolled ``in_call``, still inside their grace)."""
+        due_by = now + IN_CALL_GRACE if in_call else now
         stats = TickStats()
         with Session(self.db) as session, session.begin():
             claim = (
@@ -353,7 +368,7 @@ class JourneyEngine(StepRunner):
                 .where(
                     Enrollment.journey_id.in_(versions),
                     Enrollment.status == "active",
-                    Enrollment.next_due_at <= now,
+                    Enrollment.next_due_at <= due_by,
                 )
                 .order_by(Enrollment.next_due_at, Enrollment.id)
                 .limit(batch_size)

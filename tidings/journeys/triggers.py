@@ -133,6 +133,7 @@ def post_event(
                 entry_key=f"event:{key}",
                 context={"trigger": trigger},
                 now=now,
+                in_call=version.journey.settings.transactional,
             )
             outcome.enrollments[version.name] = ids
             if ids and version.journey.settings.transactional:
@@ -180,7 +181,9 @@ def advance_and_send(
     time (the transactional path: nothing waits for the next tick)."""
     stats = DispatchStats()
     for chunk in _chunks(enrollment_ids, CHUNK):
-        runtime.engine.tick_batch(versions, now=now, batch_size=len(chunk), only=chunk)
+        runtime.engine.tick_batch(
+            versions, now=now, batch_size=len(chunk), only=chunk, in_call=True
+        )
         with Session(runtime.db) as session:
             message_ids = list(
                 session.scalars(
@@ -380,7 +383,12 @@ def trigger_journey(
             "source": source,
         }
         new += runtime.engine.enroll_contacts(
-            latest, ids, entry_key=entry_key, context={"trigger": trigger, "data": values}, now=now
+            latest,
+            ids,
+            entry_key=entry_key,
+            context={"trigger": trigger, "data": values},
+            now=now,
+            in_call=True,
         )
     entered: set[int] = set()
     with runtime.db.connect() as conn:
