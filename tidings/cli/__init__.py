@@ -17,6 +17,7 @@ from rich.console import Console
 from tidings.cli import crm as crm_cli
 from tidings.cli import journeys as journeys_cli
 from tidings.cli import models as models_cli
+from tidings.cli import reports as reports_cli
 from tidings.cli import segments as segments_cli
 from tidings.cli import templates as templates_cli
 from tidings.cli import web as web_cli
@@ -104,6 +105,9 @@ app.add_typer(segments_cli.app, name="segment")
 app.add_typer(models_cli.app, name="models")
 app.add_typer(templates_cli.app, name="templates")
 app.add_typer(journeys_cli.app, name="journey")
+app.add_typer(reports_cli.report_app, name="report")
+app.add_typer(reports_cli.experiment_app, name="experiment")
+app.add_typer(reports_cli.attribution_app, name="attribution")
 crm_cli.events_app.command("post")(journeys_cli.post)
 web_cli.register(app)
 

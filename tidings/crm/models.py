@@ -271,7 +271,8 @@ class MessageEvent(Base):
     __tablename__ = "message_events"
     __table_args__ = (
         UniqueConstraint("provider", "provider_event_id"),
-        Index(None, "message_id", "type"),
+        # machine included: per-message engagement flags by an index-only scan (0009)
+        Index(None, "message_id", "type", "machine"),
     )
 
     id: Mapped[int] = _id()

@@ -212,7 +212,7 @@ def create_app(
     runtime_factory: Callable[[], Any] | None = None,
 ) -> FastAPI:
     """The web app; ``db`` and ``runtime_factory`` let tests and the CLI share their own."""
-    from tidings.web import api, tracking, webhooks
+    from tidings.web import api, reports, tracking, webhooks
 
     settings = settings or get_settings()
     state = WebState(settings, db=db, runtime_factory=runtime_factory)
@@ -226,6 +226,7 @@ def create_app(
     app.include_router(webhooks.router)
     app.include_router(tracking.router)
     app.include_router(api.router)
+    app.include_router(reports.router)
 
     @app.get("/healthz", tags=["health"], summary="Liveness: the process answers")
     def healthz() -> dict[str, str]:
