@@ -20,7 +20,7 @@ $(STAMP): pyproject.toml requirements.lock
 # The demo runs in the example project (this folder): its store is ./tidings.db, its sandbox
 # outbox ./outbox, so the README's next commands work as typed afterwards.
 demo: $(STAMP)
-	@rm -rf tidings.db outbox models
+	@rm -rf tidings.db outbox models welcome-report.html
 	$(TIDINGS) demo
 
 test: $(STAMP)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -260,3 +261,25 @@ def test_a_wrong_expectation_fails_with_a_readable_diff(tmp_path: Path) -> None:
     bad = tidings("journey", "simulate", "journeys/welcome.yaml", "-s", str(scenario), cwd=ROOT)
     assert bad.returncode == 2
     assert f"{scenario}:" in bad.stderr and "each timeline item does one thing" in bad.stderr
+
+
+def test_the_demo_closes_the_loop(tmp_path: Path) -> None:
+    """`make demo` in a copy of the example project: the welcome journey sends, recipients open
+    and click through the real pixel and links, orders arrive through POST /v1/orders, goals
+    convert, and the experiment's decision and the journey report (HTML too) come out."""
+    project = tmp_path / "example"
+    for part in ("journeys", "segments", "templates", "channels", "data"):
+        shutil.copytree(ROOT / part, project / part)
+    done = tidings("demo", cwd=project)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    out = " ".join(done.stdout.split())
+    played = re.search(r"(\d+) opens \(pixel\), (\d+) clicks .*?, (\d+) orders", out)
+    assert played and all(int(n) > 0 for n in played.groups()), out[-2000:]
+    assert "experiment welcome.hello" in out and "decision:" in out
+    html = (project / "welcome-report.html").read_text()
+    assert html.count("<svg") >= 3
+    with Session(create_engine(f"sqlite:///{project / 'tidings.db'}")) as session:
+        from tidings.crm.models import Conversion
+
+        converted = session.scalars(select(Conversion.goal)).all()
+    assert converted and set(converted) == {"welcome:order.placed"}

@@ -7,7 +7,6 @@ Each area registers its own Typer sub-app here; heavy imports stay inside the co
 from __future__ import annotations
 
 import sys
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import NoReturn
 
@@ -15,6 +14,7 @@ import typer
 from rich.console import Console
 
 from tidings.cli import crm as crm_cli
+from tidings.cli import demo as demo_cli
 from tidings.cli import journeys as journeys_cli
 from tidings.cli import models as models_cli
 from tidings.cli import reports as reports_cli
@@ -137,64 +137,7 @@ def db_current() -> None:
     console.print(f"current: {current_revision(engine) or 'empty'}; head: {head_revision(engine)}")
 
 
-@app.command("demo")
-def demo(
-    data: Path = typer.Option(Path("data/sample"), help="The sample CRM data to import."),
-) -> None:
-    """The main job on embedded defaults, in the project: import the sample CRM, run the welcome
-    journey and an order-status SMS through the sandbox outbox, and show what was sent."""
-    from tidings.config import get_settings
-    from tidings.crm.db import make_engine, upgrade
-    from tidings.crm.importer import IMPORTERS
-    from tidings.crm.quality import quality_report
-    from tidings.journeys.running import find_contact, run_once
-    from tidings.journeys.runtime import Runtime
-    from tidings.journeys.triggers import post_event
-
-    # The demo runs whatever the hour: quiet hours would defer the welcome emails to morning.
-    settings = get_settings().model_copy(update={"quiet_hours": "off"})
-    outbox = settings.outbox_dir
-    engine = make_engine(settings.database_url)
-    console.rule("1. the CRM store")
-    upgrade(engine)
-    console.print(f"store ready at {engine.url.render_as_string(hide_password=True)}")
-    console.rule("2. import the sample CRM data")
-    for kind in ("contacts", "events", "orders"):
-        crm_cli.print_import_report(IMPORTERS[kind](data / f"{kind}.csv", engine=engine))
-    console.rule("3. data quality")
-    crm_cli.print_quality(quality_report(engine=engine, stale_days=settings.stale_days))
-    console.rule(
-        "4. the welcome journey (sign-ups of the last 14 days, A/B subject test) -> outbox"
-    )
-    runtime = Runtime.from_settings(settings, db=engine)
-    runtime.load_journeys()
-    # The sample is an export taken on 2026-11-01: the welcome journey plays that morning, so
-    # "signed up in the last 14 days" means the same thing whenever the demo runs.
-    exported = datetime(2026, 11, 1, 9, tzinfo=UTC)
-    journeys_cli.print_summary(
-        run_once(runtime, settings.journeys_dir / "welcome.yaml", now=exported)
-    )
-    console.rule("5. the shop posts order.shipped -> order-status SMS at once")
-    outcome = post_event(
-        runtime,
-        contact_id=find_contact(runtime, "C0002"),
-        name="order.shipped",
-        idempotency_key="demo-order-O00001",
-        properties={
-            "order": {
-                "number": "O00001",
-                "carrier": "DHL",
-                "tracking_url": "https://track.example.com/O1",
-            }
-        },
-    )
-    console.print(
-        "already sent in an earlier demo run"
-        if outcome.duplicate
-        else f"order_status: {outcome.sent} SMS sent at once"
-    )
-    console.rule(f"6. what was sent (files in {outbox})")
-    journeys_cli.print_outbox(outbox)
+app.command("demo")(demo_cli.demo)
 
 
 def main() -> None:
