@@ -166,7 +166,7 @@ MESSAGES: list[tuple[str, str, str, str, float | None, list[tuple[str, float, bo
     ("c03", "welcome", "hello", "delivered", 6, [("click", 5, False), ("open", 5, False)]),
     ("c05", "welcome", "hello", "delivered", 3, [("open", 3, True)]),
     ("c06", "welcome@v2", "hello", "bounced", 8, [("bounce", 8, False)]),
-    ("c08", "winback", "offer", "delivered", 20, [("click", 19, False), ("open", 19, True)]),
+    ("c08", "winback", "offer", "delivered", 20, [("click", 19, True), ("open", 19, True)]),
     ("c11", "welcome", "reminder", "delivered", 40, [("open", 39, False), ("click", 39, False)]),
     ("c09", "welcome", "hello", "queued", None, []),
 ]

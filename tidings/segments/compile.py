@@ -303,7 +303,7 @@ def engaged(node: c.Engaged, ctx: Ctx) -> Expr:
         return exists(select(literal(1)).select_from(m).where(*conds))
     ev = message_events.alias()
     conds += [ev.c.type == ENGAGEMENT_EVENT[node.kind], ev.c.occurred_at <= ctx.now]
-    if node.kind == "opened":
+    if node.kind in {"opened", "clicked"}:  # the one rule of reports (analytics.engagement)
         conds.append(ev.c.machine == false())
     if node.since is not None:
         conds.append(ev.c.occurred_at >= ctx.since(node.since))
