@@ -6,7 +6,7 @@
 from __future__ import annotations
 
 import json
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -31,15 +31,16 @@ NOW = typer.Option(
 
 def _now(value: str | None) -> datetime | None:
     """``--now`` as an aware datetime (UTC when no offset is given)."""
+    from tidings.crm.types import parse_time
+
     if value is None:
         return None
     try:
-        moment = datetime.fromisoformat(value)
+        return parse_time(value)
     except ValueError:
         raise typer.BadParameter(
             f"{value!r} is not an ISO 8601 time, e.g. 2026-12-14T09:00", param_hint="--now"
         ) from None
-    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
 def _runtime() -> Runtime:

@@ -71,14 +71,9 @@ def _report(catalog: Catalog, path: Path | None) -> None:
 
 
 def _now(value: str | None) -> datetime:
-    from datetime import UTC
+    from tidings.crm.types import parse_time, utcnow
 
-    from tidings.crm.types import utcnow
-
-    if value is None:
-        return utcnow()
-    moment = datetime.fromisoformat(value)
-    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+    return utcnow() if value is None else parse_time(value)
 
 
 @app.command("list")

@@ -46,3 +46,13 @@ class UTCDateTime(TypeDecorator[datetime]):
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
+
+
+def as_utc(moment: datetime) -> datetime:
+    """An aware datetime: a naive one is read as UTC."""
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+def parse_time(value: str) -> datetime:
+    """An ISO 8601 time as an aware datetime (no offset: UTC); ValueError if it is not one."""
+    return as_utc(datetime.fromisoformat(value))

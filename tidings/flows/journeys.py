@@ -12,7 +12,7 @@ retryable errors.
 from __future__ import annotations
 
 import sys
-from datetime import UTC, datetime
+from datetime import datetime
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -47,10 +47,9 @@ def runtime() -> Any:
 
 def _when(value: str | None) -> datetime | None:
     """An ISO time parameter (no offset: UTC)."""
-    if not value:
-        return None
-    moment = datetime.fromisoformat(value)
-    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+    from tidings.crm.types import parse_time
+
+    return parse_time(value) if value else None
 
 
 @task(

@@ -31,28 +31,33 @@ from __future__ import annotations
 
 import tempfile
 from dataclasses import dataclass, field
-from datetime import UTC, date, datetime, timedelta
+from datetime import date, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from tidings.config import Settings
 from tidings.crm.models import Consent, Contact, Conversion, Enrollment, Message, Order
 from tidings.crm.models import Journey as JourneyRow
+from tidings.crm.types import as_utc
 from tidings.errors import InputError
 from tidings.yamlfile import InputErrors, load_yaml, validation_errors
 
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
-
-
-def _aware(value: datetime) -> datetime:
-    return value if value.tzinfo else value.replace(tzinfo=UTC)
 
 
 Status = Literal["granted", "revoked"]
@@ -77,7 +82,7 @@ class ScenarioContact(_Strict):
     churn_risk: float | None = None
     clv_90d: float | None = None
     rfm_segment: str | None = None
-    created_at: datetime | None = None
+    created_at: Annotated[datetime, AfterValidator(as_utc)] | None = None
 
     @field_validator("attributes")
     @classmethod
@@ -94,7 +99,7 @@ class ScenarioOrder(_Strict):
 
 
 class TimelineItem(_Strict):
-    at: datetime
+    at: Annotated[datetime, AfterValidator(as_utc)]
     contact: str
     event: str | None = None
     properties: dict[str, Any] = Field(default_factory=dict)
@@ -122,7 +127,7 @@ class Expectation(_Strict):
 
 
 class Scenario(_Strict):
-    start: datetime
+    start: Annotated[datetime, AfterValidator(as_utc)]
     days: float = Field(30, gt=0, le=366)
     tick: str = "1 hour"
     settings: dict[Literal["quiet_hours", "frequency_cap", "default_timezone"], str] = Field(
@@ -185,7 +190,7 @@ def simulate(settings: Settings, file: Path, scenario: Scenario) -> Outcome:
     from tidings.segments.rules import parse_duration
 
     step = timedelta(seconds=parse_duration(scenario.tick))
-    start = _aware(scenario.start)
+    start = scenario.start
     end = start + timedelta(days=scenario.days)
     with tempfile.TemporaryDirectory(prefix="tidings-simulate-") as scratch:
         scratch_settings = settings.model_copy(
@@ -210,18 +215,18 @@ def simulate(settings: Settings, file: Path, scenario: Scenario) -> Outcome:
         ids = _add_contacts(runtime, scenario.contacts, start)
         seen: dict[int, ContactOutcome] = {cid: ContactOutcome() for cid in ids.values()}
         sent_ids: set[int] = set()
-        pending = sorted(scenario.timeline, key=lambda i: _aware(i.at))
+        pending = sorted(scenario.timeline, key=lambda i: i.at)
         clock = start
         while clock <= end:
-            while pending and _aware(pending[0].at) <= clock:
+            while pending and pending[0].at <= clock:
                 item = pending.pop(0)
-                _apply(runtime, item, ids[item.contact], _aware(item.at), version.name)
-                _record_sends(runtime, seen, sent_ids, _aware(item.at))
+                _apply(runtime, item, ids[item.contact], item.at, version.name)
+                _record_sends(runtime, seen, sent_ids, item.at)
             _tick(runtime, version.name, clock)
             _record_sends(runtime, seen, sent_ids, clock)
             nxt = clock + step
-            if pending and _aware(pending[0].at) < nxt:
-                nxt = max(_aware(pending[0].at), clock + timedelta(seconds=1))
+            if pending and pending[0].at < nxt:
+                nxt = max(pending[0].at, clock + timedelta(seconds=1))
             clock = nxt
         _final_states(runtime, seen, version.name)
         db.dispose()
@@ -233,7 +238,7 @@ def _add_contacts(runtime: Any, contacts: list[ScenarioContact], start: datetime
     ids: dict[str, int] = {}
     with Session(runtime.db) as session, session.begin():
         for spec in contacts:
-            created = _aware(spec.created_at) if spec.created_at else start
+            created = spec.created_at if spec.created_at else start
             contact = Contact(
                 external_id=spec.id,
                 email=spec.email.strip().lower() if spec.email else None,
