@@ -75,6 +75,8 @@ class ExperimentReport:
     winner: str | None = None  # as stored (now or earlier)
     decided_at: datetime | None = None
     recorded: bool = False  # this look wrote the winner
+    status: str = "running"  # running, decided (by the rule) or fallback (auto-winner)
+    decision_reason: str | None = None  # as stored with the winner
 
     def to_dict(self) -> dict[str, Any]:
         d = self.decision
@@ -120,6 +122,8 @@ class ExperimentReport:
                 },
                 "previous_p_values": self.previous_p_values,
                 "stored_winner": self.winner,
+                "status": self.status,
+                "decision_reason": self.decision_reason,
                 "decided_at": self.decided_at.isoformat() if self.decided_at else None,
                 "recorded_now": self.recorded,
             }
@@ -148,13 +152,12 @@ def _plain(value: Any) -> Any:
     return value
 
 
-def _experiment_metric(definition: Mapping[str, Any], step: str | None) -> Metric:
+def experiment_config(definition: Mapping[str, Any], step: str | None) -> dict[str, Any]:
+    """The ``experiment:`` mapping of ``step`` in a journey definition ({} when absent)."""
     for s in definition.get("steps", []):
         if isinstance(s, dict) and s.get("id") == step and isinstance(s.get("experiment"), dict):
-            metric = s["experiment"].get("metric", "click")
-            if metric in METRICS:
-                return cast(Metric, metric)
-    return "click"
+            return dict(s["experiment"])
+    return {}
 
 
 def experiment_report(
@@ -162,13 +165,15 @@ def experiment_report(
     name: str,
     *,
     metric: Metric | None = None,
-    rule: Rule = "sequential",
-    alpha: float = 0.05,
+    rule: Rule | None = None,
+    alpha: float | None = None,
     record: bool = True,
     now: datetime | None = None,
 ) -> ExperimentReport:
     """Decide experiment ``name`` at this look; with ``record`` store what the next look needs
-    and the winner (once). Run it inside a transaction (``engine.begin()``)."""
+    and the winner (once). ``metric``, ``rule`` and ``alpha`` default to the experiment's own
+    (its ``experiment:`` in the journey YAML). Run it inside a transaction
+    (``engine.begin()``)."""
     now = now or utcnow()
     tune_for_reports(conn, STEPS_SETTINGS)
     row = conn.execute(select(experiments_t).where(experiments_t.c.name == name)).mappings().first()
@@ -183,7 +188,10 @@ def experiment_report(
     definition: dict[str, Any] = {}
     if journey:
         ids, definition = journey_versions(conn, journey)
-    metric = metric or _experiment_metric(definition, row["step_id"])
+    own = experiment_config(definition, row["step_id"])
+    metric = metric or cast(Metric, own.get("metric", "click"))
+    rule = rule or cast(Rule, own.get("rule", "sequential"))
+    alpha = alpha if alpha is not None else float(own.get("alpha", 0.05))
     config: dict[str, Any] = dict(row["variants"] or {})
     names = [k for k, v in config.items() if isinstance(v, dict) and "weight" in v]
     holdout = float(row["holdout_percent"] or 0)
@@ -203,7 +211,7 @@ def experiment_report(
         conn, row["id"], ids, [*names, HOLDOUT], journey=journey, control=control
     )
     if metric in ("open", "click"):
-        arms = _message_arms(conn, ids, row["step_id"], names, kind=metric)
+        arms = _message_arms(conn, row["id"], ids, row["step_id"], names, kind=metric)
     else:
         arms = [a for a in conversion_arms if a.name in names]
     previous = {
@@ -220,6 +228,7 @@ def experiment_report(
         weights=srm_weights if len(srm_weights) >= 2 else None,
         assignments={k: assigned.get(k, 0) for k in srm_weights},
         previous_p_values=previous if rule == "sequential" else None,
+        threshold=float(own.get("threshold", 0.95)),
     )
     lift = None
     by_name = {a.name: a for a in conversion_arms}
@@ -249,13 +258,15 @@ def experiment_report(
         lift=lift,
         winner=row["winner"],
         decided_at=row["decided_at"],
+        status=row["status"],
+        decision_reason=row["decision_reason"],
     )
     if record:
-        _record(conn, report, row["id"], config, now=now)
+        record_look(conn, report, row["id"], config, now=now)
     return report
 
 
-def _record(
+def record_look(
     conn: Connection,
     report: ExperimentReport,
     experiment_id: int,
@@ -263,6 +274,7 @@ def _record(
     *,
     now: datetime,
 ) -> None:
+    """Store this look: the sequential rule's running p-values, and a winner (once)."""
     d = report.decision
     if report.rule == "sequential" and d.comparisons:
         stored = {k: dict(v) if isinstance(v, dict) else v for k, v in config.items()}
@@ -278,17 +290,37 @@ def _record(
         done = conn.execute(
             update(experiments_t)
             .where(experiments_t.c.id == experiment_id, experiments_t.c.winner.is_(None))
-            .values(winner=d.winner, decided_at=now, status="decided")
+            .values(winner=d.winner, decided_at=now, status="decided", decision_reason=d.reason)
         )
         if getattr(done, "rowcount", 0):
             report.winner, report.decided_at, report.recorded = d.winner, now, True
+            report.status, report.decision_reason = "decided", d.reason
 
 
 def _message_arms(
-    conn: Connection, ids: list[int], step: str | None, names: list[str], *, kind: str
+    conn: Connection,
+    experiment_id: int,
+    ids: list[int],
+    step: str | None,
+    names: list[str],
+    *,
+    kind: str,
 ) -> list[ArmCounts]:
-    m = messages
-    scope = and_(m.c.journey_id.in_(ids), m.c.step_id == step, m.c.variant.in_(names), is_sent(m))
+    """Sent messages of the step per variant, of contacts assigned to the experiment (an
+    auto-winner's rest receives the winner's variant unassigned: it is not in the test)."""
+    m, a = messages, assignments_t
+    assigned = (
+        select(a.c.id)
+        .where(a.c.experiment_id == experiment_id, a.c.contact_id == m.c.contact_id)
+        .exists()
+    )
+    scope = and_(
+        m.c.journey_id.in_(ids),
+        m.c.step_id == step,
+        m.c.variant.in_(names),
+        is_sent(m),
+        assigned,
+    )
     flags = message_flags(select(m.c.id).where(scope))
     flag = has(flags.c.bits, "human_open" if kind == "open" else "click")
     query = (

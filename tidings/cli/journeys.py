@@ -395,6 +395,17 @@ def status(name: str = typer.Argument(..., help="Journey name.")) -> None:
         for row in info["experiments"]:
             assigned.add_row(row["experiment"], row["variant"], str(row["contacts"]))
         console.print(assigned)
+    for row in info["decisions"]:
+        if row["status"] == "running":
+            console.print(f"experiment {row['experiment']}: running", highlight=False)
+            continue
+        how = "by its fallback rule" if row["status"] == "fallback" else "by its rule"
+        console.print(
+            f"experiment {row['experiment']}: {row['winner'] or 'no winner (split kept)'} "
+            f"{how} at {row['decided_at']}; {row['reason'] or ''}",
+            highlight=False,
+            soft_wrap=True,
+        )
 
 
 @app.command("pause")

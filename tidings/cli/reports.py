@@ -150,13 +150,17 @@ def print_journey(report: JourneyReport) -> None:
 @report_app.command("experiment")
 def report_experiment(
     name: str = typer.Argument(..., help="The experiment's name (default name: journey.step)."),
-    rule: str = typer.Option(
-        "sequential", help="sequential (mSPRT, valid under daily looks), fixed or bayesian."
+    rule: str | None = typer.Option(
+        None,
+        help="sequential (mSPRT, valid under daily looks), fixed or bayesian "
+        "(default: the experiment's rule, else sequential).",
     ),
     metric: str | None = typer.Option(
         None, help="open, click, conversion or revenue (default: the experiment's metric)."
     ),
-    alpha: float = typer.Option(0.05, help="Significance level."),
+    alpha: float | None = typer.Option(
+        None, help="Significance level (default: the experiment's alpha, else 0.05)."
+    ),
     record: bool = typer.Option(
         True, "--record/--no-record", help="Store the running p-values and the winner (once)."
     ),
@@ -166,7 +170,7 @@ def report_experiment(
     from tidings.analytics.experiment_report import METRICS, RULES, experiment_report
     from tidings.crm.db import make_engine
 
-    if rule not in RULES:
+    if rule is not None and rule not in RULES:
         raise _input_error(f"--rule {rule}: choose one of {', '.join(RULES)}")
     if metric is not None and metric not in METRICS:
         raise _input_error(f"--metric {metric}: choose one of {', '.join(METRICS)}")
@@ -237,14 +241,17 @@ def print_experiment(report: ExperimentReport) -> None:
                 f"; revenue per contact {rev.effect:+.2f} [{rev.ci_low:+.2f}, {rev.ci_high:+.2f}]"
             )
         console.print(text, highlight=False)
+    how = "by its fallback rule" if report.status == "fallback" else "by its rule"
     if report.recorded:
         console.print(f"recorded: winner {report.winner} at {report.decided_at:%Y-%m-%d %H:%M}")
-    elif report.winner is not None and report.decided_at is not None:
+    elif report.decided_at is not None:
         console.print(
-            f"decided earlier: winner {report.winner} at {report.decided_at:%Y-%m-%d %H:%M} "
-            "(not re-decided)",
+            f"decided earlier {how}: winner {report.winner or '(none: split kept)'} at "
+            f"{report.decided_at:%Y-%m-%d %H:%M} (not re-decided)",
             highlight=False,
         )
+        if report.decision_reason:
+            console.print(f"why: {report.decision_reason}", highlight=False, soft_wrap=True)
 
 
 def parse_mde(value: str) -> tuple[float, bool]:

@@ -298,10 +298,12 @@ class Experiment(Base):
     step_id: Mapped[str | None] = mapped_column(String(200))
     variants: Mapped[dict[str, Any]]  # {"A": {"weight": 50}, ...}
     holdout_percent: Mapped[float] = mapped_column(Float, default=0.0)
+    # running; decided (by the experiment's rule); fallback (an auto-winner's fallback rule)
     status: Mapped[str] = mapped_column(String(16), default="running")
     winner: Mapped[str | None] = mapped_column(String(64))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     decided_at: Mapped[datetime | None]
+    decision_reason: Mapped[str | None] = mapped_column(Text)
 
 
 class Assignment(Base):

@@ -17,6 +17,7 @@ outbox (status ``queued``) in the same transaction as the enrollment moves that 
 
 from __future__ import annotations
 
+import logging
 from collections import defaultdict
 from collections.abc import Callable, Iterable
 from datetime import datetime, timedelta
@@ -39,6 +40,7 @@ from sqlalchemy.engine import CursorResult
 from sqlalchemy.orm import Session
 from sqlalchemy.sql.elements import ColumnElement
 
+from tidings.analytics.auto_winner import Settled, settle
 from tidings.config import Settings, get_settings
 from tidings.crm.db import insert_ignore, insert_rows, update_rows
 from tidings.crm.models import (
@@ -66,6 +68,7 @@ from tidings.journeys.steps import StepRunner
 journeys_t: Table = JourneyRow.__table__  # type: ignore[assignment]
 
 
+log = logging.getLogger(__name__)
 IN_CALL_GRACE = timedelta(seconds=30)
 """How long a worker's tick leaves an enrollment alone that its caller advances in the same
 call (a transactional event, an API trigger): no race for it, and a safety net after."""
@@ -328,11 +331,39 @@ class JourneyEngine(StepRunner):
         if not versions:
             return total
         total.exited += self.convert(list(versions.values()), now=now or self.clock())[1]
+        self.settle_experiments(list(versions.values()), now=now or self.clock())
         while True:
             stats = self.tick_batch(versions, now=now or self.clock(), batch_size=batch_size)
             total.add(stats)
             if stats.processed < batch_size:
                 return total
+
+    def settle_experiments(self, versions: list[Version], *, now: datetime) -> list[Settled]:
+        """Take the auto-winner decisions that are due (analytics.auto_winner), each in its own
+        transaction; the rest waiting for a winner is woken to receive it at this tick."""
+        found: dict[str, tuple[s.Experiment, str]] = {}
+        for version in versions:
+            for step in version.journey.steps:
+                experiment = getattr(step, "experiment", None)
+                if experiment is not None and experiment.auto_winner is not None:
+                    name = experiment.name or f"{version.name}.{step.id}"
+                    found.setdefault(name, (experiment, step.id))
+        settled = []
+        ids = [v.id for v in versions]
+        for name, (experiment, step_id) in found.items():
+            with Session(self.db) as session, session.begin():
+                done = settle(
+                    session.connection(),
+                    name,
+                    experiment,
+                    journey_ids=ids,
+                    step_id=step_id,
+                    now=now,
+                )
+            if done is not None:
+                log.info("experiment %s: %s %s (%s)", name, done.status, done.winner, done.reason)
+                settled.append(done)
+        return settled
 
     def convert(
         self, versions: list[Version], *, now: datetime, contact_id: int | None = None

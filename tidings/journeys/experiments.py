@@ -48,3 +48,9 @@ def in_control(journey: str, key: int | str, percent: float) -> bool:
     """Whether ``key`` is in the journey's control group (``settings.control_group``): it
     receives nothing from the journey, and its conversions are the baseline for the lift."""
     return percent > 0 and bucket(f"{journey}:control", key) < percent * _SCALE / 100
+
+
+def in_test(name: str, key: int | str, share: float) -> bool:
+    """Whether ``key`` is in the test share of auto-winner experiment ``name`` (``share``
+    percent): the test's variants and holdout are drawn within it; the rest gets the winner."""
+    return bucket(f"{name}:test", key) < share * _SCALE / 100

@@ -90,12 +90,15 @@ def plan_journey(
             step.id: StepPlan(step.id, step.type) for step in journey.steps
         }
         clock, ticks = now, 0
+        awaiting: dict[str, int] = {}
         while clock <= now + horizon and ticks < max_ticks:
             result = engine.tick(journey.name, now=clock)
             for step_id, n in result.deferred_steps.items():
                 stats[step_id].deferred += n
             for (step_id, reason), n in result.held_out_steps.items():
                 stats[step_id].held[reason] = stats[step_id].held.get(reason, 0) + n
+            for step_id, n in result.awaiting_winner.items():
+                awaiting[step_id] = max(awaiting.get(step_id, 0), n)
             ticks += 1
             with Session(conn) as session:
                 due = session.scalar(
@@ -140,6 +143,11 @@ def plan_journey(
                 f"{row.step}: {row.sent} {row.type} from "
                 f"{row.first:%Y-%m-%d %H:%M} to {row.last:%Y-%m-%d %H:%M} UTC"
             )
+    for step_id, n in awaiting.items():
+        notes.append(
+            f"{step_id}: auto-winner: {n} waited for the decision; a plan has no opens, "
+            "clicks or orders, so it shows the rest sent by the fallback rule"
+        )
     if clock > now + horizon:
         notes.append(
             f"simulated {horizon.days} days; contacts still in the journey then are "

@@ -213,6 +213,17 @@ def journey_status(runtime: Runtime, name: str) -> dict[str, Any]:
             .group_by(Experiment.name, Assignment.variant)
             .order_by(Experiment.name, Assignment.variant)
         ).all()
+        decisions = session.execute(
+            select(
+                Experiment.name,
+                Experiment.status,
+                Experiment.winner,
+                Experiment.decided_at,
+                Experiment.decision_reason,
+            )
+            .where(Experiment.journey_name == name)
+            .order_by(Experiment.name)
+        ).all()
     waiting: dict[str, int] = defaultdict(int)
     for _, step, state, count in enrollments:
         if state == "active":
@@ -231,6 +242,16 @@ def journey_status(runtime: Runtime, name: str) -> dict[str, Any]:
         "experiments": [
             {"experiment": experiment, "variant": variant, "contacts": n}
             for experiment, variant, n in assigned
+        ],
+        "decisions": [
+            {
+                "experiment": experiment,
+                "status": state,
+                "winner": winner,
+                "decided_at": at.isoformat() if at else None,
+                "reason": reason,
+            }
+            for experiment, state, winner, at, reason in decisions
         ],
         "waiting": dict(waiting),
     }

@@ -138,6 +138,46 @@ class Variant(_Strict):
     template: str | None = Field(None, description="Another template for this variant.")
 
 
+FALLBACKS = ("best_observed", "keep_split")
+
+
+class AutoWinner(_Strict):
+    """Send a test share first; decide at a time or sample size; the rest gets the winner.
+
+    The decision is taken once, at ``decide_after`` (from the experiment's first send) or as
+    soon as every arm has ``min_recipients``, whichever comes first, by the experiment's
+    ``rule``. A winner goes to the rest; an inconclusive or blocked test uses ``fallback``.
+    """
+
+    test_share: float = Field(
+        gt=0,
+        lt=100,
+        description="Percent of the step's audience in the test (variants and holdout); the "
+        "rest waits at the step for the winner.",
+    )
+    decide_after: Duration | None = Field(
+        None, description="Decide this long after the experiment's first send, e.g. '4 hours'."
+    )
+    min_recipients: int | None = Field(
+        None, ge=10, description="Decide as soon as every arm has this many recipients."
+    )
+    fallback: str | None = Field(
+        None,
+        description="When the test is inconclusive or blocked: a variant's name (default: "
+        "the first, the control), best_observed (highest observed value, not significant), "
+        "or keep_split (the rest is split by the weights, as the test was).",
+    )
+
+    @model_validator(mode="after")
+    def _when(self) -> AutoWinner:
+        if self.decide_after is None and self.min_recipients is None:
+            raise ValueError(
+                "auto_winner needs decide_after (e.g. '4 hours') or min_recipients "
+                "(per arm), or both: the decision is taken at whichever comes first"
+            )
+        return self
+
+
 class Experiment(_Strict):
     """An A/B test on a send step: contacts are assigned a variant by weight, stably."""
 
@@ -150,13 +190,33 @@ class Experiment(_Strict):
         description="Percent who get no message at this step, nor at any later send step of "
         "the journey (a holdout that receives mail measures nothing).",
     )
-    metric: Literal["open", "click", "conversion"] = "click"
+    metric: Literal["open", "click", "conversion", "revenue"] = Field(
+        "click",
+        description="open (unique human open), click (unique click), conversion or revenue "
+        "(per recipient).",
+    )
+    rule: Literal["sequential", "fixed", "bayesian"] = Field(
+        "sequential",
+        description="sequential: mSPRT, valid under continuous peeking (default); fixed: a "
+        "fixed-horizon test, valid at one look; bayesian: probability to be best >= threshold.",
+    )
+    alpha: float = Field(0.05, gt=0, lt=0.5, description="Significance level (frequentist).")
+    threshold: float = Field(
+        0.95, gt=0.5, lt=1, description="Probability to be best that wins (rule: bayesian)."
+    )
+    auto_winner: AutoWinner | None = None
 
     @model_validator(mode="after")
     def _unique(self) -> Experiment:
         names = [v.name for v in self.variants]
         if len(set(names)) != len(names):
             raise ValueError(f"variant names must be unique, got {names}")
+        fallback = self.auto_winner.fallback if self.auto_winner else None
+        if fallback is not None and fallback not in (*names, *FALLBACKS):
+            raise ValueError(
+                f"auto_winner.fallback {fallback!r} is neither a variant ({', '.join(names)}) "
+                f"nor one of {', '.join(FALLBACKS)}"
+            )
         return self
 
 

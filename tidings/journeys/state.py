@@ -102,6 +102,8 @@ class TickStats:
     deferred_steps: dict[str, int] = field(default_factory=lambda: defaultdict(int))
     # per (step, "holdout" | "control"): sends left out with no message row
     held_out_steps: dict[tuple[str, str], int] = field(default_factory=lambda: defaultdict(int))
+    # per step: an auto-winner's rest, waiting for the decision
+    awaiting_winner: dict[str, int] = field(default_factory=lambda: defaultdict(int))
 
     def add(self, other: TickStats) -> None:
         self.processed += other.processed
@@ -113,6 +115,8 @@ class TickStats:
             self.deferred_steps[step] += n
         for key, n in other.held_out_steps.items():
             self.held_out_steps[key] += n
+        for step, n in other.awaiting_winner.items():
+            self.awaiting_winner[step] += n
         for reason, n in other.held.items():
             self.held[reason] += n
 

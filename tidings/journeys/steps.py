@@ -28,8 +28,9 @@ from tidings.crm.models import (
     Experiment,
     MessageStatus,
 )
+from tidings.crm.types import as_utc
 from tidings.journeys import schema as s
-from tidings.journeys.experiments import CONTROL, HOLDOUT, in_control, variant_for
+from tidings.journeys.experiments import CONTROL, HOLDOUT, in_control, in_test, variant_for
 from tidings.journeys.policy import Candidate, Rules, gate
 from tidings.journeys.state import (
     Item,
@@ -323,8 +324,15 @@ class StepRunner:
         purpose = step.purpose or (
             "transactional" if journey.settings.transactional else "marketing"
         )
+        variants, awaiting = self._assign(session, version, step, group, now)
+        for item in group:  # an auto-winner's rest, before the decision: it waits at the step
+            if item.id in awaiting:
+                item.park(awaiting[item.id])
+                stats.awaiting_winner[step.id] += 1
+        group = [item for item in group if item.id not in awaiting]
+        if not group:
+            return
         contacts = self._contacts(session, group)
-        variants = self._assign(session, version, step, group, now)
         out = self._held_out(session, version, group)
         templates = {
             v.name: v.template
@@ -424,10 +432,13 @@ class StepRunner:
         step: s.EmailStep | s.SmsStep,
         group: list[Item],
         now: datetime,
-    ) -> dict[int, str]:
+    ) -> tuple[dict[int, str], dict[int, datetime]]:
+        """Each enrollment's variant (recorded in ``assignments``), and, for an auto-winner
+        experiment not decided yet, the enrollments of the rest with the time they wait until
+        (the decision wakes them: ``analytics.auto_winner``)."""
         experiment = step.experiment
         if experiment is None:
-            return {}
+            return {}, {}
         name = experiment.name or f"{version.name}.{step.id}"
         weights = [(v.name, v.weight) for v in experiment.variants]
         table: Table = Experiment.__table__  # type: ignore[assignment]
@@ -446,11 +457,25 @@ class StepRunner:
                 }
             ],
         )
-        experiment_id = session.scalar(select(Experiment.id).where(Experiment.name == name))
-        chosen = {
-            i.id: variant_for(name, i.contact_id, weights, holdout=experiment.holdout)
-            for i in group
-        }
+        experiment_id, status, winner, started = session.execute(
+            select(
+                Experiment.id, Experiment.status, Experiment.winner, Experiment.created_at
+            ).where(Experiment.name == name)
+        ).one()
+        auto = experiment.auto_winner
+        chosen: dict[int, str] = {}
+        awaiting: dict[int, datetime] = {}
+        tested: list[Item] = []
+        for i in group:
+            if auto is None or in_test(name, i.contact_id, auto.test_share):
+                chosen[i.id] = variant_for(name, i.contact_id, weights, holdout=experiment.holdout)
+                tested.append(i)
+            elif status == "running":
+                awaiting[i.id] = _decision_due(as_utc(started), auto, now)
+            elif winner is not None:
+                chosen[i.id] = winner
+            else:  # fallback keep_split: the rest is split by the weights, unassigned
+                chosen[i.id] = variant_for(name, i.contact_id, weights)
         insert_rows(
             session,
             assignments_t,
@@ -461,7 +486,15 @@ class StepRunner:
                     "variant": chosen[i.id],
                     "assigned_at": now,
                 }
-                for i in group
+                for i in tested
             ],
         )
-        return chosen
+        return chosen, awaiting
+
+
+def _decision_due(started: datetime, auto: s.AutoWinner, now: datetime) -> datetime:
+    """Until when the rest of an auto-winner waits: the deadline, or a day at a time when the
+    decision waits for a sample size (a decision wakes the rest at once)."""
+    if auto.decide_after is not None:
+        return max(started + timedelta(seconds=auto.decide_after), now + timedelta(seconds=1))
+    return now + timedelta(days=1)
