@@ -149,18 +149,14 @@ def msprt_test(
     p = min(previous_p_value, p_now)
     informative = s2 > 0 and v_ci > 0
     half = _always_valid_half_width(v_ci, s2, tau, alpha) if informative else math.inf
-    return Comparison(
-        test=TEST_NAME,
-        control=control.name,
-        treatment=treatment.name,
+    return Comparison.of(
+        TEST_NAME,
+        control,
+        treatment,
+        values=(c_val, t_val),
         statistic=z,
         p_value=p,
-        effect=diff,
-        ci_low=diff - half,
-        ci_high=diff + half,
-        confidence=1 - alpha,
-        control_value=c_val,
-        treatment_value=t_val,
-        p_adjusted=p,
+        half_width=half,
+        alpha=alpha,
         peeking_safe=True,
     )

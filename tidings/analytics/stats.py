@@ -44,6 +44,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
 from fractions import Fraction
+from typing import Any
 
 from scipy import stats as _st  # type: ignore[import-untyped]
 
@@ -126,6 +127,40 @@ class Comparison:
     df: float | None = None
     peeking_safe: bool = False
 
+    @classmethod
+    def of(
+        cls,
+        test: str,
+        control: ArmCounts,
+        treatment: ArmCounts,
+        *,
+        values: tuple[float, float],
+        statistic: float,
+        p_value: float,
+        half_width: float,
+        alpha: float,
+        **extra: Any,
+    ) -> Comparison:
+        """A comparison with the effect ``treatment - control`` of ``values`` (control,
+        treatment) and the interval ``effect +- half_width`` at level ``1 - alpha``."""
+        c_val, t_val = values
+        effect = t_val - c_val
+        return cls(
+            test=test,
+            control=control.name,
+            treatment=treatment.name,
+            statistic=statistic,
+            p_value=p_value,
+            effect=effect,
+            ci_low=effect - half_width,
+            ci_high=effect + half_width,
+            confidence=1 - alpha,
+            control_value=c_val,
+            treatment_value=t_val,
+            p_adjusted=p_value,
+            **extra,
+        )
+
     @property
     def relative_effect(self) -> float | None:
         """``effect / control_value``, or None when the control value is 0."""
@@ -207,19 +242,15 @@ def z_test(control: ArmCounts, treatment: ArmCounts, *, alpha: float = 0.05) -> 
     p = _two_sided_p_norm(z) if se0 > 0 else 1.0
     se1 = math.sqrt(p1 * (1 - p1) / n1 + p2 * (1 - p2) / n2)
     half = float(_st.norm.ppf(1 - alpha / 2)) * se1
-    return Comparison(
-        test="two-proportion z-test",
-        control=control.name,
-        treatment=treatment.name,
+    return Comparison.of(
+        "two-proportion z-test",
+        control,
+        treatment,
+        values=(p1, p2),
         statistic=z,
         p_value=p,
-        effect=diff,
-        ci_low=diff - half,
-        ci_high=diff + half,
-        confidence=1 - alpha,
-        control_value=p1,
-        treatment_value=p2,
-        p_adjusted=p,
+        half_width=half,
+        alpha=alpha,
     )
 
 
@@ -339,19 +370,15 @@ def welch_test(control: ArmCounts, treatment: ArmCounts, *, alpha: float = 0.05)
         t = 0.0 if diff == 0 else math.copysign(math.inf, diff)
         p = 1.0 if diff == 0 else 0.0
         half = 0.0
-    return Comparison(
-        test="Welch t-test",
-        control=control.name,
-        treatment=treatment.name,
+    return Comparison.of(
+        "Welch t-test",
+        control,
+        treatment,
+        values=(m1, m2),
         statistic=t,
         p_value=p,
-        effect=diff,
-        ci_low=diff - half,
-        ci_high=diff + half,
-        confidence=1 - alpha,
-        control_value=m1,
-        treatment_value=m2,
-        p_adjusted=p,
+        half_width=half,
+        alpha=alpha,
         df=df,
     )
 
