@@ -28,6 +28,7 @@ from tidings.crm.models import (
     Experiment,
     MessageStatus,
 )
+from tidings.crm.topics import load_topics
 from tidings.journeys import schema as s
 from tidings.journeys.experiments import CONTROL, HOLDOUT, in_control, variant_for
 from tidings.journeys.policy import Candidate, Rules, gate
@@ -324,6 +325,7 @@ class StepRunner:
             "transactional" if journey.settings.transactional else "marketing"
         )
         contacts = self._contacts(session, group)
+        topic = journey.topic
         variants = self._assign(session, version, step, group, now)
         out = self._held_out(session, version, group)
         templates = {
@@ -338,7 +340,15 @@ class StepRunner:
             row = contacts[item.contact_id]
             address = row["email"] if step.type == "email" else row["phone"]
             candidates.append(
-                Candidate(item.id, item.contact_id, step.type, purpose, address, row["timezone"])
+                Candidate(
+                    item.id,
+                    item.contact_id,
+                    step.type,
+                    purpose,
+                    address,
+                    row["timezone"],
+                    topic if purpose == "marketing" else None,
+                )
             )
         pending: dict[int, int] = defaultdict(int)
         for m in messages:
@@ -350,6 +360,7 @@ class StepRunner:
             rules=self.rules_for(journey),
             now=now,
             pending=pending,
+            topics=load_topics(self.settings.project_dir) if topic else None,
         )
         for item in group:
             decision = decisions.get(item.id)
@@ -388,7 +399,10 @@ class StepRunner:
                     "attempts": 0,
                     "created_at": now,
                     "updated_at": now,
-                    "meta": {"context": step.context} if step.context else {},
+                    "meta": {
+                        **({"context": step.context} if step.context else {}),
+                        **({"topic": topic} if topic and purpose == "marketing" else {}),
+                    },
                 }
             )
             item.go(item.version.after(step.id))
