@@ -3,12 +3,14 @@ confirmation email, confirmation and expiry, each step audited (SQLite and Postg
 
 from __future__ import annotations
 
+import shutil
 from datetime import timedelta
 from pathlib import Path
 
 import pytest
 from sqlalchemy import Engine, insert, select
 
+from tests.conftest import FIXTURE_PROJECT
 from tidings.config import Settings
 from tidings.crm.consent import ConsentWish
 from tidings.crm.importer import import_contacts
@@ -192,3 +194,31 @@ def test_double_opt_in_in_the_channel_file(tmp_path: Path, monkeypatch) -> None:
     with pytest.raises(InputError) as caught:
         Settings(project_dir=tmp_path)
     assert f"{email}:4" in str(caught.value) and "bad duration 'soon'" in str(caught.value)
+
+
+def test_the_tick_sends_confirmations_left_queued(store: Engine, store_url: str, tmp_path):
+    """An import queues the confirmation (a command that did not send it, or a retry): the
+    next tick sends it, once."""
+    from tidings.channels.outbox import OutboxChannel
+    from tidings.journeys.running import tick_all
+    from tidings.journeys.runtime import Runtime
+
+    project = tmp_path / "project"
+    shutil.copytree(FIXTURE_PROJECT, project)
+    path = tmp_path / "signups.csv"
+    path.write_text(CSV)
+    settings = _settings(project, store_url, double_opt_in_sources=["import:*"])
+    settings = settings.model_copy(update={"outbox_dir": tmp_path / "outbox"})
+    report = import_contacts(path, engine=store, settings=settings)
+    outbox = OutboxChannel(folder=tmp_path / "outbox")
+    runtime = Runtime.from_settings(settings, db=store, channels={"email": outbox, "sms": outbox})
+    tick_all(runtime)
+    tick_all(runtime)
+    with store.connect() as conn:
+        status = conn.execute(
+            select(Message.status).where(Message.id == report.confirmations[0])
+        ).scalar_one()
+    assert status == "sent"
+    (sent,) = (tmp_path / "outbox").glob("*.eml")
+    text = sent.read_text()
+    assert "Please confirm your subscription" in text and "https://t.example.com/confirm/" in text
