@@ -245,6 +245,23 @@ class Settings(BaseSettings):
         "refreshes a segment, e.g. 64MB; empty: the server's. That transaction also sets "
         "jit = off (docs/segments.md).",
     )
+    # consent (channels/email.yaml double_opt_in:, channels/topics.yaml; docs/web.md)
+    double_opt_in_sources: list[str] = Field(
+        default_factory=list,
+        description="Consent sources whose marketing email grant must be confirmed by the "
+        'contact first (double opt-in), as JSON, shell patterns, e.g. ["api:*", "import:*"]; '
+        "empty: none. Also `double_opt_in: {sources: [...]}` in channels/email.yaml.",
+    )
+    double_opt_in_template: str = Field(
+        "confirm_subscription",
+        description="Email template (templates/email/<name>.mjml) of the confirmation email; "
+        "it links {{ confirm_url }}.",
+    )
+    double_opt_in_expires: str = Field(
+        "7 days",
+        description="How long a confirmation link works, e.g. '48 hours'; later it is refused "
+        "and the consent stays pending.",
+    )
     # -- new settings go above this line (keep one Field with a description each) --
 
     @classmethod
@@ -304,6 +321,17 @@ class Settings(BaseSettings):
     @property
     def channels_dir(self) -> Path:
         return self.project_dir / "channels"
+
+    @field_validator("double_opt_in_expires")
+    @classmethod
+    def _expiry(cls, value: str) -> str:
+        from tidings.segments.rules import parse_duration
+
+        try:
+            parse_duration(value)
+        except ValueError as exc:
+            raise ValueError(f"TIDINGS_DOUBLE_OPT_IN_EXPIRES={value!r}: {exc}") from None
+        return value
 
     @field_validator("default_region")
     @classmethod
@@ -377,7 +405,7 @@ def settings_markdown() -> str:
     """The configuration table of the README, generated from ``Settings`` (see ``make docs``)."""
     rows = ["| variable | default | meaning |", "| --- | --- | --- |"]
     for name, info in Settings.model_fields.items():
-        default = info.default
+        default = info.get_default(call_default_factory=True)
         shown = "unset" if default is None else f"`{default}`"
         if info.annotation is not None and "SecretStr" in str(info.annotation):
             shown = "unset (secret)"

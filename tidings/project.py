@@ -21,7 +21,7 @@ import shutil
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource
 
@@ -38,11 +38,32 @@ class _ChannelFile(BaseModel):
     rate_limit: float | None = Field(None, gt=0)
 
 
+class DoubleOptIn(BaseModel):
+    """``double_opt_in:`` in ``channels/email.yaml`` (docs/web.md, "Double opt-in")."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    sources: list[str] = Field(min_length=1)
+    template: str | None = None
+    expires: str | None = None
+
+    @field_validator("expires")
+    @classmethod
+    def _duration(cls, value: str | None) -> str | None:
+        from tidings.segments.rules import parse_duration
+
+        if value is not None:
+            parse_duration(value)
+        return value
+
+
 class EmailChannelFile(_ChannelFile):
-    """``channels/email.yaml``: ``provider``, ``from``, ``from_name``, ``rate_limit``."""
+    """``channels/email.yaml``: ``provider``, ``from``, ``from_name``, ``rate_limit``,
+    ``double_opt_in``."""
 
     provider: Literal["outbox", "sendgrid", "smtp"] = "outbox"
     from_name: str | None = None
+    double_opt_in: DoubleOptIn | None = None
 
 
 class SmsChannelFile(_ChannelFile):
@@ -90,6 +111,12 @@ def channel_settings(project: Path) -> dict[str, Any]:
             values["email_from_name"] = email.from_name
         if email.rate_limit:
             limits[email.provider] = email.rate_limit
+        if email.double_opt_in:
+            values["double_opt_in_sources"] = email.double_opt_in.sources
+            if email.double_opt_in.template:
+                values["double_opt_in_template"] = email.double_opt_in.template
+            if email.double_opt_in.expires:
+                values["double_opt_in_expires"] = email.double_opt_in.expires
     sms = _read(project / "channels" / "sms.yaml", SmsChannelFile)
     if isinstance(sms, SmsChannelFile):
         values["sms_channel"] = sms.provider

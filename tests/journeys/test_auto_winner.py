@@ -266,6 +266,7 @@ def test_plan_shows_the_rest_waiting_for_the_decision(store_url: str, tmp_path: 
     plan = plan_journey(runtime, file, now=T0)
     (hello,) = plan.steps
     assert hello.sent == 60  # the test share first, the rest at the decision
-    assert hello.last is not None and hello.last - hello.first >= timedelta(hours=6)
+    assert hello.first is not None and hello.last is not None
+    assert hello.last - hello.first >= timedelta(hours=6)
     rest = 60 - sum(1 for c in ids.values() if in_test(NAME, c, 25))
     assert any(f"auto-winner: {rest} waited for the decision" in n for n in plan.notes)

@@ -36,7 +36,7 @@ def broken_dir(tmp_path: Path) -> Path:
 def test_check_passes_on_shipped_templates() -> None:
     result = runner.invoke(app, ["templates", "check", "--dir", str(SHIPPED)])
     assert result.exit_code == 0, result.output
-    assert "ok: 3 email and 1 SMS templates" in result.output
+    assert "ok: 4 email and 1 SMS templates" in result.output  # with confirm_subscription
 
 
 def test_check_reports_every_problem_with_file_and_line(broken_dir: Path) -> None:

@@ -65,6 +65,10 @@ def _import(kind: str, path: Path, fmt: str | None, as_json: bool, allow_extra: 
 
     # A header error (a misspelt or missing column) raises InputError: exit 2, nothing imported.
     report = IMPORTERS[kind](path, engine=make_engine(), fmt=fmt, allow_extra_columns=allow_extra)
+    if report.confirmations:  # double opt-in: the confirmation emails go out now
+        from tidings.journeys.runtime import Runtime
+
+        Runtime.from_settings().dispatcher.dispatch(only=report.confirmations)
     if as_json:
         typer.echo(json.dumps(report.to_dict(), indent=2))
     else:

@@ -36,7 +36,7 @@ from sqlalchemy import Connection, Engine, Table, bindparam, insert, or_, select
 
 from tidings.config import Settings, get_settings
 from tidings.crm.columns import CONTACTS, EVENTS, ORDERS, Columns
-from tidings.crm.consent import ConsentWish, set_consents
+from tidings.crm.consent import ConsentWish
 from tidings.crm.db import insert_ignore
 from tidings.crm.models import Channel, Contact, Event, Order, Purpose
 from tidings.crm.normalize import (
@@ -51,6 +51,7 @@ from tidings.crm.normalize import (
     parse_timestamp,
     typed_value,
 )
+from tidings.crm.optin import ConsentOutcome, OptInPolicy, apply_consents
 from tidings.crm.readers import ERROR, Record, read_records
 from tidings.crm.types import utcnow
 
@@ -102,6 +103,8 @@ class ImportReport:
     updated: int = 0
     unchanged: int = 0
     warned: int = 0  # accepted rows of which a field was left out
+    confirmations: list[int] = field(default_factory=list)
+    """Double opt-in confirmation emails queued in the outbox (crm/optin.py)."""
     errors: list[RowError] = field(default_factory=list)
     warnings: list[RowError] = field(default_factory=list)
 
@@ -132,6 +135,7 @@ class ImportReport:
             "updated": self.updated,
             "unchanged": self.unchanged,
             "warned": self.warned,
+            "confirmations": len(self.confirmations),
             "errors": [
                 {"line": e.line, "column": e.column, "reason": e.reason} for e in self.errors
             ],
@@ -316,7 +320,12 @@ def _parse_contact(
 
 
 def _apply_contacts(
-    conn: Connection, rows: list[ContactRow], report: ImportReport, *, source: str
+    conn: Connection,
+    rows: list[ContactRow],
+    report: ImportReport,
+    *,
+    source: str,
+    optin: OptInPolicy | None = None,
 ) -> None:
     now = utcnow()
     ext_ids = {r.external_id for r in rows if r.external_id}
@@ -393,7 +402,9 @@ def _apply_contacts(
 
     new_ids = {t["id"] for t in new}
     changed_ids = {t["id"] for t in changed}
-    consent_only = _apply_consents(conn, targets, source=source, now=now) - changed_ids - new_ids
+    outcome = _apply_consents(conn, targets, source=source, now=now, optin=optin)
+    report.confirmations += outcome.messages
+    consent_only = outcome.changed - changed_ids - new_ids
     if consent_only:  # a consent change alone also marks the contact as updated
         conn.execute(
             update(contacts_t).where(contacts_t.c.id.in_(consent_only)).values(updated_at=now)
@@ -404,16 +415,22 @@ def _apply_contacts(
 
 
 def _apply_consents(
-    conn: Connection, targets: list[dict[str, Any]], *, source: str, now: datetime
-) -> set[int]:
+    conn: Connection,
+    targets: list[dict[str, Any]],
+    *,
+    source: str,
+    now: datetime,
+    optin: OptInPolicy | None,
+) -> ConsentOutcome:
     """Record consent given in the file where it differs from the current state (each change
-    lands in the audit trail); returns the ids of contacts whose consent changed."""
+    lands in the audit trail; a grant that needs confirmation becomes pending and queues the
+    confirmation email); says whose consent changed."""
     wishes = [
         ConsentWish(t["id"], channel, Purpose.MARKETING.value, status)
         for t in targets
         for channel, status in t["consents"].items()
     ]
-    return set_consents(conn, wishes, source=source, now=now)
+    return apply_consents(conn, wishes, source=source, policy=optin, now=now)
 
 
 def import_contacts(
@@ -435,7 +452,9 @@ def import_contacts(
         settings=settings,
         allow_extra=allow_extra_columns,
         parse=lambda record, warnings: _parse_contact(record, settings, warnings),
-        apply=lambda conn, rows, report: _apply_contacts(conn, rows, report, source=source),
+        apply=lambda conn, rows, report: _apply_contacts(
+            conn, rows, report, source=source, optin=OptInPolicy.from_settings(settings)
+        ),
     )
 
 

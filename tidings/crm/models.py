@@ -57,6 +57,13 @@ class Purpose(StrEnum):
 class ConsentStatus(StrEnum):
     GRANTED = "granted"
     REVOKED = "revoked"
+    PENDING = "pending"  # double opt-in: asked, not yet confirmed; never permits a send
+
+
+class OptInStatus(StrEnum):
+    PENDING = "pending"
+    CONFIRMED = "confirmed"
+    EXPIRED = "expired"
 
 
 class MessageStatus(StrEnum):
@@ -131,6 +138,48 @@ class ConsentChange(Base):
     source: Mapped[str] = mapped_column(String(255))
     occurred_at: Mapped[datetime] = mapped_column(default=utcnow)
     recorded_at: Mapped[datetime] = mapped_column(default=utcnow)
+    detail: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    # a subscription topic (channels/topics.yaml) this change is about; NULL: the base consent
+    topic: Mapped[str | None] = mapped_column(String(64))
+
+
+class TopicSubscription(Base):
+    """A contact's own choice for one topic on one channel (``granted`` or ``revoked``).
+
+    No row: the topic's default applies (``opt-out`` topics count as chosen, ``opt-in`` ones
+    not). A topic only narrows the base consent (channel, marketing): see crm/topics.py.
+    """
+
+    __tablename__ = "topic_subscriptions"
+    __table_args__ = (UniqueConstraint("contact_id", "channel", "topic"),)
+
+    id: Mapped[int] = _id()
+    contact_id: Mapped[int] = _contact_fk(index=False)  # the unique constraint leads with it
+    channel: Mapped[str] = mapped_column(String(16))
+    topic: Mapped[str] = mapped_column(String(64))
+    status: Mapped[str] = mapped_column(String(16))
+    source: Mapped[str] = mapped_column(String(255))
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class OptInRequest(Base):
+    """A double opt-in: consent asked for (status ``pending`` in consents) and the
+    confirmation email sent; confirmed through its signed link before ``expires_at``."""
+
+    __tablename__ = "optin_requests"
+
+    id: Mapped[int] = _id()
+    contact_id: Mapped[int] = _contact_fk()
+    channel: Mapped[str] = mapped_column(String(16))
+    purpose: Mapped[str] = mapped_column(String(32))
+    source: Mapped[str] = mapped_column(String(255))
+    status: Mapped[str] = mapped_column(String(16), default=OptInStatus.PENDING.value)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    expires_at: Mapped[datetime]
+    confirmed_at: Mapped[datetime | None]
+    message_id: Mapped[int | None] = mapped_column(
+        IdType, ForeignKey("messages.id", ondelete="SET NULL")
+    )
     detail: Mapped[dict[str, Any]] = mapped_column(default=dict)
 
 

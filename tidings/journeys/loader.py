@@ -27,6 +27,7 @@ from typing import Any, get_args
 
 from pydantic import BaseModel, ValidationError
 
+from tidings.crm.topics import Topics
 from tidings.errors import InputError
 from tidings.journeys import schema
 from tidings.journeys.graph import Path as GraphPath
@@ -104,6 +105,7 @@ class References:
     template_exists: Callable[[str, str], bool]
     segments: set[str] = field(default_factory=set)
     journeys: dict[str, list[str]] | None = None
+    topics: Topics | None = None
 
 
 def _reference_problems(journey: schema.Journey, refs: References) -> list[Problem]:
@@ -139,6 +141,8 @@ def _reference_problems(journey: schema.Journey, refs: References) -> list[Probl
             )
         elif step_id is not None and step_id not in refs.journeys[other]:
             problems.append(missing_step(other, step_id, refs.journeys[other], where_))
+    if journey.topic is not None and refs.topics is not None:
+        problems += _topic_problems(journey, journey.topic, refs.topics)
     for name, path in referenced_segments(journey):
         if name not in refs.segments:
             close = difflib.get_close_matches(name, sorted(refs.segments), n=1)
@@ -152,6 +156,26 @@ def _reference_problems(journey: schema.Journey, refs: References) -> list[Probl
                 )
             )
     return problems
+
+
+def _topic_problems(journey: schema.Journey, name: str, topics: Topics) -> list[Problem]:
+    """The topic exists, and is offered on the channel of every marketing send step."""
+    topic = topics.find(name)
+    if topic is None:
+        close = difflib.get_close_matches(name, topics.names(), n=1)
+        known = ", ".join(topics.names()) or "none yet"
+        hint = f"did you mean {close[0]!r}?" if close else f"topics in {topics.source}: {known}"
+        return [Problem(("topic",), f"no subscription topic named {name!r}", hint)]
+    return [
+        Problem(
+            ("steps", index, "type"),
+            f"topic {name!r} is not offered on {step.type}, so this step could reach nobody",
+            f"add {step.type} to the channels of {name!r} in {topics.source}, or give the step "
+            "purpose: transactional",
+        )
+        for index, step in sends(journey)
+        if step.type not in topic.channels and step.purpose != "transactional"
+    ]
 
 
 def _as_errors(problems: list[Problem], data: Any, source: str) -> list[InputError]:
@@ -215,6 +239,8 @@ def journey_steps(paths: list[Path]) -> dict[str, list[str]]:
 
 
 def version_hash(journey: schema.Journey) -> str:
-    """Identifies a version by meaning: reformatting or comments do not make a new version."""
-    canonical = json.dumps(journey.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+    """Identifies a version by meaning: reformatting or comments do not make a new version.
+    A journey without a topic hashes as before topics existed (no new version on upgrade)."""
+    dumped = journey.model_dump(mode="json", exclude={"topic"} if journey.topic is None else None)
+    canonical = json.dumps(dumped, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(canonical.encode()).hexdigest()

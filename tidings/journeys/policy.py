@@ -11,7 +11,11 @@ Rules, in order (the first that applies decides):
 3. consent: a marketing send needs the contact's consent for (channel, marketing) to be
    ``granted``; a transactional send (an order update) is refused only when consent for
    (channel, transactional) is ``revoked`` -- an SMS STOP revokes both purposes
-   -> ``hold: no_consent``
+   -> ``hold: no_consent``; a ``pending`` consent (double opt-in not yet confirmed) is not
+   ``granted``
+3b. topic (a marketing send of a journey with ``topic:``): the contact is subscribed to the
+   topic on the channel -- their own choice, else the topic's default (crm/topics.py)
+   -> ``hold: topic_unsubscribed``
 4. frequency cap (marketing only): at most ``max`` marketing messages per contact in ``per``
    seconds, counting messages already recorded and those decided earlier in the same batch
    -> ``hold: frequency_cap``
@@ -32,6 +36,7 @@ from sqlalchemy.orm import Session
 
 from tidings.crm.models import Consent as ConsentRow
 from tidings.crm.models import ConsentStatus, Message, MessageStatus, Purpose, Suppression
+from tidings.crm.topics import Topics, choices, subscribed
 from tidings.journeys.state import zone_of
 
 COUNTED = (
@@ -50,6 +55,7 @@ class Candidate:
     purpose: Literal["marketing", "transactional"]
     address: str | None
     timezone: str | None
+    topic: str | None = None  # marketing of a subscription topic (crm/topics.py)
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,9 +105,11 @@ def gate(
     rules: Rules,
     now: datetime,
     pending: Mapping[int, int] | None = None,
+    topics: Topics | None = None,
 ) -> dict[int, Decision]:
     """Decide each candidate; ``pending`` counts marketing messages per contact decided
-    earlier in the same transaction but not yet written."""
+    earlier in the same transaction but not yet written; ``topics`` are the project's
+    (needed when a candidate names one)."""
     if not candidates:
         return {}
     contact_ids = {c.contact_id for c in candidates}
@@ -123,6 +131,10 @@ def gate(
             ).where(ConsentRow.contact_id.in_(contact_ids))
         )
     }
+    topical = {c.contact_id for c in candidates if c.topic and c.purpose == "marketing"}
+    chosen = choices(session.connection(), topical) if topical else {}
+    if topical and topics is None:
+        raise ValueError("a candidate names a topic but gate() was given no topics")
     recent: dict[int, int] = {}
     if rules.cap_max is not None and any(c.purpose == "marketing" for c in candidates):
         since = now - timedelta(seconds=rules.cap_seconds)
@@ -142,7 +154,12 @@ def gate(
                 recent[cid] = recent.get(cid, 0) + n
     decisions: dict[int, Decision] = {}
     for c in candidates:
-        decisions[c.key] = _decide(c, rules, now, suppressed, consent, recent)
+        topic_ok = True
+        if c.topic and c.purpose == "marketing":
+            assert topics is not None
+            choice = chosen.get((c.contact_id, c.channel, c.topic))
+            topic_ok = subscribed(topics.get(c.topic), choice)
+        decisions[c.key] = _decide(c, rules, now, suppressed, consent, recent, topic_ok)
         if decisions[c.key] is SEND and c.purpose == "marketing":
             recent[c.contact_id] = recent.get(c.contact_id, 0) + 1
     return decisions
@@ -155,6 +172,7 @@ def _decide(
     suppressed: set[tuple[str, str]],
     consent: dict[tuple[int, str, str], str],
     recent: dict[int, int],
+    topic_ok: bool = True,
 ) -> Decision:
     if not c.address:
         return Decision("hold", "no_address")
@@ -165,6 +183,8 @@ def _decide(
         return Decision("hold", "no_consent") if status == ConsentStatus.REVOKED.value else SEND
     if status != ConsentStatus.GRANTED.value:
         return Decision("hold", "no_consent")
+    if not topic_ok:
+        return Decision("hold", "topic_unsubscribed")
     if rules.cap_max is not None and recent.get(c.contact_id, 0) >= rules.cap_max:
         return Decision("hold", "frequency_cap")
     if rules.quiet_start is not None and rules.quiet_end is not None:

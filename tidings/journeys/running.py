@@ -117,6 +117,12 @@ def tick_all(
         now=now,
     )
     scheduled = run_schedules(runtime, now=now)
+    from tidings.crm.optin import queued_confirmations
+
+    with runtime.db.connect() as conn:
+        confirmations = queued_confirmations(conn, now=now)
+    if confirmations:  # double opt-in emails not sent when they were asked for
+        runtime.dispatcher.dispatch(now=now, only=confirmations)
     with Session(runtime.db) as session:
         known = list(session.scalars(select(JourneyRow.name).distinct().order_by(JourneyRow.name)))
     results = []

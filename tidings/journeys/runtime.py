@@ -28,13 +28,18 @@ log = logging.getLogger(__name__)
 
 
 def references(
-    renderer: Any, segment_names: set[str], journeys: dict[str, list[str]] | None = None
+    renderer: Any,
+    segment_names: set[str],
+    journeys: dict[str, list[str]] | None = None,
+    topics: Any = None,
 ) -> References:
     def exists(name: str, channel: str) -> bool:
         path = renderer.email_path(name) if channel == "email" else renderer.sms_path(name)
         return bool(path.is_file())
 
-    return References(template_exists=exists, segments=segment_names, journeys=journeys)
+    return References(
+        template_exists=exists, segments=segment_names, journeys=journeys, topics=topics
+    )
 
 
 @dataclass
@@ -80,7 +85,14 @@ class Runtime:
         )
 
     def references(self) -> References:
-        return references(self.renderer, set(self.engine.catalog.segments), self.project_steps)
+        from tidings.crm.topics import load_topics
+
+        return references(
+            self.renderer,
+            set(self.engine.catalog.segments),
+            self.project_steps,
+            load_topics(self.settings.project_dir),
+        )
 
     def load(self, path: Path) -> Version:
         """Validate a journey file against the templates and segments, and register it."""

@@ -401,6 +401,21 @@ class JourneySettings(_Strict):
 class Journey(_Strict):
     name: str = Field(pattern=r"^[a-z][a-z0-9_]*$", max_length=100)
     description: str = ""
+    topic: str | None = Field(
+        None,
+        pattern=r"^[a-z][a-z0-9_]{0,63}$",
+        description="A subscription topic of channels/topics.yaml: the journey's marketing "
+        "messages go only to contacts subscribed to it (on top of marketing consent).",
+    )
     trigger: Trigger
     settings: JourneySettings = Field(default_factory=JourneySettings)
     steps: list[Step] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _topic_is_marketing(self) -> Journey:
+        if self.topic is not None and self.settings.transactional:
+            raise ValueError(
+                f"topic {self.topic!r}: a transactional journey has no topic (topics narrow "
+                "marketing only); remove topic or settings.transactional"
+            )
+        return self

@@ -28,6 +28,7 @@ from tidings.crm.models import (
     Experiment,
     MessageStatus,
 )
+from tidings.crm.topics import load_topics
 from tidings.crm.types import as_utc
 from tidings.journeys import schema as s
 from tidings.journeys.experiments import CONTROL, HOLDOUT, in_control, in_test, variant_for
@@ -333,6 +334,7 @@ class StepRunner:
         if not group:
             return
         contacts = self._contacts(session, group)
+        topic = journey.topic
         out = self._held_out(session, version, group)
         templates = {
             v.name: v.template
@@ -346,7 +348,15 @@ class StepRunner:
             row = contacts[item.contact_id]
             address = row["email"] if step.type == "email" else row["phone"]
             candidates.append(
-                Candidate(item.id, item.contact_id, step.type, purpose, address, row["timezone"])
+                Candidate(
+                    item.id,
+                    item.contact_id,
+                    step.type,
+                    purpose,
+                    address,
+                    row["timezone"],
+                    topic if purpose == "marketing" else None,
+                )
             )
         pending: dict[int, int] = defaultdict(int)
         for m in messages:
@@ -358,6 +368,7 @@ class StepRunner:
             rules=self.rules_for(journey),
             now=now,
             pending=pending,
+            topics=load_topics(self.settings.project_dir) if topic else None,
         )
         for item in group:
             decision = decisions.get(item.id)
@@ -396,7 +407,10 @@ class StepRunner:
                     "attempts": 0,
                     "created_at": now,
                     "updated_at": now,
-                    "meta": {"context": step.context} if step.context else {},
+                    "meta": {
+                        **({"context": step.context} if step.context else {}),
+                        **({"topic": topic} if topic and purpose == "marketing" else {}),
+                    },
                 }
             )
             item.go(item.version.after(step.id))

@@ -50,6 +50,7 @@ from tidings.crm.models import (
     Order,
     SegmentMembership,
     Suppression,
+    TopicSubscription,
 )
 from tidings.crm.types import utcnow
 from tidings.segments import core as c
@@ -64,6 +65,7 @@ messages = _tables[Message.__tablename__]
 message_events = _tables[MessageEvent.__tablename__]
 journeys = _tables[Journey.__tablename__]
 consents = _tables[Consent.__tablename__]
+topic_subscriptions = _tables[TopicSubscription.__tablename__]
 suppressions = _tables[Suppression.__tablename__]
 memberships = _tables[SegmentMembership.__tablename__]
 
@@ -105,6 +107,8 @@ def predicate(node: c.Core, ctx: Ctx) -> tuple[Expr, bool]:
             return engaged(node, ctx), False
         case c.ConsentGranted():
             return consent_granted(node), False
+        case c.TopicChosen():
+            return topic_chosen(node), False
         case c.Suppressed():
             return suppressed(node), False
         case c.Member():
@@ -320,6 +324,21 @@ def consent_granted(node: c.ConsentGranted) -> Expr:
             consents.c.status == "granted",
         )
     )
+
+
+def topic_chosen(node: c.TopicChosen) -> Expr:
+    def choice(status: str) -> Expr:
+        return exists(
+            select(literal(1)).where(
+                topic_subscriptions.c.contact_id == contacts.c.id,
+                topic_subscriptions.c.channel == node.channel,
+                topic_subscriptions.c.topic == node.topic,
+                topic_subscriptions.c.status == status,
+            )
+        )
+
+    # opt-out topic: in unless they left it; opt-in topic: in only if they chose it
+    return not_(choice("revoked")) if node.default else choice("granted")
 
 
 def suppressed(node: c.Suppressed) -> Expr:

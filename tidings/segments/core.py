@@ -104,6 +104,16 @@ class ConsentGranted:
 
 
 @dataclass(frozen=True)
+class TopicChosen:
+    """Subscribed to ``topic`` on ``channel``: a stored ``granted`` choice, or no choice and
+    ``default`` (an opt-out topic)."""
+
+    channel: str
+    topic: str
+    default: bool
+
+
+@dataclass(frozen=True)
 class Suppressed:
     channel: str
 
@@ -125,7 +135,7 @@ class Bucket:
 
 Core: TypeAlias = (
     "All | AnyOf | Not | Const | Compare | EventCount | OrderMetric | Engaged "
-    "| ConsentGranted | Suppressed | Member | Bucket"
+    "| ConsentGranted | TopicChosen | Suppressed | Member | Bucket"
 )
 
 #: Order statuses that never count as a purchase unless a rule lists statuses itself.
@@ -138,6 +148,20 @@ Resolver = Callable[[str], "Core"]
 
 def _no_refs(name: str) -> Core:
     raise LookupError(f"segment {name!r} is referenced but no segment catalog was given")
+
+
+#: The default of a topic (True: opt-out, everyone is in until they leave); raises
+#: ``InputError`` for an unknown topic.
+TopicDefault = Callable[[str, str], bool]
+
+
+def _no_topics(name: str, channel: str) -> bool:
+    from tidings.errors import InputError
+
+    raise InputError(
+        f"topic: no subscription topic named {name!r}",
+        hint="define it in channels/topics.yaml",
+    )
 
 
 def conj(parts: list[Core]) -> Core:
@@ -264,15 +288,20 @@ def _reachable(channel: str) -> list[Core]:
     return [Compare(Column(ADDRESS_COLUMN[channel]), "exists", None), Not(Suppressed(channel))]
 
 
-def to_core(rule: r.Rule, resolve: Resolver = _no_refs) -> Core:
-    """Rewrite a surface rule into the core; ``resolve`` inlines referenced segments."""
+def to_core(rule: r.Rule, resolve: Resolver = _no_refs, topics: TopicDefault = _no_topics) -> Core:
+    """Rewrite a surface rule into the core; ``resolve`` inlines referenced segments,
+    ``topics`` tells a topic's default."""
     match rule:
         case r.AllRule():
-            return All(tuple(to_core(c, resolve) for c in rule.all)) if rule.all else Const(True)
+            return (
+                All(tuple(to_core(c, resolve, topics) for c in rule.all))
+                if rule.all
+                else Const(True)
+            )
         case r.AnyRule():
-            return AnyOf(tuple(to_core(c, resolve) for c in rule.any))
+            return AnyOf(tuple(to_core(c, resolve, topics) for c in rule.any))
         case r.NotRule():
-            return Not(to_core(rule.not_, resolve))
+            return Not(to_core(rule.not_, resolve, topics))
         case r.AttributeRule():
             return ops_to_core(attribute_target(rule.attribute), rule)
         case r.EventRule():
@@ -290,6 +319,10 @@ def to_core(rule: r.Rule, resolve: Resolver = _no_refs) -> Core:
         case r.ConsentRule():
             spec = rule.consent
             return All((ConsentGranted(spec.channel, spec.purpose), *_reachable(spec.channel)))
+        case r.TopicRule():
+            t = rule.topic
+            chosen = TopicChosen(t.channel, t.name, topics(t.name, t.channel))
+            return All((ConsentGranted(t.channel, "marketing"), chosen, *_reachable(t.channel)))
         case r.ReachableRule():
             return All(tuple(_reachable(rule.reachable)))
         case r.SegmentRule():

@@ -18,6 +18,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from tidings.crm.topics import Topics, load_topics
 from tidings.errors import InputError
 from tidings.segments import core as core_nodes
 from tidings.segments.rules import KINDS, OPERATORS, Segment, SegmentRule
@@ -121,6 +122,25 @@ def _references(
             yield from _references(item, mark)
 
 
+def _topic_refs(
+    data: Any, mark: tuple[int, int] | None = None
+) -> Iterable[tuple[str, str, tuple[int, int] | None]]:
+    """(topic, channel, mark) of every ``topic:`` rule in a rule document."""
+    if isinstance(data, Marked):
+        for key, value in data.items():
+            here = data.marks.get(key, mark)
+            if key == "where":
+                continue
+            if key == "topic" and isinstance(value, str | dict):
+                spec = value if isinstance(value, dict) else {"name": value}
+                yield str(spec.get("name")), str(spec.get("channel", "email")), here
+            else:
+                yield from _topic_refs(value, here)
+    elif isinstance(data, list):
+        for item in data:
+            yield from _topic_refs(item, mark)
+
+
 @dataclass
 class Catalog:
     """Segments by name, with references checked; ``core(name)`` inlines references."""
@@ -129,6 +149,18 @@ class Catalog:
     sources: dict[str, str] = field(default_factory=dict)
     problems: list[InputError] = field(default_factory=list)
     """What was left out when loaded with ``strict=False`` (bad files and what needs them)."""
+    topics: Topics = field(default_factory=Topics)
+    """The project's subscription topics (``topic:`` rules)."""
+
+    def topic_default(self, name: str, channel: str) -> bool:
+        topic = self.topics.get(name)
+        if channel not in topic.channels:
+            raise InputError(
+                f"topic: {name!r} is not offered on {channel}",
+                location=self.topics.source,
+                hint=f"its channels: {', '.join(topic.channels)}",
+            )
+        return topic.subscribed_by_default
 
     def get(self, name: str) -> Segment:
         try:
@@ -147,7 +179,9 @@ class Catalog:
             cycle = " -> ".join([*stack[stack.index(seg.name) :], seg.name])
             raise InputError(f"segments reference each other in a cycle: {cycle}")
         return core_nodes.to_core(
-            seg.rule, lambda ref: self._core(self.get(ref), (*stack, seg.name))
+            seg.rule,
+            lambda ref: self._core(self.get(ref), (*stack, seg.name)),
+            self.topic_default,
         )
 
 
@@ -169,6 +203,15 @@ def check_references(catalog: Catalog, documents: dict[str, tuple[str, Any]]) ->
                 )
             elif not materialised:
                 graph[name].append((ref, mark))
+    for source, data in documents.values():
+        for topic, channel, mark in _topic_refs(data.get("rule")):
+            try:
+                catalog.topic_default(topic, channel)
+            except InputError as exc:
+                message = (
+                    exc.message if exc.message.startswith("topic:") else f"topic: {exc.message}"
+                )
+                errors.append(InputError(message, location=where(source, mark), hint=exc.hint))
     reported: set[frozenset[str]] = set()
 
     def visit(name: str, path: list[str]) -> None:
@@ -203,7 +246,7 @@ def load_catalog(directory: Path, extra: Iterable[Path] = (), *, strict: bool = 
     that refers to one, is left out and its problems kept in ``Catalog.problems``: one typo does
     not stop the others.
     """
-    catalog = Catalog()
+    catalog = Catalog(topics=load_topics(directory.parent))
     documents: dict[str, tuple[str, Any]] = {}
     errors: list[InputError] = []
     paths = (

@@ -381,6 +381,25 @@ class ConsentRule(_Strict):
     consent: Annotated[ConsentSpec, BeforeValidator(_channel)]
 
 
+class TopicSpec(_Strict):
+    name: str = Field(
+        pattern=r"^[a-z][a-z0-9_]{0,63}$", description="a topic of channels/topics.yaml"
+    )
+    channel: Literal["email", "sms"] = "email"
+
+
+def _topic(value: object) -> object:
+    return {"name": value} if isinstance(value, str) else value
+
+
+class TopicRule(_Strict):
+    """Subscribed to a topic on a channel (their choice, else the topic's default) on top of
+    granted marketing consent, an address on file and no suppression: exactly who a journey
+    with that ``topic:`` can reach on the channel."""
+
+    topic: Annotated[TopicSpec, BeforeValidator(_topic)]
+
+
 class ReachableRule(_Strict):
     """An address on file for the channel that is not suppressed (consent not required)."""
 
@@ -451,6 +470,7 @@ KINDS: dict[str, type[BaseModel]] = {
     "clicked": ClickedRule,
     "bounced": BouncedRule,
     "consent": ConsentRule,
+    "topic": TopicRule,
     "reachable": ReachableRule,
     "segment": SegmentRule,
     "sample": SampleRule,
@@ -482,6 +502,7 @@ Rule = Annotated[
     | Annotated[ClickedRule, Tag("clicked")]
     | Annotated[BouncedRule, Tag("bounced")]
     | Annotated[ConsentRule, Tag("consent")]
+    | Annotated[TopicRule, Tag("topic")]
     | Annotated[ReachableRule, Tag("reachable")]
     | Annotated[SegmentRule, Tag("segment")]
     | Annotated[SampleRule, Tag("sample")]

@@ -43,7 +43,7 @@ PLACEHOLDER = re.compile(r"(?:<!--)?TDJ(\d+)X(?:-->)?")
 INCLUDE = re.compile(r"<mj-include\s[^>]*?path\s*=\s*[\"']([^\"']+)[\"']")
 A_TAG = re.compile(r"<a\s[^>]*>", re.I)
 ATTR = re.compile(r"""\s+([^\s=/>"']+)(?:\s*=\s*("[^"]*"|'[^']*'|[^\s>"']+))?""")
-UNTRACKED_EXPRESSIONS = ("unsubscribe_url", "view_in_browser_url")
+UNTRACKED_EXPRESSIONS = ("unsubscribe_url", "view_in_browser_url", "confirm_url")
 FRONT_KEYS = {
     "subject",
     "preheader",

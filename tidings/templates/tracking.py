@@ -32,8 +32,9 @@ from typing import Any, Literal
 
 from tidings.errors import PermanentError
 
-Kind = Literal["c", "o", "u"]
-KINDS: dict[str, str] = {"c": "t/c", "o": "t/o", "u": "u"}
+Kind = Literal["c", "o", "u", "v"]
+# v: a double opt-in confirmation link; its "message id" is the opt-in request's id
+KINDS: dict[str, str] = {"c": "t/c", "o": "t/o", "u": "u", "v": "confirm"}
 SIGNATURE_BYTES = 16
 
 
@@ -144,7 +145,8 @@ def sign_token(
     link_index: int | None = None,
     url: str | None = None,
 ) -> str:
-    """A signed token for ``{public_url}/t/c/``, ``/t/o/`` or ``/u/`` (kind c, o or u)."""
+    """A signed token for ``{public_url}/t/c/``, ``/t/o/``, ``/u/`` or ``/confirm/`` (kind c,
+    o, u or v)."""
     if kind not in KINDS:
         raise ValueError(f"token kind must be one of {sorted(KINDS)}, not {kind!r}")
     if kind == "c" and (link_index is None or url is None):
@@ -155,7 +157,7 @@ def sign_token(
 def verify_token(token: str, *, secret: str | bytes, kind: str | None = None) -> TrackingToken:
     """Check a token's signature and return what it carries; raise ``InvalidTokenError``.
 
-    ``kind`` (c, o or u) additionally requires the token to be of that kind, so an open-pixel
+    ``kind`` (c, o, u or v) additionally requires the token to be of that kind, so an open-pixel
     token cannot be replayed against the click endpoint.
     """
     parts = token.split(".")
@@ -185,7 +187,8 @@ def verify_token(token: str, *, secret: str | bytes, kind: str | None = None) ->
 
 
 def tracking_url(public_url: str, kind: Kind, token: str) -> str:
-    """``{public_url}/t/c/{token}`` (click), ``/t/o/`` (open pixel) or ``/u/`` (unsubscribe)."""
+    """``{public_url}/t/c/{token}`` (click), ``/t/o/`` (open pixel), ``/u/`` (unsubscribe) or
+    ``/confirm/`` (double opt-in)."""
     return f"{public_url.rstrip('/')}/{KINDS[kind]}/{token}"
 
 

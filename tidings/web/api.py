@@ -22,6 +22,7 @@ an unknown contact is 422 either way; only while the store is unreachable is eve
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable
 from datetime import datetime
@@ -43,6 +44,7 @@ from tidings.crm.importer import (
     _parse_contact,
     _parse_order,
 )
+from tidings.crm.optin import OptInPolicy
 from tidings.crm.readers import Record
 from tidings.crm.types import utcnow
 from tidings.web.apikeys import Principal, authenticate, request_hash
@@ -51,6 +53,7 @@ from tidings.web.events import MAX_BATCH, ContactRef, EventIn, post_many, resolv
 from tidings.web.items import EventBatch
 from tidings.web.jsonsafe import StorableModel, problem
 
+log = logging.getLogger("tidings.web")
 router = APIRouter(prefix="/v1", tags=["event API"])
 bearer = HTTPBearer(auto_error=False, description="Authorization: Bearer tid_...")
 api_key_header = APIKeyHeader(name="X-API-Key", auto_error=False)
@@ -371,6 +374,12 @@ def _write(
         errors = [{"index": e.line, "field": e.column, "error": e.reason} for e in report.errors]
         return 422, {"detail": errors}
     counts = {k: getattr(report, k) for k in ("inserted", "updated", "unchanged")}
+    if report.confirmations:  # double opt-in emails, committed in the outbox: send them now
+        counts["confirmations"] = len(report.confirmations)
+        try:
+            state.runtime().dispatcher.dispatch(only=report.confirmations)
+        except Exception:  # still queued: the next tick sends them
+            log.exception("double opt-in confirmations not sent now; the tick will send them")
     return 200, counts
 
 
@@ -393,7 +402,9 @@ async def post_contacts(
             state,
             models,
             lambda r: _parse_contact(r, state.settings),
-            lambda conn, rows, rep: _apply_contacts(conn, rows, rep, source=source),
+            lambda conn, rows, rep: _apply_contacts(
+                conn, rows, rep, source=source, optin=OptInPolicy.from_settings(state.settings)
+            ),
             "contacts",
         )
 

@@ -212,7 +212,7 @@ def create_app(
     runtime_factory: Callable[[], Any] | None = None,
 ) -> FastAPI:
     """The web app; ``db`` and ``runtime_factory`` let tests and the CLI share their own."""
-    from tidings.web import api, reports, tracking, webhooks
+    from tidings.web import api, optin, preferences, reports, tracking, webhooks
 
     settings = settings or get_settings()
     state = WebState(settings, db=db, runtime_factory=runtime_factory)
@@ -225,6 +225,8 @@ def create_app(
     app.add_exception_handler(RequestValidationError, validation_error)  # type: ignore[arg-type]
     app.include_router(webhooks.router)
     app.include_router(tracking.router)
+    app.include_router(preferences.router)
+    app.include_router(optin.router)
     app.include_router(api.router)
     app.include_router(reports.router)
 

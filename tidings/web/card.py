@@ -25,6 +25,7 @@ from tidings.crm.models import (
     MessageEvent,
     Order,
     Suppression,
+    TopicSubscription,
 )
 
 TIMELINE_LIMIT = 5000
@@ -62,6 +63,14 @@ def contact_card(db: Engine, ref: str) -> dict[str, Any] | None:
             select(Consent.channel, Consent.purpose, Consent.status, Consent.source).where(
                 Consent.contact_id == contact_id
             )
+        ).mappings()
+        topics = conn.execute(
+            select(
+                TopicSubscription.channel,
+                TopicSubscription.topic,
+                TopicSubscription.status,
+                TopicSubscription.source,
+            ).where(TopicSubscription.contact_id == contact_id)
         ).mappings()
         addresses = [a for a in (contact["email"], contact["phone"]) if a]
         suppressions = conn.execute(
@@ -150,6 +159,7 @@ def contact_card(db: Engine, ref: str) -> dict[str, Any] | None:
                     "status": c["status"],
                     "previous_status": c["previous_status"],
                     "source": c["source"],
+                    **({"topic": c["topic"]} if c["topic"] else {}),
                 }
             )
     timeline.sort(key=lambda item: item["at"] or "")
@@ -161,6 +171,7 @@ def contact_card(db: Engine, ref: str) -> dict[str, Any] | None:
         "created_at": _iso(contact["created_at"]),
         "updated_at": _iso(contact["updated_at"]),
         "consents": [dict(c) for c in consents],
+        "topics": [dict(t) for t in topics],  # own choices; other topics are at their default
         "suppressions": [dict(s) for s in suppressions],
         "timeline": timeline,
     }
