@@ -1,0 +1,129 @@
+"""The attribute history (``attribute_changes``), written by database triggers on ``contacts``.
+
+Every writer changes contact attributes through the database (the importer, the API, the CLI,
+journey ``update_contact`` steps, merges, a bulk ``COPY`` + upsert, a hand-written ``UPDATE``),
+so the history is kept by the database itself: a row trigger on INSERT and on
+``UPDATE OF attributes`` records, per top-level key whose value changed, the new value (SQL
+NULL when the key was removed) and when. No writer can forget it, and a row whose attributes
+did not change costs only the trigger's ``WHEN`` test (PostgreSQL) or nothing at all (an
+``UPDATE`` that does not set ``attributes``, such as the scoring models').
+
+When: the row's new ``updated_at`` if the writer set one (so a simulated clock, or an import
+of historic data, dates the change as the writer does), else the database clock.
+
+SQLite drops triggers when a migration rebuilds ``contacts`` (``batch_alter_table``): such a
+migration must call :func:`create_triggers` again afterwards.
+
+>>> from alembic import op                                        # doctest: +SKIP
+>>> create_triggers(op.get_bind())                                # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import Connection, text
+
+_SQLITE_VALUE = "{doc} -> {each}.fullkey"  # the value's JSON text (SQLite >= 3.38)
+_SQLITE_NOW = "strftime('%Y-%m-%d %H:%M:%f', 'now') || '000'"
+
+SQLITE_TRIGGERS = (
+    f"""
+CREATE TRIGGER tr_contacts_attribute_history_insert AFTER INSERT ON contacts
+WHEN json_type(NEW.attributes) = 'object' AND NEW.attributes <> '{{}}'
+BEGIN
+  INSERT INTO attribute_changes (contact_id, key, value, changed_at)
+  SELECT NEW.id, n.key, {_SQLITE_VALUE.format(doc="NEW.attributes", each="n")}, NEW.updated_at
+  FROM json_each(NEW.attributes) AS n;
+END
+""",
+    f"""
+CREATE TRIGGER tr_contacts_attribute_history_update AFTER UPDATE OF attributes ON contacts
+WHEN OLD.attributes IS NOT NEW.attributes
+BEGIN
+  INSERT INTO attribute_changes (contact_id, key, value, changed_at)
+  SELECT NEW.id, n.key, {_SQLITE_VALUE.format(doc="NEW.attributes", each="n")},
+         CASE WHEN NEW.updated_at IS NOT OLD.updated_at THEN NEW.updated_at ELSE {_SQLITE_NOW} END
+  FROM json_each(CASE json_type(NEW.attributes) WHEN 'object' THEN NEW.attributes ELSE '{{}}' END)
+       AS n
+  WHERE (CASE json_type(OLD.attributes) WHEN 'object' THEN OLD.attributes -> n.fullkey END)
+        IS NOT (NEW.attributes -> n.fullkey)
+  UNION ALL
+  SELECT NEW.id, o.key, NULL,
+         CASE WHEN NEW.updated_at IS NOT OLD.updated_at THEN NEW.updated_at ELSE {_SQLITE_NOW} END
+  FROM json_each(CASE json_type(OLD.attributes) WHEN 'object' THEN OLD.attributes ELSE '{{}}' END)
+       AS o
+  WHERE json_type(NEW.attributes) IS NOT 'object' OR json_type(NEW.attributes, o.fullkey) IS NULL;
+END
+""",
+)
+
+POSTGRESQL_TRIGGERS = (
+    """
+CREATE FUNCTION tidings_attribute_history() RETURNS trigger LANGUAGE plpgsql AS $$
+DECLARE
+  at timestamptz;
+  old_doc jsonb := '{}';
+  new_doc jsonb := CASE WHEN jsonb_typeof(NEW.attributes) = 'object'
+                        THEN NEW.attributes ELSE '{}' END;
+BEGIN
+  IF TG_OP = 'INSERT' THEN
+    at := NEW.updated_at;
+  ELSE
+    IF jsonb_typeof(OLD.attributes) = 'object' THEN old_doc := OLD.attributes; END IF;
+    at := CASE WHEN NEW.updated_at IS DISTINCT FROM OLD.updated_at
+               THEN NEW.updated_at ELSE clock_timestamp() END;
+  END IF;
+  INSERT INTO attribute_changes (contact_id, key, value, changed_at)
+  SELECT NEW.id, coalesce(n.key, o.key), n.value, at
+  FROM jsonb_each(new_doc) AS n FULL JOIN jsonb_each(old_doc) AS o ON n.key = o.key
+  WHERE n.value IS DISTINCT FROM o.value;
+  RETURN NULL;
+END
+$$
+""",
+    """
+CREATE TRIGGER tr_contacts_attribute_history_insert AFTER INSERT ON contacts
+FOR EACH ROW WHEN (NEW.attributes IS NOT NULL AND NEW.attributes <> '{}'::jsonb)
+EXECUTE FUNCTION tidings_attribute_history()
+""",
+    """
+CREATE TRIGGER tr_contacts_attribute_history_update AFTER UPDATE OF attributes ON contacts
+FOR EACH ROW WHEN (OLD.attributes IS DISTINCT FROM NEW.attributes)
+EXECUTE FUNCTION tidings_attribute_history()
+""",
+)
+
+#: The history before the triggers existed: each key's current value, dated the contact's
+#: ``updated_at`` (the latest moment it may have changed; so ``has_been`` never overstates).
+SQLITE_BACKFILL = f"""
+INSERT INTO attribute_changes (contact_id, key, value, changed_at)
+SELECT c.id, n.key, {_SQLITE_VALUE.format(doc="c.attributes", each="n")}, c.updated_at
+FROM contacts AS c, json_each(c.attributes) AS n
+WHERE json_type(c.attributes) = 'object'
+"""
+POSTGRESQL_BACKFILL = """
+INSERT INTO attribute_changes (contact_id, key, value, changed_at)
+SELECT c.id, n.key, n.value, c.updated_at
+FROM contacts AS c, jsonb_each(c.attributes) AS n
+WHERE jsonb_typeof(c.attributes) = 'object'
+"""
+
+
+def create_triggers(bind: Connection) -> None:
+    """Install the history triggers on ``contacts`` (idempotent: replaces them)."""
+    drop_triggers(bind)
+    statements = SQLITE_TRIGGERS if bind.dialect.name == "sqlite" else POSTGRESQL_TRIGGERS
+    for statement in statements:
+        bind.execute(text(statement))
+
+
+def drop_triggers(bind: Connection) -> None:
+    for name in ("tr_contacts_attribute_history_insert", "tr_contacts_attribute_history_update"):
+        on = "" if bind.dialect.name == "sqlite" else " ON contacts"
+        bind.execute(text(f"DROP TRIGGER IF EXISTS {name}{on}"))
+    if bind.dialect.name != "sqlite":
+        bind.execute(text("DROP FUNCTION IF EXISTS tidings_attribute_history()"))
+
+
+def backfill(bind: Connection) -> None:
+    """One row per key of every contact, dated its ``updated_at`` (see the module doc)."""
+    bind.execute(text(SQLITE_BACKFILL if bind.dialect.name == "sqlite" else POSTGRESQL_BACKFILL))
