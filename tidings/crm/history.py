@@ -59,36 +59,41 @@ END
 POSTGRESQL_TRIGGERS = (
     """
 CREATE FUNCTION tidings_attribute_history() RETURNS trigger LANGUAGE plpgsql AS $$
-DECLARE
-  at timestamptz;
-  old_doc jsonb := '{}';
-  new_doc jsonb := CASE WHEN jsonb_typeof(NEW.attributes) = 'object'
-                        THEN NEW.attributes ELSE '{}' END;
 BEGIN
   IF TG_OP = 'INSERT' THEN
-    at := NEW.updated_at;
+    INSERT INTO attribute_changes (contact_id, key, value, changed_at)
+    SELECT n.id, e.key, e.value, n.updated_at
+    FROM new_rows AS n CROSS JOIN LATERAL jsonb_each(n.attributes) AS e
+    WHERE jsonb_typeof(n.attributes) = 'object';
   ELSE
-    IF jsonb_typeof(OLD.attributes) = 'object' THEN old_doc := OLD.attributes; END IF;
-    at := CASE WHEN NEW.updated_at IS DISTINCT FROM OLD.updated_at
-               THEN NEW.updated_at ELSE clock_timestamp() END;
+    INSERT INTO attribute_changes (contact_id, key, value, changed_at)
+    SELECT n.id, d.key, d.value,
+           CASE WHEN n.updated_at IS DISTINCT FROM o.updated_at
+                THEN n.updated_at ELSE clock_timestamp() END
+    FROM new_rows AS n JOIN old_rows AS o ON o.id = n.id
+    CROSS JOIN LATERAL (
+      SELECT coalesce(a.key, b.key) AS key, a.value AS value
+      FROM jsonb_each(CASE WHEN jsonb_typeof(n.attributes) = 'object'
+                           THEN n.attributes ELSE '{}' END) AS a
+      FULL JOIN jsonb_each(CASE WHEN jsonb_typeof(o.attributes) = 'object'
+                                THEN o.attributes ELSE '{}' END) AS b ON a.key = b.key
+      WHERE a.value IS DISTINCT FROM b.value
+    ) AS d
+    WHERE n.attributes IS DISTINCT FROM o.attributes;
   END IF;
-  INSERT INTO attribute_changes (contact_id, key, value, changed_at)
-  SELECT NEW.id, coalesce(n.key, o.key), n.value, at
-  FROM jsonb_each(new_doc) AS n FULL JOIN jsonb_each(old_doc) AS o ON n.key = o.key
-  WHERE n.value IS DISTINCT FROM o.value;
   RETURN NULL;
 END
 $$
 """,
     """
 CREATE TRIGGER tr_contacts_attribute_history_insert AFTER INSERT ON contacts
-FOR EACH ROW WHEN (NEW.attributes IS NOT NULL AND NEW.attributes <> '{}'::jsonb)
-EXECUTE FUNCTION tidings_attribute_history()
+REFERENCING NEW TABLE AS new_rows
+FOR EACH STATEMENT EXECUTE FUNCTION tidings_attribute_history()
 """,
     """
-CREATE TRIGGER tr_contacts_attribute_history_update AFTER UPDATE OF attributes ON contacts
-FOR EACH ROW WHEN (OLD.attributes IS DISTINCT FROM NEW.attributes)
-EXECUTE FUNCTION tidings_attribute_history()
+CREATE TRIGGER tr_contacts_attribute_history_update AFTER UPDATE ON contacts
+REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows
+FOR EACH STATEMENT EXECUTE FUNCTION tidings_attribute_history()
 """,
 )
 
