@@ -266,3 +266,17 @@ def test_example_segments_compile_and_run(crm: Crm) -> None:
         for name in catalog.segments:
             evaluate(name, session=session, catalog=catalog, now=NOW)
     assert (FIXTURE_PROJECT / "segments").is_dir()
+
+
+@pytest.mark.parametrize(
+    "pattern", ["checkout.*", "*.*", "c*t.updated", "*viewed", "product_viewed*", "P*", "*"]
+)
+def test_python_name_matching_agrees_with_the_sql(crm: Crm, pattern: str) -> None:
+    from tests.segments.crm_fixture import EVENTS
+    from tidings.segments.rules import event_name_matches
+
+    expected = {e for e, name, _, days in EVENTS if days >= 0 and event_name_matches(pattern, name)}
+    if pattern == "*":  # refused in a rule (it would match every event)
+        assert expected == {e for e, _, _, days in EVENTS if days >= 0}
+        return
+    assert crm.run({"event": pattern}) == expected

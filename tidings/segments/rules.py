@@ -328,6 +328,19 @@ def _event_name(value: object) -> object:
     return value
 
 
+def event_name_matches(pattern: str, name: str) -> bool:
+    """Whether an event ``name`` is matched by ``pattern`` as the SQL does (``*``: any text,
+    case-sensitive, nothing else special); for code that routes single events to rules.
+
+    >>> event_name_matches("checkout.*", "checkout.started"), event_name_matches("c?t*", "cat")
+    (True, False)
+    """
+    if "*" not in pattern:
+        return name == pattern
+    regex = ".*".join(re.escape(part) for part in pattern.split("*"))
+    return re.fullmatch(regex, name, flags=re.DOTALL) is not None
+
+
 #: An event name; ``*`` in it matches any text (``checkout.*``, ``*.failed``), case-sensitive.
 EventName = Annotated[
     str,
