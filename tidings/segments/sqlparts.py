@@ -233,4 +233,6 @@ def _sqlite_micro_time(text: Expr) -> Expr:
     rest = case((dotted, head + func.substr(fraction, digits + 1, type_=String)), else_=text)
     micro = func.substr(func.substr(fraction, 1, digits, type_=String) + "000000", 1, 6)
     seconds = func.strftime("%Y-%m-%d %H:%M:%S", rest, type_=String)
-    return seconds + "." + micro
+    # like PostgreSQL's test: a date first (strftime would read '34' as a Julian day number)
+    iso = text.op("GLOB", is_comparison=True)("[0-9][0-9][0-9][0-9]-[0-9][0-9]-[0-9][0-9]*")
+    return case((iso, seconds + "." + micro))
