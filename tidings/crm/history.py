@@ -2,9 +2,10 @@
 
 Every writer changes contact attributes through the database (the importer, the API, the CLI,
 journey ``update_contact`` steps, merges, a bulk ``COPY`` + upsert, a hand-written ``UPDATE``),
-so the history is kept by the database itself: a row trigger on INSERT and on
-``UPDATE OF attributes`` records, per top-level key whose value changed, the new value (SQL
-NULL when the key was removed) and when. No writer can forget it, and a row whose attributes
+so the history is kept by the database itself: triggers on INSERT and on ``UPDATE OF
+attributes`` record, per top-level key whose value changed, the new value (SQL NULL when the
+key was removed) and when (PostgreSQL: per statement on INSERT, per changed row on UPDATE;
+SQLite: per row). No writer can forget it, and a row whose attributes
 did not change costs only the trigger's ``WHEN`` test (PostgreSQL) or nothing at all (an
 ``UPDATE`` that does not set ``attributes``, such as the scoring models').
 
@@ -57,30 +58,37 @@ END
 )
 
 POSTGRESQL_TRIGGERS = (
+    # INSERT: one set-based insert per statement from the transition table (a multi-row
+    # INSERT or COPY of new contacts pays once, not per row)
     """
-CREATE FUNCTION tidings_attribute_history() RETURNS trigger LANGUAGE plpgsql AS $$
+CREATE FUNCTION tidings_attribute_history_insert() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
-  IF TG_OP = 'INSERT' THEN
-    INSERT INTO attribute_changes (contact_id, key, value, changed_at)
-    SELECT n.id, e.key, e.value, n.updated_at
-    FROM new_rows AS n CROSS JOIN LATERAL jsonb_each(n.attributes) AS e
-    WHERE jsonb_typeof(n.attributes) = 'object';
-  ELSE
-    INSERT INTO attribute_changes (contact_id, key, value, changed_at)
-    SELECT n.id, d.key, d.value,
-           CASE WHEN n.updated_at IS DISTINCT FROM o.updated_at
-                THEN n.updated_at ELSE clock_timestamp() END
-    FROM new_rows AS n JOIN old_rows AS o ON o.id = n.id
-    CROSS JOIN LATERAL (
-      SELECT coalesce(a.key, b.key) AS key, a.value AS value
-      FROM jsonb_each(CASE WHEN jsonb_typeof(n.attributes) = 'object'
-                           THEN n.attributes ELSE '{}' END) AS a
-      FULL JOIN jsonb_each(CASE WHEN jsonb_typeof(o.attributes) = 'object'
-                                THEN o.attributes ELSE '{}' END) AS b ON a.key = b.key
-      WHERE a.value IS DISTINCT FROM b.value
-    ) AS d
-    WHERE n.attributes IS DISTINCT FROM o.attributes;
-  END IF;
+  INSERT INTO attribute_changes (contact_id, key, value, changed_at)
+  SELECT n.id, e.key, e.value, n.updated_at
+  FROM new_rows AS n CROSS JOIN LATERAL jsonb_each(n.attributes) AS e
+  WHERE jsonb_typeof(n.attributes) = 'object';
+  RETURN NULL;
+END
+$$
+""",
+    # UPDATE: per row, and only for rows whose attributes changed (``UPDATE OF attributes`` and
+    # the WHEN test run before any function call): an UPDATE of other columns (scores,
+    # updated_at) costs nothing, an unchanged upsert only the comparison. Transition tables
+    # cannot be combined with UPDATE OF; a statement-level trigger measured slower in every
+    # case (benchmarks/README.md, "Attribute history").
+    """
+CREATE FUNCTION tidings_attribute_history_update() RETURNS trigger LANGUAGE plpgsql AS $$
+DECLARE
+  at timestamptz := CASE WHEN NEW.updated_at IS DISTINCT FROM OLD.updated_at
+                         THEN NEW.updated_at ELSE clock_timestamp() END;
+BEGIN
+  INSERT INTO attribute_changes (contact_id, key, value, changed_at)
+  SELECT NEW.id, coalesce(a.key, b.key), a.value, at
+  FROM jsonb_each(CASE WHEN jsonb_typeof(NEW.attributes) = 'object'
+                       THEN NEW.attributes ELSE '{}' END) AS a
+  FULL JOIN jsonb_each(CASE WHEN jsonb_typeof(OLD.attributes) = 'object'
+                            THEN OLD.attributes ELSE '{}' END) AS b ON a.key = b.key
+  WHERE a.value IS DISTINCT FROM b.value;
   RETURN NULL;
 END
 $$
@@ -88,12 +96,12 @@ $$
     """
 CREATE TRIGGER tr_contacts_attribute_history_insert AFTER INSERT ON contacts
 REFERENCING NEW TABLE AS new_rows
-FOR EACH STATEMENT EXECUTE FUNCTION tidings_attribute_history()
+FOR EACH STATEMENT EXECUTE FUNCTION tidings_attribute_history_insert()
 """,
     """
-CREATE TRIGGER tr_contacts_attribute_history_update AFTER UPDATE ON contacts
-REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows
-FOR EACH STATEMENT EXECUTE FUNCTION tidings_attribute_history()
+CREATE TRIGGER tr_contacts_attribute_history_update AFTER UPDATE OF attributes ON contacts
+FOR EACH ROW WHEN (OLD.attributes IS DISTINCT FROM NEW.attributes)
+EXECUTE FUNCTION tidings_attribute_history_update()
 """,
 )
 
@@ -126,7 +134,8 @@ def drop_triggers(bind: Connection) -> None:
         on = "" if bind.dialect.name == "sqlite" else " ON contacts"
         bind.execute(text(f"DROP TRIGGER IF EXISTS {name}{on}"))
     if bind.dialect.name != "sqlite":
-        bind.execute(text("DROP FUNCTION IF EXISTS tidings_attribute_history()"))
+        for function in ("tidings_attribute_history_insert", "tidings_attribute_history_update"):
+            bind.execute(text(f"DROP FUNCTION IF EXISTS {function}()"))
 
 
 def backfill(bind: Connection) -> None:
