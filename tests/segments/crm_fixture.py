@@ -54,7 +54,13 @@ CONTACTS: dict[str, tuple[Any, ...]] = {
         "bob@example.com",
         None,
         "en",
-        {"plan": "free", "age": 25, "tags": [], "signup": "2026-05-25"},
+        {
+            "plan": "free",
+            "age": 25,
+            "tags": [],
+            "signup": "2026-05-25",
+            "seen": "2026-05-31T14:00:00.000999+02:00",
+        },
         7,
         0.2,
         None,
@@ -80,7 +86,16 @@ CONTACTS: dict[str, tuple[Any, ...]] = {
         None,
         None,
     ),
-    "c05": ("eve@example.com", None, "fr", {}, 800, None, None, None),
+    "c05": (
+        "eve@example.com",
+        None,
+        "fr",
+        {"seen": "2026-05-31T12:00:00.0004Z"},
+        800,
+        None,
+        None,
+        None,
+    ),
     "c06": (
         "fay@example.com",
         "+14155550100",
@@ -100,7 +115,7 @@ CONTACTS: dict[str, tuple[Any, ...]] = {
         "gus@example.com",
         None,
         None,
-        {"plan": "free", "age": 17, "vip": "true"},
+        {"plan": "free", "age": 17, "vip": "true", "seen": "2026-05-31T12:00:00.0006"},
         3,
         None,
         None,
@@ -120,15 +135,33 @@ CONTACTS: dict[str, tuple[Any, ...]] = {
         "ivy@example.com",
         None,
         "en",
-        {"plan": "free", "age": 29, "tags": ["shoes"]},
+        {"plan": "free", "age": 29, "tags": ["shoes"], "seen": "2026-05-31T12:00:00.0005009Z"},
         30,
         None,
         None,
         None,
     ),
-    "c10": ("", None, "en", {"plan": "free"}, 10, None, None, None),
-    "c11": ("kim@example.com", None, "es", {"plan": "pro", "age": 62}, 500, None, None, None),
-    "c12": ("lou@example.com", None, "en", {"plan": "trial", "age": 33}, 15, None, None, None),
+    "c10": ("", None, "en", {"plan": "free", "renewal": "2026-06-10"}, 10, None, None, None),
+    "c11": (
+        "kim@example.com",
+        None,
+        "es",
+        {"plan": "pro", "age": 62, "nickname": "K"},
+        500,
+        None,
+        None,
+        None,
+    ),
+    "c12": (
+        "lou@example.com",
+        None,
+        "en",
+        {"plan": "trial", "age": 33, "nickname": ""},
+        15,
+        None,
+        None,
+        None,
+    ),
 }
 
 # (contact, event name, properties, days ago)
@@ -144,6 +177,16 @@ EVENTS: list[tuple[str, str, dict[str, Any], float]] = [
     ("c09", "product.viewed", {"category": "Shoes"}, 1),
     *[("c11", "product.viewed", {"category": "shoes"}, d) for d in (60, 61, 62)],
     ("c12", "product.viewed", {"category": "shoes"}, -1),  # in the future: never counted
+    ("c06", "checkout.completed", {"status": "paid"}, 1),
+    # the last cart.updated: c09 closed it, c12 left it open, c10's open one is in the future,
+    # c11 has two at the same moment (the one recorded last, open, is the last)
+    ("c09", "cart.updated", {"status": "open"}, 3),
+    ("c09", "cart.updated", {"status": "closed"}, 1),
+    ("c12", "cart.updated", {"status": "open"}, 2),
+    ("c10", "cart.updated", {"status": "closed"}, 5),
+    ("c10", "cart.updated", {"status": "open"}, -1),
+    ("c11", "cart.updated", {"status": "closed"}, 4),
+    ("c11", "cart.updated", {"status": "open"}, 4),
 ]
 
 # (contact, total, status, days ago)
@@ -159,6 +202,9 @@ ORDERS: list[tuple[str, str, str, float]] = [
     ("c11", "60", "paid", 20),
     ("c11", "60", "pending", 15),
 ]
+
+#: The template each step's messages were rendered from (a template may serve many steps).
+TEMPLATES = {"hello": "welcome", "reminder": "reminder", "offer": "welcome"}
 
 # (contact, journey, step, status, sent days ago, [(event type, days ago, machine)])
 MESSAGES: list[tuple[str, str, str, str, float | None, list[tuple[str, float, bool]]]] = [
@@ -247,6 +293,7 @@ def build_crm(engine: Engine) -> dict[str, int]:
                 contact_id=ids[ext],
                 journey_id=journeys[journey_key],
                 step_id=step,
+                template=TEMPLATES[step],
                 channel="email",
                 to_address=CONTACTS[ext][0] or "x",
                 status=status,

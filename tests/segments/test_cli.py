@@ -47,3 +47,19 @@ def test_list_preview_explain_refresh(store_env: str, tmp_path: Path) -> None:
     again = runner.invoke(app, ["segment", "refresh", "--all", *now])
     assert "pro: 4 entered, 0 exited" in first.output
     assert "pro: 0 entered, 0 exited" in again.output
+
+
+def test_schema_has_every_rule_kind_and_key() -> None:
+    import json
+
+    from tidings.segments.rules import KINDS
+
+    result = CliRunner().invoke(app, ["segment", "schema"])
+    assert result.exit_code == 0, result.output
+    defs = json.loads(result.output)["$defs"]
+    assert {d["required"][0] for n, d in defs.items() if n.endswith("Rule")} >= set(KINDS)
+    assert {"attribute", "for"} <= set(defs["HasBeenSpec"]["properties"])
+    assert {"last_event", "where", "within"} == set(defs["LastEventRule"]["properties"])
+    assert "template" in defs["EngagementSpec"]["properties"]
+    assert {"seed", "weights", "part"} == set(defs["SplitSpec"]["properties"])
+    assert "checkout.*" in defs["EventRule"]["properties"]["event"]["description"]

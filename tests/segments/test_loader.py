@@ -171,3 +171,48 @@ def test_a_column_is_compared_with_its_own_kind() -> None:
     assert first.location == "k.yaml:4:8"
     assert "created_at holds a time" in first.message and "30 days ago" in first.message
     assert second.location == "k.yaml:5:7" and "churn_risk holds a number" in second.message
+
+
+@pytest.mark.parametrize(
+    ("count", "line", "key", "shown"),
+    [
+        ("{gte: three}", "4:13", "rule.orders.count.gte", "not 'three'"),
+        ('"3"', "4:5", "rule.orders.count", "not '3'"),
+        ("2.5", "4:5", "rule.orders.count", "not 2.5"),
+        ("{lt: -1}", "4:13", "rule.orders.count.lt", "negative"),
+    ],
+)
+def test_a_wrong_count_names_place_and_fix(
+    tmp_path: Path, count: str, line: str, key: str, shown: str
+) -> None:
+    path = write(tmp_path, "a", f"\nname: a\nrule:\n  orders:\n    count: {count}\n")
+    with pytest.raises(SegmentErrors) as info:
+        load_file(path)
+    (error,) = info.value.errors
+    assert error.location == f"{path}:{line}", error
+    assert error.message.startswith(f"{key}: a count"), error.message
+    assert shown in error.message and "Input should" not in error.message
+    assert error.hint and "count: {gte: 3}" in error.hint
+
+
+@pytest.mark.parametrize(
+    ("rule", "message"),
+    [
+        ("{event: '*'}", "matches every event"),
+        ("{has_been: {attribute: email, exists: true, for: 7 days}}", "only keys of attributes"),
+        ("{has_been: {attribute: plan, eq: pro}}", "'for' is required"),
+        ("{has_been: {attribute: plan, within: 7 days, for: 7 days}}", "within/older_than"),
+        ("{split: {weights: {a: 50, b: 50}, part: c}}", "part 'c' is not one of a, b"),
+        ("{split: {weights: {a: 0, b: 50}, part: b}}", "weights must be positive: a"),
+        ("{opened: {template: ''}}", "at least 1 character"),
+    ],
+)
+def test_new_rules_refuse_what_cannot_be_meant(tmp_path: Path, rule: str, message: str) -> None:
+    with pytest.raises(SegmentErrors) as info:
+        load_text(f"name: a\nrule: {rule}\n", source="s.yaml")
+    assert message in str(info.value), str(info.value)
+
+
+def test_count_given_as_a_float_number_is_a_count() -> None:
+    seg, _ = load_text("name: a\nrule: {event: x, count: 2.0}\n")
+    assert seg.rule.count is not None and seg.rule.count.gte == 2  # type: ignore[union-attr]

@@ -13,7 +13,7 @@ from sqlalchemy import Engine, event
 from tests.conftest import PostgresServer
 from tests.segments.crm_fixture import CONTACTS, NOW, build_crm
 from tidings.crm.db import make_engine, session_scope, upgrade
-from tidings.segments.compile import bucket_of
+from tidings.crm.types import bucket_of
 from tidings.segments.loader import Catalog, parse_segment
 from tidings.segments.membership import evaluate
 
@@ -58,6 +58,21 @@ TABLE: list[tuple[str, set[str]]] = [
     ("{attribute: created_at, older_than: 365 days}", {"c01", "c05", "c11"}),
     ("{attribute: created_at, within: 7 days}", {"c02", "c07"}),
     ("{attribute: locale, in: [de, fr]}", {"c01", "c04", "c05", "c08"}),
+    # "" is no value; within ends at now (a renewal date ahead is not "within")
+    ("{attribute: nickname, exists: true}", {"c11"}),
+    ("{attribute: nickname, exists: false}", but("c11")),
+    ("{attribute: renewal, within: 30 days}", set()),
+    ("{attribute: renewal, gte: now}", {"c10"}),
+    # times in JSON to the microsecond, on both stores (.0005009: digits past 6 are dropped)
+    ("{attribute: seen, lt: 2026-05-31T12:00:00.0005+00:00}", {"c05"}),
+    ("{attribute: seen, gt: 2026-05-31T12:00:00.0005+00:00}", {"c02", "c07"}),
+    ("{attribute: seen, eq: 2026-05-31T12:00:00.0005+00:00}", {"c09"}),
+    ("{attribute: seen, eq: 2026-05-31T12:00:00.000999+00:00}", {"c02"}),
+    ("{attribute: age, lte: now}", set()),  # "34" is no time (SQLite read it as a Julian day)
+    (
+        "{attribute: seen, between: [2026-05-31T12:00:00.0005Z, 2026-05-31T12:00:00.0006Z]}",
+        {"c07", "c09"},
+    ),
     # events
     ("{event: product.viewed}", {"c01", "c02", "c03", "c06", "c09", "c11"}),
     ("{event: product.viewed, performed: false}", {"c04", "c05", "c07", "c08", "c10", "c12"}),
@@ -78,6 +93,22 @@ TABLE: list[tuple[str, set[str]]] = [
         {"c01", "c02", "c03", "c06", "c09"},
     ),
     ("{event: checkout.started, within: 7 days}", {"c01", "c06"}),
+    # event name patterns, counted together; wildcards of SQL/GLOB are plain text
+    ("{event: 'checkout.*'}", {"c01", "c06"}),
+    ("{event: 'checkout.*', count: {gte: 2}}", {"c06"}),
+    ("{event: 'checkout.started', count: {gte: 2}}", set()),
+    ("{event: '*.completed', where: {status: paid}}", {"c06"}),
+    ("{event: 'product_viewed*'}", set()),
+    ("{event: 'product?viewed*'}", set()),
+    ("{event: 'Product.*'}", set()),
+    ("{event: 'c*t.updated'}", {"c09", "c10", "c11", "c12"}),
+    # the last event's properties (ties at the same time: the one recorded last)
+    ("{event: cart.updated, where: {status: open}}", {"c09", "c11", "c12"}),
+    ("{last_event: cart.updated, where: {status: open}}", {"c11", "c12"}),
+    ("{last_event: cart.updated, where: {status: closed}}", {"c09", "c10"}),
+    ("{last_event: 'cart.*', where: {status: closed}, within: 2 days}", {"c09"}),
+    ("{not: {last_event: cart.updated, where: {status: open}}}", but("c11", "c12")),
+    ("{last_event: product.viewed}", {"c01", "c02", "c03", "c06", "c09", "c11"}),
     # orders (RFM)
     ("{orders: {}}", {"c01", "c02", "c06", "c08", "c11"}),
     ("{orders: {count: {gte: 2}}}", {"c01", "c06", "c11"}),
@@ -102,6 +133,12 @@ TABLE: list[tuple[str, set[str]]] = [
     ("{clicked: {journey: welcome, within: 14 days}}", {"c03"}),
     ("{not: {clicked: {journey: welcome, step: hello, within: 14 days}}}", but("c03")),
     ("{bounced: welcome}", {"c06"}),
+    # by template (the human-open / human-click rule of the reports)
+    ("{opened: {template: welcome}}", {"c01", "c03"}),  # c05, c08: machine opens only
+    ("{opened: {template: welcome, within: 4 days}}", {"c01"}),
+    ("{clicked: {template: reminder}}", {"c11"}),
+    ("{clicked: {template: welcome}}", {"c03"}),  # c08's click was a link scanner's
+    ("{received: {template: reminder}}", {"c11"}),
     # consent and reachability
     ("{consent: email}", {"c01", "c06", "c11", "c12"}),
     ("{consent: sms}", {"c04"}),
@@ -168,21 +205,27 @@ def test_rule(crm: Crm, rule: str, expected: set[str]) -> None:
 
 
 def test_sample_is_the_python_bucket_and_stable(crm: Crm) -> None:
+    """Hashed on the external id (every fixture contact has one; fallbacks: test_buckets.py)."""
     rule = {"sample": {"percent": 50, "seed": "spring"}}
-    expected = {ext for ext, i in crm.ids.items() if bucket_of(i, "spring") < 5000}
+    expected = {ext for ext in crm.ids if bucket_of(ext, "spring") < 5000}
     assert crm.run(rule) == expected
     assert crm.run(rule) == expected
-    other = {ext for ext, i in crm.ids.items() if bucket_of(i, "autumn") < 5000}
+    other = {ext for ext in crm.ids if bucket_of(ext, "autumn") < 5000}
     assert crm.run({"sample": {"percent": 50, "seed": "autumn"}}) == other
     assert crm.run({"sample": {"percent": 100}}) == ALL
 
 
-def test_bucket_spreads_evenly() -> None:
-    buckets = [bucket_of(i, "spring") for i in range(1, 100_001)]
-    share = sum(b < 1000 for b in buckets) / len(buckets)
-    assert 0.095 < share < 0.105
-    consecutive = sum(b < 1000 for b in buckets[:1000])
-    assert 60 < consecutive < 140  # no long runs of neighbouring ids
+def test_split_parts_cover_everyone_once(crm: Crm) -> None:
+    weights = {"a": 20, "b": 30, "c": 50}
+    parts = [
+        crm.run({"split": {"seed": "q3", "weights": weights, "part": part}}) for part in weights
+    ]
+    assert set().union(*parts) == ALL
+    assert sum(len(p) for p in parts) == len(ALL)
+    for part, found in zip(weights, parts, strict=True):
+        low = {"a": 0, "b": 2000, "c": 5000}[part]
+        high = low + weights[part] * 100
+        assert found == {e for e in crm.ids if low <= bucket_of(e, "q3") < high}
 
 
 def test_one_statement_per_evaluation(crm: Crm) -> None:
@@ -224,3 +267,17 @@ def test_example_segments_compile_and_run(crm: Crm) -> None:
         for name in catalog.segments:
             evaluate(name, session=session, catalog=catalog, now=NOW)
     assert (FIXTURE_PROJECT / "segments").is_dir()
+
+
+@pytest.mark.parametrize(
+    "pattern", ["checkout.*", "*.*", "c*t.updated", "*viewed", "product_viewed*", "P*", "*"]
+)
+def test_python_name_matching_agrees_with_the_sql(crm: Crm, pattern: str) -> None:
+    from tests.segments.crm_fixture import EVENTS
+    from tidings.segments.rules import event_name_matches
+
+    expected = {e for e, name, _, days in EVENTS if days >= 0 and event_name_matches(pattern, name)}
+    if pattern == "*":  # refused in a rule (it would match every event)
+        assert expected == {e for e, _, _, days in EVENTS if days >= 0}
+        return
+    assert crm.run({"event": pattern}) == expected

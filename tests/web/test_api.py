@@ -196,3 +196,18 @@ def test_health_readiness_and_body_limit(client) -> None:
     huge = b"[" + b"{}," * 1_000_000 + b"{}]"
     assert client.post("/webhooks/sendgrid", content=huge).status_code == 413
     assert client.get("/openapi.json").json()["paths"]["/v1/events"]["post"]
+
+
+def test_contact_attribute_changes_through_the_api_are_kept_in_the_history(api, store) -> None:
+    """``has_been`` reads this history (written by database triggers, docs/segments.md)."""
+    from tidings.crm.models import AttributeChange
+
+    client, _ = api
+    for tier in ("gold", "gold", "platinum"):
+        body = {"external_id": "H1", "attributes": {"tier": tier}}
+        assert client.post("/v1/contacts", json=body).status_code == 200
+    with store.connect() as conn:
+        rows = conn.execute(
+            select(AttributeChange.key, AttributeChange.value).order_by(AttributeChange.id)
+        ).all()
+    assert [tuple(r) for r in rows] == [("tier", "gold"), ("tier", "platinum")]

@@ -4,6 +4,7 @@
     tidings segment preview engaged_buyers --limit 10
     tidings segment explain segments/engaged_buyers.yaml
     tidings segment refresh --all
+    tidings segment schema --out segment.schema.json
 
 A NAME is looked up in the segments directory (``--dir``, default: the ``segments`` package);
 a path to a ``.yaml`` file is loaded and may reference the directory's segments.
@@ -74,6 +75,23 @@ def _now(value: str | None) -> datetime:
     from tidings.crm.types import parse_time, utcnow
 
     return utcnow() if value is None else parse_time(value)
+
+
+@app.command("schema")
+def schema(
+    out: Path | None = typer.Option(None, help="Write to this file (default: stdout)."),
+) -> None:
+    """The JSON Schema of segment files, for editor completion (generated from the models)."""
+    import json
+
+    from tidings.segments.rules import Segment
+
+    text = json.dumps(Segment.model_json_schema(by_alias=True), indent=2) + "\n"
+    if out:
+        out.write_text(text)
+        _console().print(f"wrote {out}")
+    else:
+        typer.echo(text, nl=False)
 
 
 @app.command("list")

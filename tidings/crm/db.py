@@ -39,6 +39,7 @@ from sqlalchemy.pool import StaticPool
 from sqlalchemy.sql.elements import ColumnElement
 
 from tidings.config import get_settings
+from tidings.crm.types import bucket_of
 
 MIGRATIONS = Path(__file__).with_name("migrations")
 
@@ -64,6 +65,12 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.execute("PRAGMA journal_mode=WAL")
     cursor.execute("PRAGMA synchronous=NORMAL")
     cursor.close()
+    # segment samples and splits: PostgreSQL computes the same bucket with md5 (sqlparts)
+    dbapi_connection.create_function("tidings_bucket", 2, _sqlite_bucket, deterministic=True)
+
+
+def _sqlite_bucket(identity: str | None, seed: str | None) -> int | None:
+    return None if identity is None or seed is None else bucket_of(str(identity), str(seed))
 
 
 def insert_ignore(bind: Connection | Session, table: Table) -> Any:

@@ -123,6 +123,25 @@ class Consent(Base):
     updated_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
+class AttributeChange(Base):
+    """The history of contact attributes: one row per top-level key each time its value
+    changes, with the new value (SQL NULL: the key was removed) and when. Written by database
+    triggers on ``contacts`` (migration 0013), so every writer is covered; segment rules read it
+    with ``has_been``. Append-only.
+    """
+
+    __tablename__ = "attribute_changes"
+    __table_args__ = (Index(None, "contact_id", "key", "changed_at"),)
+
+    id: Mapped[int] = _id()
+    contact_id: Mapped[int] = mapped_column(
+        IdType, ForeignKey("contacts.id", ondelete="CASCADE"), index=False
+    )
+    key: Mapped[str] = mapped_column(Text)
+    value: Mapped[Any | None] = mapped_column(JSONType)
+    changed_at: Mapped[datetime]
+
+
 class ConsentChange(Base):
     """The audit trail: every change of consent, who or what made it, and when. Append-only."""
 

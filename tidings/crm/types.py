@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from datetime import UTC, datetime
 from typing import Any
 
@@ -56,3 +57,19 @@ def as_utc(moment: datetime) -> datetime:
 def parse_time(value: str) -> datetime:
     """An ISO 8601 time as an aware datetime (no offset: UTC); ValueError if it is not one."""
     return as_utc(datetime.fromisoformat(value))
+
+
+#: How many buckets a seed shuffles contacts into (segment ``sample:`` and ``split:``).
+BUCKETS = 10000
+
+
+def bucket_of(identity: str, seed: str) -> int:
+    """A contact's stable bucket (0..9999) for ``seed``: the first 32 bits of
+    ``md5(seed + ":" + identity)`` modulo 10000, computed the same way by PostgreSQL's ``md5``
+    and by the SQLite function ``tidings_bucket`` (registered on every SQLite connection).
+
+    >>> bucket_of("c-1001", "spring")
+    8015
+    """
+    digest = hashlib.md5(f"{seed}:{identity}".encode(), usedforsecurity=False).digest()
+    return int.from_bytes(digest[:4], "big") % BUCKETS

@@ -19,7 +19,6 @@ WHERE contacts.locale IS NOT NULL AND contacts.locale = :locale_1
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Callable
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -28,18 +27,21 @@ from typing import Any, assert_never
 from sqlalchemy import (
     Select,
     and_,
+    cast,
     exists,
     false,
     func,
     literal,
-    literal_column,
     not_,
     or_,
     select,
     true,
 )
+from sqlalchemy.dialects.postgresql import JSONB
 
+from tidings.analytics.engagement import human_click, human_open
 from tidings.crm.models import (
+    AttributeChange,
     Base,
     Consent,
     Contact,
@@ -55,7 +57,16 @@ from tidings.crm.models import (
 from tidings.crm.types import utcnow
 from tidings.segments import core as c
 from tidings.segments.rules import COLUMN_KINDS, Ago
-from tidings.segments.sqlparts import Ctx, Expr, JsonPath, compare_op, text_contains, value_kind
+from tidings.segments.sqlparts import (
+    Ctx,
+    Expr,
+    JsonPath,
+    compare_op,
+    name_matches,
+    stable_bucket,
+    text_contains,
+    value_kind,
+)
 
 _tables = Base.metadata.tables
 contacts = _tables[Contact.__tablename__]
@@ -68,11 +79,9 @@ consents = _tables[Consent.__tablename__]
 topic_subscriptions = _tables[TopicSubscription.__tablename__]
 suppressions = _tables[Suppression.__tablename__]
 memberships = _tables[SegmentMembership.__tablename__]
+attribute_changes = _tables[AttributeChange.__tablename__]
 
-#: Message event types (our vocabulary, DESIGN.md) behind each engagement kind.
-ENGAGEMENT_EVENT = {"opened": "open", "clicked": "click", "bounced": "bounce"}
 RECEIVED_STATUSES = ("sent", "delivered")
-_P, _A, _B, _C = 2147483647, 1103515245, 12345, 69069  # 2**31 - 1; products stay below 2**62
 
 
 def compile_core(node: c.Core, *, dialect: str, now: datetime | None = None) -> Select[tuple[int]]:
@@ -101,6 +110,10 @@ def predicate(node: c.Core, ctx: Ctx) -> tuple[Expr, bool]:
             return compare(node, ctx), node.op != "exists"
         case c.EventCount():
             return event_count(node, ctx), False
+        case c.LastEvent():
+            return last_event(node, ctx), False
+        case c.HasBeen():
+            return has_been(node, ctx), False
         case c.OrderMetric():
             return order_metric(node, ctx), False
         case c.Engaged():
@@ -114,7 +127,7 @@ def predicate(node: c.Core, ctx: Ctx) -> tuple[Expr, bool]:
         case c.Member():
             return member(node), False
         case c.Bucket():
-            return bucket_expr(node.seed) < node.basis_points, False
+            return bucket(node, ctx), False
         case _:
             assert_never(node)
 
@@ -168,7 +181,7 @@ def _json_compare(node: c.Compare, column: Any, path: tuple[str, ...], ctx: Ctx)
     doc = JsonPath(column, path, ctx)
     match node.op:
         case "exists":
-            return func.coalesce(doc.type(), "null") != "null"
+            return doc.present()
         case "in":
             assert isinstance(node.value, tuple)
             return or_(*(doc.compare("eq", v) for v in node.value)) if node.value else false()
@@ -227,17 +240,97 @@ def count_compare(rows: Rows, op: str, n: int) -> Expr:
             raise AssertionError(op)
 
 
+def _event_rows(e: Any, name: str, ctx: Ctx) -> list[Expr]:
+    """A contact's events named ``name`` (or matching the pattern) up to now."""
+    return [
+        e.c.contact_id == contacts.c.id,
+        name_matches(e.c.name, name, ctx),
+        e.c.occurred_at <= ctx.now,
+    ]
+
+
+def _where(node_where: tuple[c.Core, ...], e: Any, ctx: Ctx) -> list[Expr]:
+    inner = Ctx(ctx.dialect, ctx.now, {**ctx.json_columns, "properties": e.c.properties})
+    return [predicate(f, inner)[0] for f in node_where]
+
+
 def event_count(node: c.EventCount, ctx: Ctx) -> Expr:
     def rows() -> Select[Any]:
         e = events.alias()
-        inner = Ctx(ctx.dialect, ctx.now, {**ctx.json_columns, "properties": e.c.properties})
-        conds: list[Expr] = [e.c.name == node.name, e.c.occurred_at <= ctx.now]
+        conds = _event_rows(e, node.name, ctx)
         if node.since is not None:
             conds.append(e.c.occurred_at >= ctx.since(node.since))
-        conds += [predicate(f, inner)[0] for f in node.where]
-        return select(literal(1)).where(e.c.contact_id == contacts.c.id, *conds)
+        return select(literal(1)).where(*conds, *_where(node.where, e, ctx))
 
     return count_compare(rows, node.op, node.n)
+
+
+def last_event(node: c.LastEvent, ctx: Ctx) -> Expr:
+    """The latest event (by time, then by id: the one recorded last) passes the filters.
+
+    ``EXISTS (a matching event e with no later event of the name)``: on the index
+    (contact_id, name, occurred_at) PostgreSQL probes each candidate's successors."""
+    e, later = events.alias(), events.alias()
+    conds = _event_rows(e, node.name, ctx)
+    if node.since is not None:
+        conds.append(e.c.occurred_at >= ctx.since(node.since))
+    newer = exists(
+        select(literal(1)).where(
+            later.c.contact_id == e.c.contact_id,
+            name_matches(later.c.name, node.name, ctx),
+            later.c.occurred_at <= ctx.now,
+            or_(
+                later.c.occurred_at > e.c.occurred_at,
+                and_(later.c.occurred_at == e.c.occurred_at, later.c.id > e.c.id),
+            ),
+        )
+    )
+    return exists(select(literal(1)).where(*conds, *_where(node.where, e, ctx), ~newer))
+
+
+def has_been(node: c.HasBeen, ctx: Ctx) -> Expr:
+    """``held`` was true at every moment of ``[now - seconds, now]``, by the attribute history.
+
+    The history of key K is a sequence of values, each from its ``changed_at`` on. The values
+    in force during the window are the last one set at or before its start (none: K was
+    missing then) and every one set inside it; each must pass ``held``. The contact must also
+    have existed at the start of the window.
+    """
+    start = ctx.since(node.seconds)
+    h, before, earlier = (attribute_changes.alias() for _ in range(3))
+
+    def of_key(t: Any) -> list[Expr]:
+        return [t.c.contact_id == contacts.c.id, t.c.key == node.key]
+
+    if ctx.dialect == "sqlite":
+        doc: Expr = func.json_object(node.key, func.json(h.c.value))
+        missing: Expr = literal("{}")
+    else:
+        doc = func.jsonb_build_object(node.key, h.c.value)
+        missing = cast(literal("{}"), JSONB)
+    superseded = exists(
+        select(literal(1)).where(
+            before.c.contact_id == h.c.contact_id,
+            before.c.key == h.c.key,
+            before.c.changed_at <= start,
+            or_(
+                before.c.changed_at > h.c.changed_at,
+                and_(before.c.changed_at == h.c.changed_at, before.c.id > h.c.id),
+            ),
+        )
+    )
+    in_force = or_(h.c.changed_at > start, ~superseded)
+    failed, _ = predicate(c.Not(node.held), Ctx(ctx.dialect, ctx.now, {"attributes": doc}))
+    broken = exists(
+        select(literal(1)).where(*of_key(h), h.c.changed_at <= ctx.now, in_force, failed)
+    )
+    set_before = exists(select(literal(1)).where(*of_key(earlier), earlier.c.changed_at <= start))
+    held_missing, nullable = predicate(
+        node.held, Ctx(ctx.dialect, ctx.now, {"attributes": missing})
+    )
+    if nullable:
+        held_missing = func.coalesce(held_missing, false())
+    return and_(contacts.c.created_at <= start, or_(set_before, held_missing), ~broken)
 
 
 def _order_rows(o: Any, node: c.OrderMetric, ctx: Ctx) -> list[Expr]:
@@ -298,6 +391,8 @@ def engaged(node: c.Engaged, ctx: Ctx) -> Expr:
         )
     if node.step is not None:
         conds.append(m.c.step_id == node.step)
+    if node.template is not None:
+        conds.append(m.c.template == node.template)
     if node.channel is not None:
         conds.append(m.c.channel == node.channel)
     if node.kind == "received":
@@ -306,9 +401,15 @@ def engaged(node: c.Engaged, ctx: Ctx) -> Expr:
             conds += [m.c.sent_at >= ctx.since(node.since), m.c.sent_at <= ctx.now]
         return exists(select(literal(1)).select_from(m).where(*conds))
     ev = message_events.alias()
-    conds += [ev.c.type == ENGAGEMENT_EVENT[node.kind], ev.c.occurred_at <= ctx.now]
-    if node.kind in {"opened", "clicked"}:  # the one rule of reports (analytics.engagement)
-        conds.append(ev.c.machine == false())
+    # the one rule of the reports (analytics.engagement): machine opens and clicks never count
+    match node.kind:
+        case "opened":
+            conds.append(human_open(ev))
+        case "clicked":
+            conds.append(human_click(ev))
+        case "bounced":
+            conds.append(ev.c.type == "bounce")
+    conds.append(ev.c.occurred_at <= ctx.now)
     if node.since is not None:
         conds.append(ev.c.occurred_at >= ctx.since(node.since))
     joined = m.join(ev, ev.c.message_id == m.c.id)
@@ -361,28 +462,11 @@ def member(node: c.Member) -> Expr:
     )
 
 
-def seed_numbers(seed: str) -> tuple[int, int]:
-    digest = hashlib.sha256(seed.encode()).digest()
-    return int.from_bytes(digest[:4], "big") % _P, int.from_bytes(digest[4:8], "big") % _P
-
-
-def bucket_of(contact_id: int, seed: str) -> int:
-    """The bucket (0..9999) of a contact, as the SQL of :func:`bucket_expr` computes it."""
-    s1, s2 = seed_numbers(seed)
-    x0 = (contact_id + s1) % _P
-    x1 = (x0 * _A + _B) % _P
-    x2 = (x1 * x1 + s2) % _P
-    return ((x2 * _C + x1) % _P) % 10000
-
-
-def bucket_expr(seed: str) -> Expr:
-    """Integer arithmetic both SQLite and PostgreSQL do exactly (no md5 in SQLite)."""
-    s1, s2 = seed_numbers(seed)
-
-    def n(value: int) -> Expr:
-        return literal_column(str(value))
-
-    x0 = (contacts.c.id + n(s1)) % n(_P)
-    x1 = (x0 * n(_A) + n(_B)) % n(_P)
-    x2 = (x1 * x1 + n(s2)) % n(_P)
-    return ((x2 * n(_C) + x1) % n(_P)) % n(10000)
+def bucket(node: c.Bucket, ctx: Ctx) -> Expr:
+    """The contact's stable bucket (:func:`sqlparts.stable_bucket`) is in [low, high)."""
+    if node.low <= 0 and node.high >= 10000:
+        return true()
+    value = stable_bucket(contacts.c.external_id, contacts.c.email, contacts.c.id, node.seed, ctx)
+    if node.low <= 0:
+        return value < node.high
+    return and_(value >= node.low, value < node.high)

@@ -70,13 +70,34 @@ class Compare:
 
 @dataclass(frozen=True)
 class EventCount:
-    """Events named ``name`` matching ``where``, since ``since``, compared ``op n``."""
+    """Events named ``name`` (``*`` in it: any text) matching ``where``, since ``since``,
+    compared ``op n``."""
 
     name: str
     where: tuple[Core, ...]
     since: float | None  # seconds before now
     op: CountOp
     n: int
+
+
+@dataclass(frozen=True)
+class LastEvent:
+    """The contact's latest event named ``name`` (a pattern too) matches ``where`` and is
+    inside ``since``."""
+
+    name: str
+    where: tuple[Core, ...]
+    since: float | None
+
+
+@dataclass(frozen=True)
+class HasBeen:
+    """``held`` (a condition on ``attributes``) held without a break for the last ``seconds``:
+    read from the history of the top-level attribute ``key``."""
+
+    key: str
+    held: Core
+    seconds: float
 
 
 @dataclass(frozen=True)
@@ -93,6 +114,7 @@ class Engaged:
     kind: Literal["received", "opened", "clicked", "bounced"]
     journey: str | None
     step: str | None
+    template: str | None
     channel: str | None
     since: float | None
 
@@ -127,15 +149,16 @@ class Member:
 
 @dataclass(frozen=True)
 class Bucket:
-    """The contact's stable bucket (0..9999 for ``seed``) is below ``basis_points``."""
+    """The contact's stable bucket (0..9999 for ``seed``) is in ``[low, high)``."""
 
-    basis_points: int
+    low: int
+    high: int
     seed: str
 
 
 Core: TypeAlias = (
-    "All | AnyOf | Not | Const | Compare | EventCount | OrderMetric | Engaged "
-    "| ConsentGranted | TopicChosen | Suppressed | Member | Bucket"
+    "All | AnyOf | Not | Const | Compare | EventCount | LastEvent | HasBeen | OrderMetric "
+    "| Engaged | ConsentGranted | TopicChosen | Suppressed | Member | Bucket"
 )
 
 #: Order statuses that never count as a purchase unless a rule lists statuses itself.
@@ -221,11 +244,14 @@ def _counts(ops: r.CountOps, make: Callable[[CountOp, int], Core]) -> Core:
     return conj(parts)
 
 
-def _event(rule: r.EventRule) -> Core:
-    where = tuple(
-        ops_to_core(Json("properties", tuple(key.split("."))), ops)
-        for key, ops in rule.where.items()
+def _where(where: dict[str, r.Ops]) -> tuple[Core, ...]:
+    return tuple(
+        ops_to_core(Json("properties", tuple(key.split("."))), ops) for key, ops in where.items()
     )
+
+
+def _event(rule: r.EventRule) -> Core:
+    where = _where(rule.where)
 
     def make(op: CountOp, n: int) -> Core:
         return EventCount(rule.event, where, rule.within, op, n)
@@ -281,7 +307,12 @@ def _lift(node: Core, make: Callable[[tuple[str, object]], Core]) -> Core:
 def _engaged(
     kind: Literal["received", "opened", "clicked", "bounced"], spec: r.EngagementSpec
 ) -> Core:
-    return Engaged(kind, spec.journey, spec.step, spec.channel, spec.within)
+    return Engaged(kind, spec.journey, spec.step, spec.template, spec.channel, spec.within)
+
+
+def _has_been(spec: r.HasBeenSpec) -> Core:
+    path = tuple(spec.attribute.split("."))
+    return HasBeen(path[0], ops_to_core(Json("attributes", path), spec), spec.for_)
 
 
 def _reachable(channel: str) -> list[Core]:
@@ -306,6 +337,10 @@ def to_core(rule: r.Rule, resolve: Resolver = _no_refs, topics: TopicDefault = _
             return ops_to_core(attribute_target(rule.attribute), rule)
         case r.EventRule():
             return _event(rule)
+        case r.LastEventRule():
+            return LastEvent(rule.last_event, _where(rule.where), rule.within)
+        case r.HasBeenRule():
+            return _has_been(rule.has_been)
         case r.OrdersRule():
             return _orders(rule.orders)
         case r.ReceivedRule():
@@ -329,7 +364,9 @@ def to_core(rule: r.Rule, resolve: Resolver = _no_refs, topics: TopicDefault = _
             ref = rule.segment
             return Member(ref.name) if ref.materialised else resolve(ref.name)
         case r.SampleRule():
-            return Bucket(round(rule.sample.percent * 100), rule.sample.seed)
+            return Bucket(0, round(rule.sample.percent * 100), rule.sample.seed)
+        case r.SplitRule():
+            return Bucket(*rule.split.bucket_range(), rule.split.seed)
         case r.ScoreRule():
             return conj([ops_to_core(Column(name), ops) for name, ops in rule.score.items()])
         case _:

@@ -21,7 +21,7 @@ from pydantic import ValidationError
 from tidings.crm.topics import Topics, load_topics
 from tidings.errors import InputError
 from tidings.segments import core as core_nodes
-from tidings.segments.rules import KINDS, OPERATORS, Segment, SegmentRule
+from tidings.segments.rules import COUNT_HINT, KINDS, OPERATORS, Segment, SegmentRule
 from tidings.yamlfile import InputErrors, Marked, load_yaml, validation_errors, where
 
 _VOCABULARY = sorted(
@@ -39,6 +39,10 @@ _VOCABULARY = sorted(
         "materialised",
         "percent",
         "seed",
+        "weights",
+        "part",
+        "for",
+        "template",
         "total_spend",
         "average_value",
         "last_order",
@@ -72,6 +76,8 @@ def _hint(error: Any, data: Any) -> str | None:
             if close:
                 return f"did you mean {close[0]!r}?"
         return "a rule starts with one of: " + ", ".join(KINDS)
+    if "a count" in str(error.get("msg", "")):
+        return COUNT_HINT
     if "duration" in str(error.get("msg", "")):
         text = str(error.get("input", ""))
         unit = text.split()[-1] if text.split() else ""

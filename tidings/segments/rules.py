@@ -1,8 +1,9 @@
 """The segment rule language: what a marketer writes in YAML (pydantic, STYLE.md 4).
 
 A rule is a mapping whose *key* says what kind of rule it is (``all``, ``any``, ``not``,
-``attribute``, ``event``, ``orders``, ``received``/``opened``/``clicked``/``bounced``,
-``consent``, ``reachable``, ``segment``, ``sample``, ``score``). That key is the tag of a
+``attribute``, ``has_been``, ``event``, ``last_event``, ``orders``,
+``received``/``opened``/``clicked``/``bounced``, ``consent``, ``reachable``, ``segment``,
+``sample``, ``split``, ``score``). That key is the tag of a
 pydantic tagged union (a callable ``Discriminator``), so an unknown key is reported at its
 place in the file. ``segments.core`` rewrites these surface rules into a small core that
 ``segments.compile`` turns into SQL.
@@ -110,7 +111,8 @@ Duration = Annotated[
         {
             "type": "string",
             "pattern": r"^\s*\d+(\.\d+)?\s*[a-zA-Z]+\s*$",
-            "description": "a number and a unit: minutes, hours, days, weeks, months, years",
+            "description": "a number and a unit: seconds, minutes, hours, days, weeks, months "
+            "(30 days), years (365 days)",
             "examples": ["30 days", "2 weeks", "12 hours"],
         }
     ),
@@ -202,14 +204,32 @@ def _ops_or_eq(value: object) -> object:
 OpsOrValue = Annotated[Ops, BeforeValidator(_ops_or_eq)]
 
 
+#: Shown with a bad count (segments.loader adds it as the hint).
+COUNT_HINT = "write count: 3 (at least 3) or count: {gte: 3}, with whole numbers"
+
+
+def _whole(value: object) -> object:
+    """Counts are whole numbers; anything else is refused (the loader adds COUNT_HINT)."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        raise ValueError(f"a count is a whole number, not {value!r}")
+    if value < 0:
+        raise ValueError(f"a count cannot be negative ({value})")
+    return value
+
+
+Count = Annotated[int, BeforeValidator(_whole)]
+
+
 class CountOps(_Strict):
-    eq: int | None = Field(None, ge=0)
-    ne: int | None = Field(None, ge=0)
-    gt: int | None = Field(None, ge=0)
-    gte: int | None = Field(None, ge=0)
-    lt: int | None = Field(None, ge=0)
-    lte: int | None = Field(None, ge=0)
-    between: tuple[int, int] | None = None
+    eq: Count | None = None
+    ne: Count | None = None
+    gt: Count | None = None
+    gte: Count | None = None
+    lt: Count | None = None
+    lte: Count | None = None
+    between: tuple[Count, Count] | None = None
 
     def used(self) -> list[tuple[str, int]]:
         pairs: list[tuple[str, int]] = []
@@ -229,7 +249,9 @@ class CountOps(_Strict):
 
 
 def _count(value: object) -> object:
-    return {"gte": value} if isinstance(value, int) and not isinstance(value, bool) else value
+    if isinstance(value, dict | CountOps):
+        return value
+    return {"gte": _whole(value)}
 
 
 CountSpec = Annotated[CountOps, BeforeValidator(_count)]
@@ -297,10 +319,44 @@ def check_column_values(column: str, ops: Ops) -> None:
         raise ValueError(f"{column} holds a {kind}: older_than/within work on dates")
 
 
+def _event_name(value: object) -> object:
+    """An event name, or a pattern where ``*`` stands for any text: ``checkout.*``."""
+    if isinstance(value, str) and value.strip("*") == "":
+        raise ValueError(
+            f"{value!r} matches every event: name the event, or a pattern like 'checkout.*'"
+        )
+    return value
+
+
+def event_name_matches(pattern: str, name: str) -> bool:
+    """Whether an event ``name`` is matched by ``pattern`` as the SQL does (``*``: any text,
+    case-sensitive, nothing else special); for code that routes single events to rules.
+
+    >>> event_name_matches("checkout.*", "checkout.started"), event_name_matches("c?t*", "cat")
+    (True, False)
+    """
+    if "*" not in pattern:
+        return name == pattern
+    regex = ".*".join(re.escape(part) for part in pattern.split("*"))
+    return re.fullmatch(regex, name, flags=re.DOTALL) is not None
+
+
+#: An event name; ``*`` in it matches any text (``checkout.*``, ``*.failed``), case-sensitive.
+EventName = Annotated[
+    str,
+    BeforeValidator(_event_name),
+    Field(
+        min_length=1,
+        max_length=200,
+        description="an event name; * matches any text: checkout.* counts every checkout event",
+    ),
+]
+
+
 class EventRule(_Strict):
     """``{event: product.viewed, count: {gte: 3}, within: 30 days, where: {category: shoes}}``."""
 
-    event: str = Field(min_length=1)
+    event: EventName
     performed: bool = True
     count: CountSpec | None = None
     within: Duration | None = None
@@ -311,6 +367,15 @@ class EventRule(_Strict):
         if self.count is not None and not self.performed:
             raise ValueError("use either 'count' or 'performed: false', not both")
         return self
+
+
+class LastEventRule(_Strict):
+    """``{last_event: cart.updated, where: {status: open}}``: the contact's latest event of that
+    name (or pattern) at or before now, and it matches ``where`` (and is inside ``within``)."""
+
+    last_event: EventName
+    within: Duration | None = None
+    where: dict[str, OpsOrValue] = Field(default_factory=dict)
 
 
 class OrdersSpec(_Strict):
@@ -335,6 +400,9 @@ class OrdersRule(_Strict):
 class EngagementSpec(_Strict):
     journey: str | None = None
     step: str | None = None
+    template: str | None = Field(
+        None, min_length=1, description="the template a message was rendered from: welcome.mjml"
+    )
     channel: Literal["email", "sms"] | None = None
     within: Duration | None = None
 
@@ -432,6 +500,64 @@ class SampleRule(_Strict):
     sample: SampleSpec
 
 
+class SplitSpec(_Strict):
+    """Named parts of one stable shuffle: ``{seed: spring, weights: {a: 50, b: 50}, part: a}``."""
+
+    seed: str = ""
+    weights: dict[str, float] = Field(
+        min_length=1, description="part -> weight; parts take consecutive shares of the buckets"
+    )
+    part: str
+
+    @model_validator(mode="after")
+    def _known_part(self) -> SplitSpec:
+        bad = [name for name, weight in self.weights.items() if not weight > 0]
+        if bad:
+            raise ValueError(f"weights must be positive: {', '.join(bad)}")
+        if self.part not in self.weights:
+            raise ValueError(f"part {self.part!r} is not one of {', '.join(self.weights)}")
+        return self
+
+    def bucket_range(self) -> tuple[int, int]:
+        """The part's buckets, [low, high) of 0..9999, from the cumulative weights."""
+        total = sum(self.weights.values())
+        edges, running = [0], 0.0
+        for weight in self.weights.values():
+            running += weight
+            edges.append(round(running / total * 10000))
+        index = list(self.weights).index(self.part)
+        return edges[index], edges[index + 1]
+
+
+class SplitRule(_Strict):
+    """One part of a split: the same contacts for the same seed and weights, in every store."""
+
+    split: SplitSpec
+
+
+class HasBeenSpec(Ops):
+    """``{attribute: plan, eq: pro, for: 7 days}``: the condition has held, without a break,
+    for at least this long (read from the attribute history)."""
+
+    attribute: str = Field(min_length=1)
+    for_: Duration = Field(alias="for", description="at least this long, up to now")
+
+    @model_validator(mode="after")
+    def _history_kept(self) -> HasBeenSpec:
+        if self.attribute in COLUMN_KINDS:
+            raise ValueError(
+                f"{self.attribute} is a contact column, and only keys of attributes have a "
+                "history: use a key of attributes"
+            )
+        if self.within is not None or self.older_than is not None:
+            raise ValueError("within/older_than compare a date; has_been takes the time in 'for'")
+        return self
+
+
+class HasBeenRule(_Strict):
+    has_been: HasBeenSpec
+
+
 ScoreName = Literal["churn_risk", "clv_90d", "rfm_segment", "scores_model_version", "scored_at"]
 
 
@@ -464,6 +590,8 @@ KINDS: dict[str, type[BaseModel]] = {
     "not": NotRule,
     "attribute": AttributeRule,
     "event": EventRule,
+    "last_event": LastEventRule,
+    "has_been": HasBeenRule,
     "orders": OrdersRule,
     "received": ReceivedRule,
     "opened": OpenedRule,
@@ -474,6 +602,7 @@ KINDS: dict[str, type[BaseModel]] = {
     "reachable": ReachableRule,
     "segment": SegmentRule,
     "sample": SampleRule,
+    "split": SplitRule,
     "score": ScoreRule,
 }
 _TAG_OF = {model: tag for tag, model in KINDS.items()}
@@ -496,6 +625,8 @@ Rule = Annotated[
     | Annotated[NotRule, Tag("not")]
     | Annotated[AttributeRule, Tag("attribute")]
     | Annotated[EventRule, Tag("event")]
+    | Annotated[LastEventRule, Tag("last_event")]
+    | Annotated[HasBeenRule, Tag("has_been")]
     | Annotated[OrdersRule, Tag("orders")]
     | Annotated[ReceivedRule, Tag("received")]
     | Annotated[OpenedRule, Tag("opened")]
@@ -506,6 +637,7 @@ Rule = Annotated[
     | Annotated[ReachableRule, Tag("reachable")]
     | Annotated[SegmentRule, Tag("segment")]
     | Annotated[SampleRule, Tag("sample")]
+    | Annotated[SplitRule, Tag("split")]
     | Annotated[ScoreRule, Tag("score")],
     Discriminator(
         rule_kind,

@@ -15,8 +15,20 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import DateTime, Numeric, and_, case, cast, exists, func, literal, select
-from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy import (
+    BigInteger,
+    DateTime,
+    Numeric,
+    String,
+    and_,
+    case,
+    cast,
+    exists,
+    func,
+    literal,
+    select,
+)
+from sqlalchemy.dialects.postgresql import BIT, JSONB
 from sqlalchemy.sql.elements import ColumnElement
 
 from tidings.segments.rules import Ago
@@ -73,6 +85,41 @@ def text_contains(text: Expr, needle: str, ctx: Ctx) -> Expr:
     return position > 0
 
 
+def name_matches(column: Expr, pattern: str, ctx: Ctx) -> Expr:
+    """``column`` is the name ``pattern``, where ``*`` matches any text; case-sensitive on both
+    dialects (SQLite ``GLOB``, PostgreSQL ``LIKE``, each with its own wildcards escaped).
+
+    >>> from sqlalchemy import column
+    >>> ctx = Ctx("postgresql", datetime(2026, 1, 1, tzinfo=UTC), {})
+    >>> print(name_matches(column("name"), "check_out.*", ctx))
+    name LIKE :name_1 ESCAPE '\\'
+    """
+    if "*" not in pattern:
+        return column == pattern
+    if ctx.dialect == "sqlite":
+        glob = "".join(f"[{ch}]" if ch in "?[" else ch for ch in pattern)
+        return column.op("GLOB", is_comparison=True)(glob)
+    like = "".join("\\" + ch if ch in "%_\\" else ch for ch in pattern).replace("*", "%")
+    return column.like(like, escape="\\")
+
+
+def stable_bucket(external_id: Expr, email: Expr, contact_id: Expr, seed: str, ctx: Ctx) -> Expr:
+    """The contact's bucket (0..9999) for ``seed``, hashed on a stable identity: the external
+    id; without one the email address; without that the internal id (which a re-import
+    changes). ``crm.types.bucket_of`` is the same function in Python.
+    """
+    identity = func.coalesce(
+        func.nullif(external_id, ""),
+        literal("email:") + func.nullif(email, ""),
+        literal("id:") + cast(contact_id, String),
+    )
+    if ctx.dialect == "sqlite":
+        return func.tidings_bucket(identity, seed)
+    digest = func.md5(literal(f"{seed}:") + identity)
+    first32 = cast(cast(literal("x") + func.substr(digest, 1, 8), BIT(32)), BigInteger)
+    return first32 % 10000
+
+
 def _sqlite_path(path: tuple[str, ...]) -> str:
     for key in path:
         if '"' in key:
@@ -113,11 +160,18 @@ class JsonPath:
             return self.type() == ("true" if value else "false")
         return and_(self.type() == "boolean", self.text() == ("true" if value else "false"))
 
+    def present(self) -> Expr:
+        """A value is there: not missing, not JSON null, not the empty string."""
+        kind = func.coalesce(self.type(), "null")
+        empty = and_(kind == ("text" if self.sqlite else "string"), self.text() == "")
+        return and_(kind != "null", ~empty)
+
     def time(self) -> Expr:
-        """An ISO 8601 string as a UTC time (no offset: read as UTC), else NULL."""
+        """An ISO 8601 string as a UTC time to the microsecond (no offset: read as UTC), else
+        NULL. Digits after the sixth of a second are dropped on both dialects."""
         if self.sqlite:
-            return func.strftime("%Y-%m-%d %H:%M:%f", self.string())
-        text = self.text()
+            return _sqlite_micro_time(self.string())
+        text = func.regexp_replace(self.text(), r"(\.\d{6})\d+", r"\1")
         with_offset = cast(text, DateTime(timezone=True))
         as_utc = func.timezone("UTC", cast(text, DateTime(timezone=False)))
         iso = and_(self.type() == "string", text.regexp_match(r"^\d{4}-\d{2}-\d{2}"))
@@ -128,7 +182,7 @@ class JsonPath:
     def time_value(self, value: datetime) -> Any:
         value = value.astimezone(UTC)
         if self.sqlite:
-            return value.strftime("%Y-%m-%d %H:%M:%S.%f")[:-3]
+            return value.strftime("%Y-%m-%d %H:%M:%S.%f")
         return literal(value, DateTime(timezone=True))
 
     def array_contains(self, value: str | int | float | Decimal) -> Expr:
@@ -163,3 +217,22 @@ class JsonPath:
         if kind == "number":
             return compare_op(self.number(), op, value)
         return compare_op(self.string(), op, value)
+
+
+def _sqlite_micro_time(text: Expr) -> Expr:
+    """SQLite: ``YYYY-MM-DD HH:MM:SS.ffffff`` in UTC from an ISO 8601 string.
+
+    ``strftime`` keeps only milliseconds (and rounds 59.9999 s up into the next minute), so
+    the fraction is cut out before ``strftime`` reads the rest (offset included) and put back
+    after it, padded to six digits: an offset never changes the fraction of a second.
+    """
+    dotted = func.substr(text, 20, 1) == "."
+    fraction = case((dotted, func.substr(text, 21, type_=String)), else_=literal(""))
+    digits = func.length(fraction) - func.length(func.ltrim(fraction, "0123456789"))
+    head = func.substr(text, 1, 19, type_=String)
+    rest = case((dotted, head + func.substr(fraction, digits + 1, type_=String)), else_=text)
+    micro = func.substr(func.substr(fraction, 1, digits, type_=String) + "000000", 1, 6)
+    seconds = func.strftime("%Y-%m-%d %H:%M:%S", rest, type_=String)
+    # like PostgreSQL's test: a date first (strftime would read '34' as a Julian day number)
+    iso = text.op("GLOB", is_comparison=True)("[0-9][0-9][0-9][0-9]-[0-9][0-9]-[0-9][0-9]*")
+    return case((iso, seconds + "." + micro))
