@@ -116,6 +116,9 @@ def tick_all(
         older_than=timedelta(seconds=parse_duration(runtime.settings.reconcile_after)),
         now=now,
     )
+    from tidings.segments.live import sweep
+
+    sweep(runtime, now=now)  # live segments: time windows, and the check of the live path
     scheduled = run_schedules(runtime, now=now)
     with Session(runtime.db) as session:
         known = list(session.scalars(select(JourneyRow.name).distinct().order_by(JourneyRow.name)))

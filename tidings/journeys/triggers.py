@@ -93,7 +93,10 @@ def post_event(
     idempotency_key: str | None = None,
     source: str = "api",
     now: datetime | None = None,
+    live: bool = True,
 ) -> EventOutcome:
+    """Store the event and do what it starts (module docstring); ``live``: bring the live
+    segments that read it up to date now (``post_many`` does that once for a batch)."""
     now = now or utcnow()
     occurred_at = occurred_at or now
     properties = properties or {}
@@ -147,6 +150,11 @@ def post_event(
             versions=[v for v in every if v.name in active_names],
             now=now,
         )
+    if live:
+        from tidings.segments.inputs import Change
+        from tidings.segments.live import update
+
+        update(runtime, [contact_id], Change.event(name), now=now)
     goals = [v for v in every if v.journey.settings.goal and v.journey.settings.goal.event == name]
     if goals:  # converted at once, whether the contact is waiting, finished or exited
         outcome.converted = runtime.engine.convert(goals, now=now, contact_id=contact_id)[0]

@@ -45,6 +45,7 @@ from tidings.crm.importer import (
 )
 from tidings.crm.readers import Record
 from tidings.crm.types import utcnow
+from tidings.segments.inputs import Change
 from tidings.web.apikeys import Principal, authenticate, request_hash
 from tidings.web.card import contact_card
 from tidings.web.events import MAX_BATCH, ContactRef, EventIn, post_many, resolve, to_item
@@ -346,6 +347,7 @@ def _write(
     parse: Callable[[Record], Any],
     apply: Callable[[Any, list[Any], ImportReport], None],
     kind: str,
+    change: Change,
 ) -> tuple[int, dict[str, Any]]:
     report = ImportReport(kind=kind, path="api")
     rows = []
@@ -370,6 +372,10 @@ def _write(
     if report.errors:
         errors = [{"index": e.line, "field": e.column, "error": e.reason} for e in report.errors]
         return 422, {"detail": errors}
+    if report.touched:  # committed: the live segments follow at once
+        from tidings.segments.live import update
+
+        update(state.runtime(), report.touched, change)
     counts = {k: getattr(report, k) for k in ("inserted", "updated", "unchanged")}
     return 200, counts
 
@@ -395,6 +401,7 @@ async def post_contacts(
             lambda r: _parse_contact(r, state.settings),
             lambda conn, rows, rep: _apply_contacts(conn, rows, rep, source=source),
             "contacts",
+            Change.contact(),
         )
 
     return await idempotent(request, who, idem, compute)
@@ -410,7 +417,9 @@ async def post_orders(
     models = body if isinstance(body, list) else [body]
 
     def compute() -> tuple[int, dict[str, Any]]:
-        return _write(state, models, _parse_order, _apply_orders, "orders")
+        # an order also writes order.* events (crm.importer.order_events)
+        change = Change(events=None, orders=True)
+        return _write(state, models, _parse_order, _apply_orders, "orders", change)
 
     return await idempotent(request, who, idem, compute)
 

@@ -138,8 +138,12 @@ def resolve(db: Engine, items: list[dict[str, Any]]) -> list[int | None]:
 def post_many(runtime: Any, items: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Post each event through ``post_event``; one result per item, in order."""
     from tidings.journeys.triggers import post_event
+    from tidings.segments.inputs import Change
+    from tidings.segments.live import update
 
     results = []
+    changed: set[int] = set()
+    names: set[str] = set()
     for index, (item, contact_id) in enumerate(zip(items, resolve(runtime.db, items), strict=True)):
         if contact_id is None:
             results.append({"index": index, "status": "rejected", "error": "no such contact"})
@@ -152,7 +156,11 @@ def post_many(runtime: Any, items: list[dict[str, Any]]) -> list[dict[str, Any]]
             occurred_at=datetime.fromisoformat(item["occurred_at"]),
             idempotency_key=item.get("idempotency_key"),
             source=item.get("source") or "api",
+            live=False,
         )
+        if not outcome.duplicate:
+            changed.add(contact_id)
+            names.add(item["name"])
         results.append(
             {
                 "index": index,
@@ -165,6 +173,7 @@ def post_many(runtime: Any, items: list[dict[str, Any]]) -> list[dict[str, Any]]
                 "enrollments": {k: len(v) for k, v in outcome.enrollments.items()},
             }
         )
+    update(runtime, changed, Change(events=frozenset(names)))  # the live segments, at once
     return results
 
 
