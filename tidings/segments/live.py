@@ -137,19 +137,33 @@ def update(
     now: datetime | None = None,
 ) -> LiveStats:
     """Bring the live segments ``change`` can affect up to date for these contacts."""
-    ids = sorted(set(contact_ids))
+    return update_many(runtime, [(cid, change) for cid in contact_ids], now=now)
+
+
+def update_many(
+    runtime: Any, changes: Iterable[tuple[int, Change]], *, now: datetime | None = None
+) -> LiveStats:
+    """``update`` for a batch of (contact, what changed for it): each live segment is
+    evaluated once, for the contacts whose change it reads."""
     stats = LiveStats()
-    if not ids:
+    changes = list(changes)
+    if not changes:
         return stats
     current = plan(runtime)
-    names = current.affected(change)
-    if not names:
+    by_change: dict[Change, set[int]] = {}
+    for cid, change in changes:
+        by_change.setdefault(change, set()).add(cid)
+    wanted: dict[str, set[int]] = {}
+    for change, ids in by_change.items():
+        for name in current.affected(change):
+            wanted.setdefault(name, set()).update(ids)
+    if not wanted:
         return stats
     now = now or utcnow()
     catalog = runtime.engine._catalog()
-    for name in names:
+    for name in sorted(wanted):
         stats.segments += 1
-        for chunk in _chunks(ids, CHUNK):
+        for chunk in _chunks(sorted(wanted[name]), CHUNK):
             stats.add(_apply(runtime, current, catalog, name, chunk, now))
     return stats
 

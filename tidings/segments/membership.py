@@ -156,7 +156,8 @@ def refresh_stays(
     members = statement.subquery()
     m = memberships
     lock_segment(session, name)
-    tune_for_segments(session)
+    if some is None:  # a few contacts need neither more work_mem nor the guard against JIT
+        tune_for_segments(session)
     connection = session.connection()  # Core execution: exact rowcounts on both dialects
     stays = Stays()
     leave = (

@@ -143,14 +143,13 @@ def post_many(runtime: Any, items: list[dict[str, Any]]) -> list[dict[str, Any]]
     from tidings.crm.types import utcnow
     from tidings.journeys.triggers import post_event, starts_something, store_events
     from tidings.segments.inputs import Change
-    from tidings.segments.live import update
+    from tidings.segments.live import update_many
 
     now = utcnow()
     versions = runtime.engine.versions()
     results: list[dict[str, Any] | None] = [None] * len(items)
     quiet: list[tuple[int, dict[str, Any]]] = []
-    changed: set[int] = set()
-    names: set[str] = set()
+    changed: set[tuple[int, Change]] = set()
     for index, (item, contact_id) in enumerate(zip(items, resolve(runtime.db, items), strict=True)):
         if contact_id is None:
             results[index] = {"index": index, "status": "rejected", "error": "no such contact"}
@@ -168,8 +167,7 @@ def post_many(runtime: Any, items: list[dict[str, Any]]) -> list[dict[str, Any]]
             continue
         outcome = post_event(runtime, **event, now=now, live=False)
         if not outcome.duplicate:
-            changed.add(contact_id)
-            names.add(item["name"])
+            changed.add((contact_id, Change.event(item["name"])))
         results[index] = {
             "index": index,
             "status": "duplicate" if outcome.duplicate else "stored",
@@ -183,8 +181,7 @@ def post_many(runtime: Any, items: list[dict[str, Any]]) -> list[dict[str, Any]]
     ids = store_events(runtime, [e for _, e in quiet], versions=versions, now=now)
     for (index, event), event_id in zip(quiet, ids, strict=True):
         if event_id is not None:
-            changed.add(event["contact_id"])
-            names.add(event["name"])
+            changed.add((event["contact_id"], Change.event(event["name"])))
         results[index] = {
             "index": index,
             "status": "stored" if event_id is not None else "duplicate",
@@ -195,7 +192,7 @@ def post_many(runtime: Any, items: list[dict[str, Any]]) -> list[dict[str, Any]]
             "failures": [],
             "enrollments": {},
         }
-    update(runtime, changed, Change(events=frozenset(names)), now=now)  # live segments
+    update_many(runtime, changed, now=now)  # the live segments that read these events
     return [r for r in results if r is not None]
 
 
