@@ -407,3 +407,84 @@ def test_live_and_full_refresh_agree_on_random_streams(
 
     check()
     assert all(r.missed == 0 for r in sweep(runtime))
+
+
+# -- the simulator and the plan ------------------------------------------------------------------
+
+TRIAL = """
+name: trial_upgrade
+trigger: {type: event, event: trial.started}
+steps:
+  - {id: wait_pro, type: wait_for_segment, segment: pro, timeout: 3 days, on_timeout: nudge}
+  - {id: thanks, type: email, template: welcome, next: done}
+  - {id: nudge, type: email, template: welcome}
+  - {id: done, type: exit}
+"""
+TRIAL_SCENARIO = """
+start: 2026-12-01T09:00:00Z
+days: 5
+tick: 1 hour
+contacts:
+  - {id: ann, email: ann@example.com, first_name: Ann}
+  - {id: bob, email: bob@example.com, first_name: Bob}
+timeline:
+  - {at: 2026-12-01T09:00:00Z, contact: ann, event: trial.started}
+  - {at: 2026-12-01T09:00:00Z, contact: bob, event: trial.started}
+  - {at: 2026-12-02T10:17:00Z, contact: ann, attributes: {plan: pro}}
+expect:
+  ann: {sent: [thanks], reached: completed}
+  bob: {sent: [nudge], reached: completed}
+"""
+
+
+def test_simulate_plays_wait_for_segment(settings: Settings, project: Path) -> None:
+    from tidings.journeys.simulate import load_scenario, simulate
+
+    journey = project / "journeys" / "trial_upgrade.yaml"
+    journey.write_text(TRIAL)
+    scenario = project / "trial.scenario.yaml"
+    scenario.write_text(TRIAL_SCENARIO)
+    played = simulate(settings, journey, load_scenario(scenario))
+    assert played.mismatches == []
+    [(step, when)] = played.contacts["ann"].sent
+    # woken by the attribute change, sent at that moment's tick (not at the 3-day timeout)
+    assert step == "thanks" and when == datetime(2026, 12, 2, 10, 17, tzinfo=UTC)
+    [(step, when)] = played.contacts["bob"].sent
+    # the first tick after the timeout (ticks run hourly from 10:17)
+    assert step == "nudge" and when == datetime(2026, 12, 4, 9, 17, tzinfo=UTC)
+
+
+def test_validation_names_the_wait_for_segment_key(live: Live, project: Path) -> None:
+    from tidings.errors import InputError
+    from tidings.journeys.loader import load_file
+
+    bad = project / "journeys" / "bad.yaml"
+    bad.write_text(TRIAL.replace("3 days", "3 dayz"))
+    with pytest.raises(InputError) as raised:
+        load_file(bad)
+    assert "bad.yaml:5" in str(raised.value) and "timeout" in str(raised.value)
+    assert "dayz" in str(raised.value)
+    bad.write_text(TRIAL.replace("segment: pro,", "segment: proo,"))
+    with pytest.raises(InputError) as raised:
+        load_file(bad, references=live.runtime.references())
+    text = str(raised.value)
+    assert "bad.yaml:5" in text and "steps[0].segment" in text and "'pro'" in text
+
+
+def test_plan_follows_wait_for_segment(live: Live, project: Path) -> None:
+    from tidings.journeys.planning import plan_journey
+
+    journey = project / "journeys" / "pro_nudge.yaml"
+    journey.write_text(
+        WAITER.replace(
+            "name: upgrade_nudge\ntrigger: {type: api}",
+            "name: pro_nudge\ntrigger: {type: segment, segment: carts}",
+        )
+    )
+    live.contact(**BASE, attributes={"plan": "pro"})
+    events = [{"external_id": "C1", "name": "cart.updated", "properties": {"n": n}} for n in (1, 2)]
+    assert live.client.post("/v1/events", json=events).status_code == 200
+    planned = plan_journey(live.runtime, journey)
+    steps = {p.step: p for p in planned.steps}
+    assert planned.entering == 1
+    assert (steps["thanks"].sent, steps["nudge"].sent) == (1, 0)  # in "pro" already: goes on
