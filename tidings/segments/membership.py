@@ -26,6 +26,7 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import Select, and_, exists, func, literal, select, text, update
+from sqlalchemy import insert as sql_insert
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
@@ -183,16 +184,21 @@ def refresh_stays(
         )
     )
     new = select(literal(name), members.c.id, literal(now, m.c.entered_at.type)).where(~is_open)
-    insert: Any = postgresql.insert(m) if dialect == "postgresql" else sqlite.insert(m)
-    enter = insert.from_select(["segment", "contact_id", "entered_at"], new)
-    enter = enter.on_conflict_do_nothing(
-        index_elements=["segment", "contact_id"], index_where=m.c.exited_at.is_(None)
-    )
+    columns = ["segment", "contact_id", "entered_at"]
     if some is not None:
+        # The live path's hot statement: a plain INSERT, which SQLAlchemy caches compiled (an
+        # ON CONFLICT clause with index_where is compiled anew every time). Under the
+        # segment's lock no other writer can open the stay meanwhile; the unique index stays
+        # the backstop.
+        enter = sql_insert(m).from_select(columns, new)
         rows = connection.execute(enter.returning(m.c.id, m.c.contact_id))
         stays.new = [(int(i), int(cid)) for i, cid in rows]
         stays.entered = len(stays.new)
     else:
+        insert: Any = postgresql.insert(m) if dialect == "postgresql" else sqlite.insert(m)
+        enter = insert.from_select(columns, new).on_conflict_do_nothing(
+            index_elements=["segment", "contact_id"], index_where=m.c.exited_at.is_(None)
+        )
         result = connection.execute(enter.execution_options(preserve_rowcount=True))
         stays.entered = int(result.rowcount)
     return stays
