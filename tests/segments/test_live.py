@@ -488,3 +488,61 @@ def test_plan_follows_wait_for_segment(live: Live, project: Path) -> None:
     steps = {p.step: p for p in planned.steps}
     assert planned.entering == 1
     assert (steps["thanks"].sent, steps["nudge"].sent) == (1, 0)  # in "pro" already: goes on
+
+
+def test_workers_racing_lose_and_repeat_nothing(live: Live) -> None:
+    """Four threads change contacts and run the live path for them at once: the stays end up
+    exactly what a full evaluation says, with never two open at a time (PostgreSQL takes the
+    segment's lock; SQLite serialises writers)."""
+    import random
+    import threading
+
+    from sqlalchemy import func, insert
+
+    from tidings.segments.membership import current_members, evaluate
+
+    with live.runtime.db.begin() as conn:
+        conn.execute(insert(Contact), [{"email": f"r{i}@example.com"} for i in range(40)])
+        ids = list(conn.execute(select(Contact.id)).scalars())
+    live_update(live.runtime, ids, Change.contact())
+    errors: list[BaseException] = []
+
+    def worker(n: int) -> None:
+        rnd = random.Random(n)
+        try:
+            for _ in range(15):
+                some = rnd.sample(ids, 5)
+                plan = rnd.choice(["pro", "free"])
+                with live.runtime.db.begin() as conn:
+                    conn.execute(
+                        update(Contact)
+                        .where(Contact.id.in_(some))
+                        .values(attributes={"plan": plan})
+                    )
+                live_update(live.runtime, some, Change.contact(frozenset({"plan"})))
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=worker, args=(n,)) for n in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    catalog = live.runtime.engine._catalog()
+    with Session(live.runtime.db) as session:
+        assert set(current_members("pro", session=session)) == set(
+            evaluate("pro", session=session, catalog=catalog)
+        )
+        m = SegmentMembership
+        open_twice = session.scalar(
+            select(func.count()).select_from(
+                select(m.contact_id)
+                .where(m.segment == "pro", m.exited_at.is_(None))
+                .group_by(m.contact_id)
+                .having(func.count() > 1)
+                .subquery()
+            )
+        )
+    assert open_twice == 0
+    assert [r.missed for r in sweep(live.runtime) if r.segment == "pro"] == [0]
