@@ -339,7 +339,7 @@ def main() -> None:
         settings = Settings(database_url=url, project_dir=project, secret_key="bench")
         runtime = Runtime.from_settings(settings, db=engine)
         started = time.perf_counter()
-        results = sweep(runtime)
+        results = sweep(runtime.engine)
         refresh_s = time.perf_counter() - started
         missed = sum(r.missed for r in results)
         assert len(results) == args.segments, f"{len(results)} live segments, not {args.segments}"

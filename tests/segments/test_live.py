@@ -212,7 +212,7 @@ def test_events_and_orders_move_memberships_at_once(live: Live) -> None:
     )
     assert response.status_code == 200
     assert live.stays("buyers") == [(True, True)]
-    results = {r.segment: r for r in sweep(live.runtime)}
+    results = {r.segment: r for r in sweep(live.runtime.engine)}
     assert all(r.missed == 0 for r in results.values())  # the live path missed nothing
     assert results["recent"].swept == ["time window"]
 
@@ -224,7 +224,7 @@ def test_the_full_refresh_reports_what_the_live_path_missed(live: Live) -> None:
     tick_all(live.runtime)  # registers the journey, so "pro" is live from here on
     with Session(live.runtime.db) as session, session.begin():
         session.execute(update(Contact).values(attributes={"plan": "free"}))
-    [pro] = [r for r in sweep(live.runtime) if r.segment == "pro"]
+    [pro] = [r for r in sweep(live.runtime.engine) if r.segment == "pro"]
     assert (pro.entered, pro.exited, pro.missed) == (0, 1, 1)
 
 
@@ -232,9 +232,9 @@ def test_live_update_is_a_no_op_for_segments_it_cannot_affect(live: Live) -> Non
     live.contact(**BASE, attributes={"plan": "pro"})
     with live.runtime.db.connect() as conn:
         cid = conn.execute(select(Contact.id)).scalar_one()
-    stats = live_update(live.runtime, [cid], Change.event("page.viewed"))
+    stats = live_update(live.runtime.engine, [cid], Change.event("page.viewed"))
     assert stats.segments == 0
-    stats = live_update(live.runtime, [cid], Change.contact())
+    stats = live_update(live.runtime.engine, [cid], Change.contact())
     assert stats.segments >= 1 and stats.entered == stats.exited == 0
 
 
@@ -406,7 +406,7 @@ def test_live_and_full_refresh_agree_on_random_streams(
                 assert live_members == full, (name, stream)
 
     check()
-    assert all(r.missed == 0 for r in sweep(runtime))
+    assert all(r.missed == 0 for r in sweep(runtime.engine))
 
 
 # -- the simulator and the plan ------------------------------------------------------------------
@@ -504,7 +504,7 @@ def test_workers_racing_lose_and_repeat_nothing(live: Live) -> None:
     with live.runtime.db.begin() as conn:
         conn.execute(insert(Contact), [{"email": f"r{i}@example.com"} for i in range(40)])
         ids = list(conn.execute(select(Contact.id)).scalars())
-    live_update(live.runtime, ids, Change.contact())
+    live_update(live.runtime.engine, ids, Change.contact())
     errors: list[BaseException] = []
 
     def worker(n: int) -> None:
@@ -519,7 +519,7 @@ def test_workers_racing_lose_and_repeat_nothing(live: Live) -> None:
                         .where(Contact.id.in_(some))
                         .values(attributes={"plan": plan})
                     )
-                live_update(live.runtime, some, Change.contact(frozenset({"plan"})))
+                live_update(live.runtime.engine, some, Change.contact(frozenset({"plan"})))
         except BaseException as exc:
             errors.append(exc)
 
@@ -545,4 +545,19 @@ def test_workers_racing_lose_and_repeat_nothing(live: Live) -> None:
             )
         )
     assert open_twice == 0
-    assert [r.missed for r in sweep(live.runtime) if r.segment == "pro"] == [0]
+    assert [r.missed for r in sweep(live.runtime.engine) if r.segment == "pro"] == [0]
+
+
+def test_an_update_contact_step_moves_live_segments(live: Live, project: Path) -> None:
+    from tidings.journeys.triggers import Target, trigger_journey
+
+    (project / "journeys" / "upgrade.yaml").write_text(
+        "name: upgrade\ntrigger: {type: api}\n"
+        "steps:\n  - {id: set_plan, type: update_contact, set: {plan: pro}}\n"
+    )
+    live.runtime.load_journeys()
+    live.contact(**BASE, attributes={"plan": "free"})
+    assert live.stays("pro") == []
+    assert trigger_journey(live.runtime, "upgrade", [Target("C1")]).enrolled == 1
+    assert live.stays("pro") == [(True, False)]  # in the call, not at the next tick
+    assert [r.missed for r in sweep(live.runtime.engine) if r.segment == "pro"] == [0]

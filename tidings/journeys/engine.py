@@ -433,6 +433,18 @@ class JourneyEngine(StepRunner):
             )
         stats.completed = sum(1 for i in items if i.status == "completed")
         stats.exited = sum(1 for i in items if i.status == "exited")
+        if stats.updated:  # committed: attributes set by update_contact move live segments
+            from tidings.segments.inputs import Change
+            from tidings.segments.live import update_many
+
+            update_many(
+                self,
+                [
+                    (cid, Change.contact(frozenset(keys), consents=False))
+                    for cid, keys in stats.updated.items()
+                ],
+                now=now,
+            )
         return stats
 
 

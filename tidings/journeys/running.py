@@ -118,7 +118,7 @@ def tick_all(
     )
     from tidings.segments.live import sweep
 
-    sweep(runtime, now=now)  # live segments: time windows, and the check of the live path
+    sweep(runtime.engine, now=now)  # live segments: time windows, and the check of the live path
     scheduled = run_schedules(runtime, now=now)
     with Session(runtime.db) as session:
         known = list(session.scalars(select(JourneyRow.name).distinct().order_by(JourneyRow.name)))

@@ -308,7 +308,7 @@ def _apply(runtime: Any, item: TimelineItem, contact_id: int, at: datetime, jour
         from tidings.segments.inputs import Change
         from tidings.segments.live import update as live_update
 
-        live_update(runtime, [contact_id], Change(orders=True), now=at)
+        live_update(runtime.engine, [contact_id], Change(orders=True), now=at)
         post_event(
             runtime,
             contact_id=contact_id,
@@ -332,7 +332,8 @@ def _apply(runtime: Any, item: TimelineItem, contact_id: int, at: datetime, jour
             merged = {**(contact.attributes or {}), **_json_dates(item.attributes)}
             contact.attributes = {k: v for k, v in merged.items() if v is not None}
             contact.updated_at = at
-        live_update(runtime, [contact_id], Change.contact(frozenset(item.attributes)), now=at)
+        keys = frozenset(item.attributes)
+        live_update(runtime.engine, [contact_id], Change.contact(keys), now=at)
     else:
         _engage(runtime, item, contact_id, at, journey)
 

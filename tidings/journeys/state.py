@@ -102,6 +102,9 @@ class TickStats:
     deferred_steps: dict[str, int] = field(default_factory=lambda: defaultdict(int))
     # per (step, "holdout" | "control"): sends left out with no message row
     held_out_steps: dict[tuple[str, str], int] = field(default_factory=lambda: defaultdict(int))
+    # contact -> attribute keys an update_contact step set in this tick (for the live
+    # segments, after the commit; like ``ids``, not collected by ``add``)
+    updated: dict[int, set[str]] = field(default_factory=dict)
 
     def add(self, other: TickStats) -> None:
         self.processed += other.processed

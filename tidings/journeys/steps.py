@@ -88,6 +88,7 @@ class StepRunner:
             case s.UpdateContactStep():
                 self._update_contacts(session, step, group, now)
                 for item in group:
+                    stats.updated.setdefault(item.contact_id, set()).update(step.set)
                     item.go(item.version.after(step.id))
             case s.WebhookStep():
                 self._webhook(step, group, now)

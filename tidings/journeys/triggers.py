@@ -154,7 +154,7 @@ def post_event(
         from tidings.segments.inputs import Change
         from tidings.segments.live import update
 
-        update(runtime, [contact_id], Change.event(name), now=now)
+        update(runtime.engine, [contact_id], Change.event(name), now=now)
     goals = [v for v in every if v.journey.settings.goal and v.journey.settings.goal.event == name]
     if goals:  # converted at once, whether the contact is waiting, finished or exited
         outcome.converted = runtime.engine.convert(goals, now=now, contact_id=contact_id)[0]

@@ -1,12 +1,13 @@
 """Live segments: memberships that follow events, attributes, orders and consents at once.
 
 A write path that changes something about some contacts (an event posted, a contact upserted,
-an order, a consent) calls ``update(runtime, contact_ids, change)`` after its commit. For each
-*live* segment whose rule reads what changed (``segments.inputs``), the segment's compiled
-statement is evaluated for those contacts only (still one set-based statement) and their stays
-are brought up to date (``membership.refresh_stays``): entries and exits are recorded as they
-happen, the new stays are enrolled into the segment-triggered journeys in the same
-transaction, and enrollments waiting at a ``wait_for_segment`` step on the segment are woken.
+an order, a consent, an ``update_contact`` step) calls ``update(engine, contact_ids, change)``
+after its commit (``engine``: the ``JourneyEngine``). For each *live* segment whose rule reads
+what changed (``segments.inputs``), the segment's compiled statement is evaluated for those
+contacts only (still one set-based statement) and their stays are brought up to date
+(``membership.refresh_stays``): entries and exits are recorded as they happen, the new stays
+are enrolled into the segment-triggered journeys in the same transaction, and enrollments
+waiting at a ``wait_for_segment`` step on the segment are woken.
 
 Each segment's change runs in its own transaction under the segment's lock
 (``membership.lock_segment``), which the tick's full refresh takes too: any number of workers
@@ -19,7 +20,7 @@ segments' memberships, and any rule it does not know. ``sweep`` is a full refres
 segment; for a segment the live path keeps exact (``Inputs.swept`` empty), anything the full
 refresh changes is something the live path missed, and is reported as such.
 
->>> update(runtime, [7], Change.event("cart.updated"))        # doctest: +SKIP
+>>> update(runtime.engine, [7], Change.event("cart.updated"))        # doctest: +SKIP
 LiveStats(segments=1, entered=1, exited=0, enrolled=1, woken=0)
 """
 
@@ -29,7 +30,7 @@ import logging
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import String, Table, cast, literal, select
 from sqlalchemy import update as sql_update
@@ -40,6 +41,9 @@ from tidings.crm.types import utcnow
 from tidings.segments.inputs import Change, Inputs, inputs
 from tidings.segments.loader import Catalog
 from tidings.segments.membership import refresh_stays
+
+if TYPE_CHECKING:
+    from tidings.journeys.engine import JourneyEngine
 
 log = logging.getLogger("tidings.segments")
 CHUNK = 1000  # contacts per restricted evaluation (bound parameters stay few)
@@ -96,13 +100,13 @@ def live_names(catalog: Catalog, versions: Iterable[Any]) -> set[str]:
 _plans: dict[tuple[int, tuple[tuple[int, str], ...]], Plan] = {}
 
 
-def plan(runtime: Any) -> Plan:
-    """The live plan of a runtime's journeys (cached per set of versions and statuses)."""
+def plan(engine: JourneyEngine) -> Plan:
+    """The live plan of the engine's journeys (cached per set of versions and statuses)."""
     from tidings.journeys import schema as s
     from tidings.journeys.triggers import newest_active
 
-    catalog = runtime.engine._catalog()
-    every = runtime.engine.versions()
+    catalog = engine._catalog()
+    every = engine.versions()
     key = (id(catalog), tuple((v.id, v.status) for v in every))
     found = _plans.get(key)
     if found is not None:
@@ -130,18 +134,18 @@ def plan(runtime: Any) -> Plan:
 
 
 def update(
-    runtime: Any,
+    engine: JourneyEngine,
     contact_ids: Iterable[int],
     change: Change,
     *,
     now: datetime | None = None,
 ) -> LiveStats:
     """Bring the live segments ``change`` can affect up to date for these contacts."""
-    return update_many(runtime, [(cid, change) for cid in contact_ids], now=now)
+    return update_many(engine, [(cid, change) for cid in contact_ids], now=now)
 
 
 def update_many(
-    runtime: Any, changes: Iterable[tuple[int, Change]], *, now: datetime | None = None
+    engine: JourneyEngine, changes: Iterable[tuple[int, Change]], *, now: datetime | None = None
 ) -> LiveStats:
     """``update`` for a batch of (contact, what changed for it): each live segment is
     evaluated once, for the contacts whose change it reads."""
@@ -149,7 +153,7 @@ def update_many(
     changes = list(changes)
     if not changes:
         return stats
-    current = plan(runtime)
+    current = plan(engine)
     by_change: dict[Change, set[int]] = {}
     for cid, change in changes:
         by_change.setdefault(change, set()).add(cid)
@@ -160,19 +164,19 @@ def update_many(
     if not wanted:
         return stats
     now = now or utcnow()
-    catalog = runtime.engine._catalog()
+    catalog = engine._catalog()
     for name in sorted(wanted):
         stats.segments += 1
         for chunk in _chunks(sorted(wanted[name]), CHUNK):
-            stats.add(_apply(runtime, current, catalog, name, chunk, now))
+            stats.add(_apply(engine, current, catalog, name, chunk, now))
     return stats
 
 
 def _apply(
-    runtime: Any, current: Plan, catalog: Catalog, name: str, ids: list[int], now: datetime
+    engine: JourneyEngine, current: Plan, catalog: Catalog, name: str, ids: list[int], now: datetime
 ) -> LiveStats:
     stats = LiveStats()
-    with Session(runtime.db) as session, session.begin():
+    with Session(engine.db) as session, session.begin():
         stays = refresh_stays(name, session=session, catalog=catalog, now=now, contact_ids=ids)
         stats.entered, stats.exited = stays.entered, stays.exited
         if stays.new:
@@ -182,7 +186,7 @@ def _apply(
                 (literal("m:") + cast(m.id, String)).label("entry_key"),
             ).where(m.id.in_([stay for stay, _ in stays.new]))
             for version in current.triggers.get(name, []):
-                stats.enrolled += runtime.engine.enroll_select(
+                stats.enrolled += engine.enroll_select(
                     version, candidates, now=now, session=session
                 )
         moved = [cid for _, cid in stays.new] + stays.left
@@ -227,17 +231,17 @@ class SweepResult:
         return 0 if self.swept else self.entered + self.exited
 
 
-def sweep(runtime: Any, *, now: datetime | None = None) -> list[SweepResult]:
+def sweep(engine: JourneyEngine, *, now: datetime | None = None) -> list[SweepResult]:
     """Full refresh of every live segment: the time-window sweep and the live path's check.
 
     Entries found here are enrolled by the journeys' own tick (``enroll_segment`` takes every
     open stay); a change in a segment the live path keeps exact is logged as missed."""
     now = now or utcnow()
-    current = plan(runtime)
-    catalog = runtime.engine._catalog()
+    current = plan(engine)
+    catalog = engine._catalog()
     results = []
     for name, got in current.inputs.items():
-        with Session(runtime.db) as session, session.begin():
+        with Session(engine.db) as session, session.begin():
             stays = refresh_stays(name, session=session, catalog=catalog, now=now)
             if stays.entered + stays.exited and current.waits.get(name):
                 m = SegmentMembership

@@ -375,7 +375,7 @@ def _write(
     if report.touched:  # committed: the live segments follow at once
         from tidings.segments.live import update
 
-        update(state.runtime(), report.touched, change)
+        update(state.runtime().engine, report.touched, change)
     counts = {k: getattr(report, k) for k in ("inserted", "updated", "unchanged")}
     return 200, counts
 

@@ -192,7 +192,7 @@ def post_many(runtime: Any, items: list[dict[str, Any]]) -> list[dict[str, Any]]
             "failures": [],
             "enrollments": {},
         }
-    update_many(runtime, changed, now=now)  # the live segments that read these events
+    update_many(runtime.engine, changed, now=now)  # the live segments that read these events
     return [r for r in results if r is not None]
 
 
