@@ -54,6 +54,9 @@ def test_schema_is_generated_from_the_models() -> None:
     schema = json.loads(result.output)
     assert set(schema["required"]) == {"name", "trigger", "steps"}
     assert "WaitForEventStep" in schema["$defs"]
+    wait = schema["$defs"]["WaitForSegmentStep"]
+    assert set(wait["required"]) >= {"segment", "timeout", "on_timeout"}
+    assert wait["properties"]["until"]["enum"] == ["in", "out"]
     assert schema["$defs"]["WaitStep"]["properties"]["duration"]["type"] == "string"
 
 

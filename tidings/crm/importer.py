@@ -107,6 +107,8 @@ class ImportReport:
     """Double opt-in confirmation emails queued in the outbox (crm/optin.py)."""
     errors: list[RowError] = field(default_factory=list)
     warnings: list[RowError] = field(default_factory=list)
+    touched: set[int] = field(default_factory=set)
+    """Contacts whose data this import changed (for the live segments, segments.live)."""
 
     @property
     def accepted(self) -> int:
@@ -411,6 +413,7 @@ def _apply_contacts(
         )
     report.inserted += len(new)
     report.updated += len(changed_ids | consent_only)
+    report.touched |= new_ids | changed_ids | consent_only
     report.unchanged += len(matched - changed_ids - consent_only)
 
 
@@ -565,6 +568,7 @@ def _apply_events(
     if fresh:
         conn.execute(insert_ignore(conn, events_t), fresh)
     report.inserted += len(fresh)
+    report.touched |= {row["contact_id"] for row in fresh}
     report.unchanged += len(resolved) - len(fresh)  # already stored, or twice in this batch
 
 
@@ -673,6 +677,7 @@ def _apply_orders(conn: Connection, rows: list[_Owned], report: ImportReport) ->
         conn.execute(insert_ignore(conn, events_t), events)
     report.inserted += len(fresh)
     report.updated += len(changed)
+    report.touched |= {row["contact_id"] for row in (*fresh, *changed)}
     report.unchanged += len(pending) - len(fresh) - len(changed)
 
 

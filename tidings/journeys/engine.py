@@ -277,14 +277,24 @@ class JourneyEngine(StepRunner):
             return len(self._enroll(session, version, candidates, now=now))
 
     def enroll_select(
-        self, version: Version, candidates: Any, *, now: datetime | None = None
+        self,
+        version: Version,
+        candidates: Any,
+        *,
+        now: datetime | None = None,
+        session: Session | None = None,
     ) -> int:
-        """Enrol the contacts a query selects (columns ``contact_id`` and ``entry_key``)."""
+        """Enrol the contacts a query selects (columns ``contact_id`` and ``entry_key``); in
+        the caller's ``session`` (its transaction) when given: the caller has then read the
+        journey's status itself (``versions()``), as a second transaction may not be opened
+        while SQLite's write lock is held."""
+        now = now or self.clock()
+        if session is not None:
+            return len(self._enroll(session, version, candidates, now=now))
         if self.paused(version.name):
             return 0
-        now = now or self.clock()
-        with Session(self.db) as session, session.begin():
-            return len(self._enroll(session, version, candidates, now=now))
+        with Session(self.db) as own, own.begin():
+            return len(self._enroll(own, version, candidates, now=now))
 
     def enroll_contacts(
         self,
@@ -454,6 +464,18 @@ class JourneyEngine(StepRunner):
             )
         stats.completed = sum(1 for i in items if i.status == "completed")
         stats.exited = sum(1 for i in items if i.status == "exited")
+        if stats.updated:  # committed: attributes set by update_contact move live segments
+            from tidings.segments.inputs import Change
+            from tidings.segments.live import update_many
+
+            update_many(
+                self,
+                [
+                    (cid, Change.contact(frozenset(keys), consents=False))
+                    for cid, keys in stats.updated.items()
+                ],
+                now=now,
+            )
         return stats
 
 

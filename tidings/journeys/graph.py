@@ -30,6 +30,7 @@ from tidings.journeys.schema import (
     Step,
     UpdateContactStep,
     WaitForEventStep,
+    WaitForSegmentStep,
     WaitStep,
     WaitUntilStep,
     WebhookStep,
@@ -60,7 +61,7 @@ def edges(journey: Journey, index: int) -> Iterator[tuple[str | None, Path]]:
             yield default, (*here, "next")
         case WebhookStep():
             yield default, (*here, "next")
-        case WaitForEventStep():
+        case WaitForEventStep() | WaitForSegmentStep():
             yield default, (*here, "next")
             yield step.on_timeout, (*here, "on_timeout")
         case BranchStep():
@@ -127,8 +128,8 @@ def check_graph(journey: Journey) -> list[Problem]:
             Problem(
                 ("steps", first, "id"),
                 "loop without a wait: " + " -> ".join([*cycle, cycle[0]]),
-                "put a wait, wait_until or wait_for_event step in the loop, or it would "
-                "send without end",
+                "put a wait, wait_until, wait_for_event or wait_for_segment step in the loop, "
+                "or it would send without end",
             )
         )
     return problems
@@ -181,6 +182,8 @@ def referenced_segments(journey: Journey) -> list[tuple[str, Path]]:
     if isinstance(segment, str):
         found.append((segment, ("trigger", "segment")))
     for index, step in enumerate(journey.steps):
+        if isinstance(step, WaitForSegmentStep):
+            found.append((step.segment, ("steps", index, "segment")))
         if isinstance(step, BranchStep):
             for n, branch in enumerate(step.branches):
                 for name in _segment_refs(branch.when):

@@ -116,6 +116,9 @@ def tick_all(
         older_than=timedelta(seconds=parse_duration(runtime.settings.reconcile_after)),
         now=now,
     )
+    from tidings.segments.live import sweep
+
+    sweep(runtime.engine, now=now)  # live segments: time windows, and the check of the live path
     scheduled = run_schedules(runtime, now=now)
     from tidings.crm.optin import queued_confirmations
 

@@ -273,6 +273,18 @@ class WaitForEventStep(_Step):
     on_timeout: str
 
 
+class WaitForSegmentStep(_Step):
+    """Wait until the contact is in (``until: in``) or out of (``until: out``) a segment; goes
+    on (``next``) as soon as it is, after ``timeout`` to ``on_timeout``. The segment is kept
+    live while a journey waits for it, so a change is seen within seconds, not at the tick."""
+
+    type: Literal["wait_for_segment"]
+    segment: str
+    until: Literal["in", "out"] = Field("in", description="in: until a member; out: until not")
+    timeout: Duration
+    on_timeout: str
+
+
 class Branch(_Strict):
     when: Rule
     next: str
@@ -321,6 +333,7 @@ Step = Annotated[
     | WaitStep
     | WaitUntilStep
     | WaitForEventStep
+    | WaitForSegmentStep
     | BranchStep
     | SplitStep
     | UpdateContactStep
@@ -329,7 +342,7 @@ Step = Annotated[
     Field(discriminator="type"),
 ]
 SEND_STEPS = (EmailStep, SmsStep)
-WAIT_STEPS = (WaitStep, WaitUntilStep, WaitForEventStep)
+WAIT_STEPS = (WaitStep, WaitUntilStep, WaitForEventStep, WaitForSegmentStep)
 
 # -- settings ---------------------------------------------------------------------------------
 

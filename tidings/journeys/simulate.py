@@ -67,6 +67,11 @@ def _granted() -> dict[str, Status]:
     return {"email": "granted", "sms": "granted"}
 
 
+def _json_dates(value: dict[str, Any]) -> dict[str, Any]:
+    """YAML dates become ISO text, as an import stores them."""
+    return {k: v.isoformat() if isinstance(v, date) else v for k, v in value.items()}
+
+
 class ScenarioContact(_Strict):
     id: str = Field(description="the contact's external id; the timeline and expect name it")
     email: str | None = None
@@ -86,9 +91,8 @@ class ScenarioContact(_Strict):
 
     @field_validator("attributes")
     @classmethod
-    def _json_dates(cls, value: dict[str, Any]) -> dict[str, Any]:
-        """YAML dates become ISO text, as an import stores them."""
-        return {k: v.isoformat() if isinstance(v, date) else v for k, v in value.items()}
+    def _dates(cls, value: dict[str, Any]) -> dict[str, Any]:
+        return _json_dates(value)
 
 
 class ScenarioOrder(_Strict):
@@ -106,13 +110,17 @@ class TimelineItem(_Strict):
     open: str | None = Field(None, description="a step id: the contact opens that step's email")
     click: str | None = Field(None, description="a step id: the contact clicks in that email")
     order: ScenarioOrder | None = None
+    attributes: dict[str, Any] | None = Field(
+        None, description="attributes set on the contact (merged; null removes one)"
+    )
 
     @model_validator(mode="after")
     def _one_thing(self) -> TimelineItem:
-        given = [k for k in ("event", "open", "click", "order") if getattr(self, k) is not None]
+        kinds = ("event", "open", "click", "order", "attributes")
+        given = [k for k in kinds if getattr(self, k) is not None]
         if len(given) != 1:
             raise ValueError(
-                "each timeline item does one thing: event, open, click or order"
+                "each timeline item does one thing: event, open, click, order or attributes"
                 + (f" (this one has {', '.join(given)})" if given else "")
             )
         return self
@@ -297,6 +305,10 @@ def _apply(runtime: Any, item: TimelineItem, contact_id: int, at: datetime, jour
                     updated_at=at,
                 )
             )
+        from tidings.segments.inputs import Change
+        from tidings.segments.live import update as live_update
+
+        live_update(runtime.engine, [contact_id], Change(orders=True), now=at)
         post_event(
             runtime,
             contact_id=contact_id,
@@ -310,6 +322,18 @@ def _apply(runtime: Any, item: TimelineItem, contact_id: int, at: datetime, jour
             now=at,
             source="scenario",
         )
+    elif item.attributes is not None:
+        from tidings.segments.inputs import Change
+        from tidings.segments.live import update as live_update
+
+        with Session(runtime.db) as session, session.begin():
+            contact = session.get(Contact, contact_id)
+            assert contact is not None
+            merged = {**(contact.attributes or {}), **_json_dates(item.attributes)}
+            contact.attributes = {k: v for k, v in merged.items() if v is not None}
+            contact.updated_at = at
+        keys = frozenset(item.attributes)
+        live_update(runtime.engine, [contact_id], Change.contact(keys), now=at)
     else:
         _engage(runtime, item, contact_id, at, journey)
 

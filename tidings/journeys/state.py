@@ -104,6 +104,9 @@ class TickStats:
     held_out_steps: dict[tuple[str, str], int] = field(default_factory=lambda: defaultdict(int))
     # per step: an auto-winner's rest, waiting for the decision
     awaiting_winner: dict[str, int] = field(default_factory=lambda: defaultdict(int))
+    # contact -> attribute keys an update_contact step set in this tick (for the live
+    # segments, after the commit; like ``ids``, not collected by ``add``)
+    updated: dict[int, set[str]] = field(default_factory=dict)
 
     def add(self, other: TickStats) -> None:
         self.processed += other.processed

@@ -78,6 +78,8 @@ class StepRunner:
                 self._wait_until(session, step, group, now)
             case s.WaitForEventStep():
                 self._wait_for_event(session, step, group, now)
+            case s.WaitForSegmentStep():
+                self._wait_for_segment(session, step, group, now)
             case s.BranchStep():
                 self._branch(session, step, group, now)
             case s.SplitStep():
@@ -88,6 +90,7 @@ class StepRunner:
             case s.UpdateContactStep():
                 self._update_contacts(session, step, group, now)
                 for item in group:
+                    stats.updated.setdefault(item.contact_id, set()).update(step.set)
                     item.go(item.version.after(step.id))
             case s.WebhookStep():
                 self._webhook(step, group, now)
@@ -195,6 +198,39 @@ class StepRunner:
                 self._done_waiting(item, step.on_timeout)
             else:  # woken early by something else: keep waiting
                 item.park(until)
+
+    def _wait_for_segment(
+        self, session: Session, step: s.WaitForSegmentStep, group: list[Item], now: datetime
+    ) -> None:
+        """Members now (the segment's statement for this group, one query) go on; the others
+        wait until ``timeout``. A live change of the segment wakes them early
+        (``segments.live``), and they are looked at again here."""
+        members = self._members(session, step.segment, [i.contact_id for i in group], now)
+        for item in group:
+            if (item.contact_id in members) == (step.until == "in"):
+                self._done_waiting(item, item.version.after(step.id))
+                continue
+            if self._woken(item, step.id):
+                until = datetime.fromisoformat(item.context["waiting"]["until"])
+            else:
+                start = self._wait_start(item, step.id, now)
+                until = start + timedelta(seconds=step.timeout)
+            if now >= until:
+                self._done_waiting(item, step.on_timeout)
+            else:
+                self._wait(item, step.id, now, until)
+
+    def _members(
+        self, session: Session, segment: str, contact_ids: list[int], now: datetime
+    ) -> set[int]:
+        from tidings.segments.membership import segment_statement, tune_for_segments
+
+        tune_for_segments(session)
+        query = segment_statement(
+            segment, catalog=self._catalog(), dialect=self.db.dialect.name, now=now
+        )
+        ids = query.subquery()
+        return set(session.scalars(select(ids.c.id).where(ids.c.id.in_(contact_ids))))
 
     # -- decisions -----------------------------------------------------------------------
     def _branch(

@@ -93,7 +93,10 @@ def post_event(
     idempotency_key: str | None = None,
     source: str = "api",
     now: datetime | None = None,
+    live: bool = True,
 ) -> EventOutcome:
+    """Store the event and do what it starts (module docstring); ``live``: bring the live
+    segments that read it up to date now (``post_many`` does that once for a batch)."""
     now = now or utcnow()
     occurred_at = occurred_at or now
     properties = properties or {}
@@ -147,6 +150,11 @@ def post_event(
             versions=[v for v in every if v.name in active_names],
             now=now,
         )
+    if live:
+        from tidings.segments.inputs import Change
+        from tidings.segments.live import update
+
+        update(runtime.engine, [contact_id], Change.event(name), now=now)
     goals = [v for v in every if v.journey.settings.goal and v.journey.settings.goal.event == name]
     if goals:  # converted at once, whether the contact is waiting, finished or exited
         outcome.converted = runtime.engine.convert(goals, now=now, contact_id=contact_id)[0]
@@ -157,6 +165,74 @@ def post_event(
     outcome.sent, outcome.failed, outcome.retry = sent.sent, sent.failed, sent.retry
     outcome.failures = failure_report(runtime.db, sent) if sent.problems else []
     return outcome
+
+
+def starts_something(versions: list[Version], name: str) -> bool:
+    """Whether an event named ``name`` may enrol someone (an event trigger) or convert (a
+    goal); ``versions`` from ``engine.versions()``. Other events are stored in bulk
+    (``store_events``)."""
+    for version in newest_active(versions):
+        t = version.journey.trigger
+        if isinstance(t, s.EventTrigger) and t.event == name:
+            return True
+    return any(v.journey.settings.goal and v.journey.settings.goal.event == name for v in versions)
+
+
+def store_events(
+    runtime: Runtime, events: list[dict[str, Any]], *, versions: list[Version], now: datetime
+) -> list[int | None]:
+    """Store events that start nothing (``starts_something`` is false for each) in one
+    statement, and wake the enrollments waiting for them: what ``post_event`` does for such an
+    event, for a whole batch. Each event: ``contact_id``, ``name``, ``properties``,
+    ``occurred_at``, ``idempotency_key`` (None: derived as ``post_event`` does), ``source``.
+    Returns each event's new id, None for one stored before (or twice in the batch)."""
+    rows = []
+    for event in events:
+        properties = event.get("properties") or {}
+        key = event.get("idempotency_key") or event_key(
+            event["contact_id"], event["name"], event["occurred_at"], properties
+        )
+        rows.append(
+            {
+                "contact_id": event["contact_id"],
+                "name": event["name"],
+                "properties": properties,
+                "occurred_at": event["occurred_at"],
+                "received_at": now,
+                "source": event.get("source") or "api",
+                "idempotency_key": key,
+            }
+        )
+    if not rows:
+        return []
+    active = {v.name for v in newest_active(versions)}
+    awaited = {
+        step.event
+        for v in versions
+        if v.name in active
+        for step in v.journey.steps
+        if isinstance(step, s.WaitForEventStep)
+    }
+    with Session(runtime.db) as session, session.begin():
+        stored = {
+            key: event_id
+            for event_id, key in session.execute(
+                insert_ignore(session, events_t).returning(Event.id, Event.idempotency_key),
+                rows,
+            )
+        }
+        for contact_id, name in sorted(
+            {(r["contact_id"], r["name"]) for r in rows if r["idempotency_key"] in stored}
+        ):
+            if name in awaited:
+                wake_waiting(
+                    session,
+                    contact_id=contact_id,
+                    event=name,
+                    versions=[v for v in versions if v.name in active],
+                    now=now,
+                )
+    return [stored.pop(row["idempotency_key"], None) for row in rows]
 
 
 def runs_at_once(versions: list[Version], name: str, properties: dict[str, Any]) -> bool:

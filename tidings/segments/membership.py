@@ -18,17 +18,21 @@ its last look. A contact who leaves and comes back gets a new row.
 
 from __future__ import annotations
 
+import hashlib
 import re
+from collections.abc import Collection
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
 from sqlalchemy import Select, and_, exists, func, literal, select, text, update
+from sqlalchemy import insert as sql_insert
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from tidings.config import get_settings
 from tidings.crm.types import utcnow
-from tidings.segments.compile import compile_core, memberships
+from tidings.segments.compile import compile_core, contacts, memberships
 from tidings.segments.loader import Catalog
 from tidings.segments.rules import Segment
 
@@ -98,6 +102,29 @@ def count(
     return int(session.scalar(select(func.count()).select_from(stmt.subquery())) or 0)
 
 
+def lock_segment(session: Session, name: str) -> None:
+    """Serialise changes to one segment's stays until the transaction ends (PostgreSQL: an
+    advisory transaction lock; SQLite serialises writers itself). Every writer of stays takes
+    it first, so each one's statements see every change committed before it got the lock: the
+    live path and the full refresh, from any number of workers, neither lose nor repeat an
+    entry or exit."""
+    if session.get_bind().dialect.name == "postgresql":
+        digest = hashlib.sha256(b"tidings-segment:" + name.encode()).digest()
+        key = int.from_bytes(digest[:8], "big", signed=True)
+        session.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": key})
+
+
+@dataclass
+class Stays:
+    """What one refresh changed: new stays (membership id, contact id) and exited contacts
+    (listed only when the refresh was restricted to some contacts; else counted)."""
+
+    entered: int = 0
+    exited: int = 0
+    new: list[tuple[int, int]] = field(default_factory=list)
+    left: list[int] = field(default_factory=list)
+
+
 def refresh(
     segment: str | Segment,
     *,
@@ -106,14 +133,35 @@ def refresh(
     now: datetime | None = None,
 ) -> tuple[int, int]:
     """Bring ``segment_memberships`` up to date; returns (entered, exited) row counts."""
+    stays = refresh_stays(segment, session=session, catalog=catalog, now=now)
+    return stays.entered, stays.exited
+
+
+def refresh_stays(
+    segment: str | Segment,
+    *,
+    session: Session,
+    catalog: Catalog | None = None,
+    now: datetime | None = None,
+    contact_ids: Collection[int] | None = None,
+) -> Stays:
+    """``refresh``, optionally restricted to ``contact_ids`` (the live path: the segment's
+    statement evaluated for those contacts only, still set-based); takes the segment's lock."""
     now = now or utcnow()
     name = _name(segment)
     dialect = session.get_bind().dialect.name
-    members = segment_statement(segment, catalog=catalog, dialect=dialect, now=now).subquery()
+    statement = segment_statement(segment, catalog=catalog, dialect=dialect, now=now)
+    some = sorted(set(contact_ids)) if contact_ids is not None else None
+    if some is not None:
+        statement = statement.where(contacts.c.id.in_(some))
+    members = statement.subquery()
     m = memberships
-    tune_for_segments(session)
+    lock_segment(session, name)
+    if some is None:  # a few contacts need neither more work_mem nor the guard against JIT
+        tune_for_segments(session)
     connection = session.connection()  # Core execution: exact rowcounts on both dialects
-    exited = connection.execute(
+    stays = Stays()
+    leave = (
         update(m)
         .where(
             m.c.segment == name,
@@ -123,20 +171,37 @@ def refresh(
             ~exists(select(literal(1)).where(members.c.id == m.c.contact_id)),
         )
         .values(exited_at=now)
-    ).rowcount
+    )
+    if some is not None:
+        leave = leave.where(m.c.contact_id.in_(some))
+        stays.left = list(connection.execute(leave.returning(m.c.contact_id)).scalars())
+        stays.exited = len(stays.left)
+    else:
+        stays.exited = int(connection.execute(leave).rowcount)
     is_open = exists(
         select(literal(1)).where(
             and_(m.c.segment == name, m.c.contact_id == members.c.id, m.c.exited_at.is_(None))
         )
     )
     new = select(literal(name), members.c.id, literal(now, m.c.entered_at.type)).where(~is_open)
-    insert: Any = postgresql.insert(m) if dialect == "postgresql" else sqlite.insert(m)
-    statement = insert.from_select(["segment", "contact_id", "entered_at"], new)
-    statement = statement.on_conflict_do_nothing(
-        index_elements=["segment", "contact_id"], index_where=m.c.exited_at.is_(None)
-    )
-    entered = connection.execute(statement.execution_options(preserve_rowcount=True)).rowcount
-    return int(entered), int(exited)
+    columns = ["segment", "contact_id", "entered_at"]
+    if some is not None:
+        # The live path's hot statement: a plain INSERT, which SQLAlchemy caches compiled (an
+        # ON CONFLICT clause with index_where is compiled anew every time). Under the
+        # segment's lock no other writer can open the stay meanwhile; the unique index stays
+        # the backstop.
+        enter = sql_insert(m).from_select(columns, new)
+        rows = connection.execute(enter.returning(m.c.id, m.c.contact_id))
+        stays.new = [(int(i), int(cid)) for i, cid in rows]
+        stays.entered = len(stays.new)
+    else:
+        insert: Any = postgresql.insert(m) if dialect == "postgresql" else sqlite.insert(m)
+        enter = insert.from_select(columns, new).on_conflict_do_nothing(
+            index_elements=["segment", "contact_id"], index_where=m.c.exited_at.is_(None)
+        )
+        result = connection.execute(enter.execution_options(preserve_rowcount=True))
+        stays.entered = int(result.rowcount)
+    return stays
 
 
 def current_members(segment: str, *, session: Session) -> list[int]:

@@ -656,4 +656,9 @@ class Segment(_Strict):
 
     name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$", max_length=200)
     description: str = ""
+    live: bool = Field(
+        False,
+        description="Keep the membership up to date as events, attributes, orders and "
+        "consents change (also when a journey is triggered by it or waits for it).",
+    )
     rule: Rule

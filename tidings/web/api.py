@@ -47,6 +47,7 @@ from tidings.crm.importer import (
 from tidings.crm.optin import OptInPolicy
 from tidings.crm.readers import Record
 from tidings.crm.types import utcnow
+from tidings.segments.inputs import Change
 from tidings.web.apikeys import Principal, authenticate, request_hash
 from tidings.web.card import contact_card
 from tidings.web.events import MAX_BATCH, ContactRef, EventIn, post_many, resolve, to_item
@@ -349,6 +350,7 @@ def _write(
     parse: Callable[[Record], Any],
     apply: Callable[[Any, list[Any], ImportReport], None],
     kind: str,
+    change: Change,
 ) -> tuple[int, dict[str, Any]]:
     report = ImportReport(kind=kind, path="api")
     rows = []
@@ -373,6 +375,10 @@ def _write(
     if report.errors:
         errors = [{"index": e.line, "field": e.column, "error": e.reason} for e in report.errors]
         return 422, {"detail": errors}
+    if report.touched:  # committed: the live segments follow at once
+        from tidings.segments.live import update
+
+        update(state.runtime().engine, report.touched, change)
     counts = {k: getattr(report, k) for k in ("inserted", "updated", "unchanged")}
     if report.confirmations:  # double opt-in emails, committed in the outbox: send them now
         counts["confirmations"] = len(report.confirmations)
@@ -406,6 +412,7 @@ async def post_contacts(
                 conn, rows, rep, source=source, optin=OptInPolicy.from_settings(state.settings)
             ),
             "contacts",
+            Change.contact(),
         )
 
     return await idempotent(request, who, idem, compute)
@@ -421,7 +428,9 @@ async def post_orders(
     models = body if isinstance(body, list) else [body]
 
     def compute() -> tuple[int, dict[str, Any]]:
-        return _write(state, models, _parse_order, _apply_orders, "orders")
+        # an order also writes order.* events (crm.importer.order_events)
+        change = Change(events=None, orders=True)
+        return _write(state, models, _parse_order, _apply_orders, "orders", change)
 
     return await idempotent(request, who, idem, compute)
 

@@ -136,36 +136,64 @@ def resolve(db: Engine, items: list[dict[str, Any]]) -> list[int | None]:
 
 
 def post_many(runtime: Any, items: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Post each event through ``post_event``; one result per item, in order."""
-    from tidings.journeys.triggers import post_event
+    """Post events; one result per item, in order. An event that may start a journey or
+    convert goes through ``post_event`` (enrol, transactional send); the others are stored in
+    one statement (``store_events``). Then the live segments that read these events are
+    brought up to date for their contacts, once for the batch."""
+    from tidings.crm.types import utcnow
+    from tidings.journeys.triggers import post_event, starts_something, store_events
+    from tidings.segments.inputs import Change
+    from tidings.segments.live import update_many
 
-    results = []
+    now = utcnow()
+    versions = runtime.engine.versions()
+    results: list[dict[str, Any] | None] = [None] * len(items)
+    quiet: list[tuple[int, dict[str, Any]]] = []
+    changed: set[tuple[int, Change]] = set()
     for index, (item, contact_id) in enumerate(zip(items, resolve(runtime.db, items), strict=True)):
         if contact_id is None:
-            results.append({"index": index, "status": "rejected", "error": "no such contact"})
+            results[index] = {"index": index, "status": "rejected", "error": "no such contact"}
             continue
-        outcome = post_event(
-            runtime,
-            contact_id=contact_id,
-            name=item["name"],
-            properties=item.get("properties") or {},
-            occurred_at=datetime.fromisoformat(item["occurred_at"]),
-            idempotency_key=item.get("idempotency_key"),
-            source=item.get("source") or "api",
-        )
-        results.append(
-            {
-                "index": index,
-                "status": "duplicate" if outcome.duplicate else "stored",
-                "event_id": outcome.event_id,
-                "sent": outcome.sent,
-                "failed": outcome.failed,
-                "retry": outcome.retry,
-                "failures": outcome.failures,
-                "enrollments": {k: len(v) for k, v in outcome.enrollments.items()},
-            }
-        )
-    return results
+        event = {
+            "contact_id": contact_id,
+            "name": item["name"],
+            "properties": item.get("properties") or {},
+            "occurred_at": datetime.fromisoformat(item["occurred_at"]),
+            "idempotency_key": item.get("idempotency_key"),
+            "source": item.get("source") or "api",
+        }
+        if not starts_something(versions, item["name"]):
+            quiet.append((index, event))
+            continue
+        outcome = post_event(runtime, **event, now=now, live=False)
+        if not outcome.duplicate:
+            changed.add((contact_id, Change.event(item["name"])))
+        results[index] = {
+            "index": index,
+            "status": "duplicate" if outcome.duplicate else "stored",
+            "event_id": outcome.event_id,
+            "sent": outcome.sent,
+            "failed": outcome.failed,
+            "retry": outcome.retry,
+            "failures": outcome.failures,
+            "enrollments": {k: len(v) for k, v in outcome.enrollments.items()},
+        }
+    ids = store_events(runtime, [e for _, e in quiet], versions=versions, now=now)
+    for (index, event), event_id in zip(quiet, ids, strict=True):
+        if event_id is not None:
+            changed.add((event["contact_id"], Change.event(event["name"])))
+        results[index] = {
+            "index": index,
+            "status": "stored" if event_id is not None else "duplicate",
+            "event_id": event_id,
+            "sent": 0,
+            "failed": 0,
+            "retry": 0,
+            "failures": [],
+            "enrollments": {},
+        }
+    update_many(runtime.engine, changed, now=now)  # the live segments that read these events
+    return [r for r in results if r is not None]
 
 
 def make_poster(runtime: Any) -> EventPoster:

@@ -1,0 +1,383 @@
+"""Live segments: time from an event posted through the API to the membership change it causes.
+
+    flock /tmp/tidings-bench.lock .venv/bin/python benchmarks/segments_live.py \
+        [--contacts 1000000] [--rate 10000] [--seconds 300] [--baseline-seconds 30] \
+        [--clients 4] [--batch 100] [--workers 2] [--segments 20] \
+        [--url postgresql+psycopg://postgres@127.0.0.1:5432/postgres]
+
+A fresh PostgreSQL database is migrated and filled from inside PostgreSQL (``--contacts``
+contacts with a ``plan`` attribute, two older events and one order each). A project with
+``--segments`` live segments (``live: true``) is written to a scratch folder: segment k is "has
+performed ``bench.e<k>``" and one more condition every contact meets (an attribute, an order
+count, a count of other events, an address), so that each posted event moves its contact into
+one segment unless it is in already. The web app (``tidings serve``'s app, direct writes, no
+Redis) runs under uvicorn with ``--workers`` processes; ``--clients`` threads post batches of
+``--batch`` events to ``POST /v1/events``, paced to ``--rate`` events/s in total, each event
+carrying the time it was sent as ``occurred_at``.
+
+Two phases in the same run: the *baseline* posts events that no segment reads (the live path
+finds nothing to do) for ``--baseline-seconds``; the *live* phase posts the segments' events for
+``--seconds``. Then it asserts what happened (every posted event stored; every event whose
+contact was not yet in its segment opened exactly one stay, and no stay opened without one),
+takes the p50/p95/max time from an event's ``occurred_at`` to the ``entered_at`` of the stay it
+opened, runs the tick's full refresh (``segments.live.sweep``) and asserts it found nothing the
+live path missed. Prints the rates, the ratio of the live phase's rate to the baseline's, the
+latencies, and whether the goals (rate reached, p95 < 5 s, nothing missed) were met.
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import orjson
+from sqlalchemy import create_engine, text
+from sqlalchemy.engine import make_url
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from benchmarks.segments import _without_indexes  # noqa: E402
+from tidings.config import Settings  # noqa: E402
+from tidings.crm.db import make_engine, upgrade  # noqa: E402
+from tidings.journeys.runtime import Runtime  # noqa: E402
+from tidings.segments.live import sweep  # noqa: E402
+from tidings.web.apikeys import create_key  # noqa: E402
+
+NOW = datetime(2026, 11, 1, tzinfo=UTC)
+LOAD_SQL = (
+    (
+        "contacts",
+        """
+INSERT INTO contacts (id, external_id, email, attributes, created_at, updated_at)
+SELECT i, 'c' || i, 'c' || i || '@example.com',
+       jsonb_build_object('plan', CASE WHEN random() < 0.3 THEN 'pro' ELSE 'free' END),
+       :now, :now
+FROM generate_series(1, :contacts) AS i
+""",
+    ),
+    (
+        "events",
+        """
+INSERT INTO events (id, contact_id, name, properties, occurred_at, received_at, source,
+                    idempotency_key)
+SELECT i, 1 + (i % :contacts), CASE WHEN i % 2 = 0 THEN 'page.viewed' ELSE 'login' END,
+       '{}', :now - (i % 86400) * interval '1 second', :now, 'bench', 'seed' || i
+FROM generate_series(1, 2 * :contacts) AS i
+""",
+    ),
+    (
+        "orders",
+        """
+INSERT INTO orders (id, order_id, contact_id, total, currency, status, placed_at, updated_at,
+                    attributes)
+SELECT i, 'o' || i, i, 10 + i % 90, 'EUR', 'completed', :now - (i % 700) * interval '1 day',
+       :now, '{}'
+FROM generate_series(1, :contacts) AS i
+""",
+    ),
+)
+#: The extra condition of segment k (every loaded contact meets each one).
+EXTRA = (
+    {"attribute": "plan", "exists": True},
+    {"orders": {"count": {"lt": 100}}},
+    {"event": "page.viewed", "count": {"lt": 1000}},
+    {"attribute": "email", "exists": True},
+    {"not": {"attribute": "blocked", "eq": True}},
+)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def load(url: str, contacts: int) -> float:
+    started = time.perf_counter()
+    engine = create_engine(url)
+    with engine.begin() as conn:
+        conn.execute(text("SET LOCAL session_replication_role = replica"))
+        conn.execute(text("SET LOCAL maintenance_work_mem = '256MB'"))
+        tables = [table for table, _ in LOAD_SQL]
+        rebuild = _without_indexes(conn, tables)
+        for _, sql in LOAD_SQL:
+            conn.execute(text(sql), {"now": NOW, "contacts": contacts})
+        for statement in rebuild:
+            conn.execute(text(statement))
+        for table in tables:
+            conn.execute(
+                text(
+                    f"SELECT setval(pg_get_serial_sequence('{table}', 'id'), max(id)) FROM {table}"
+                )
+            )
+    with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+        conn.execute(text("VACUUM (ANALYZE)"))
+    engine.dispose()
+    return time.perf_counter() - started
+
+
+def write_project(root: Path, segments: int) -> None:
+    (root / "segments").mkdir(parents=True)
+    (root / "journeys").mkdir()
+    (root / "templates").mkdir()
+    for k in range(segments):
+        rule = {"all": [{"event": f"bench.e{k}"}, EXTRA[k % len(EXTRA)]]}
+        body = {"name": f"live_{k:02d}", "live": True, "rule": rule}
+        (root / "segments" / f"live_{k:02d}.yaml").write_text(orjson.dumps(body).decode())
+
+
+def wait_ready(port: int, proc: subprocess.Popen[bytes]) -> None:
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise SystemExit("the web app exited: see its output above")
+        try:
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
+            conn.request("GET", "/readyz")
+            if conn.getresponse().status == 200:
+                return
+        except OSError:
+            time.sleep(0.2)
+    raise SystemExit("the web app did not become ready in 120 s")
+
+
+def post_for(
+    port: int,
+    secret: str,
+    *,
+    rate: float,
+    seconds: float,
+    clients: int,
+    batch: int,
+    names: list[str],
+    contacts: int,
+    run: str,
+) -> tuple[int, float]:
+    """Post events paced to ``rate``/s for ``seconds``; returns (events posted, elapsed)."""
+    errors: list[str] = []
+    sent = [0] * clients
+    interval = batch * clients / rate  # each client's time between batches
+    started = time.perf_counter()
+    stop = started + seconds
+
+    def worker(n: int) -> None:
+        import random
+
+        rnd = random.Random(f"{run}-{n}")
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
+        headers = {"Authorization": f"Bearer {secret}", "Content-Type": "application/json"}
+        due = started + n * interval / clients
+        seq = 0
+        while True:
+            now = time.perf_counter()
+            if now >= stop:
+                break
+            if now < due:
+                time.sleep(due - now)
+            due += interval
+            at = datetime.now(UTC).isoformat()
+            events = []
+            for _ in range(batch):
+                seq += 1
+                events.append(
+                    {
+                        "contact_id": rnd.randint(1, contacts),
+                        "name": rnd.choice(names),
+                        "occurred_at": at,
+                        "idempotency_key": f"{run}-{n}-{seq}",
+                    }
+                )
+            conn.request("POST", "/v1/events", body=orjson.dumps(events), headers=headers)
+            response = conn.getresponse()
+            response.read()
+            if response.status != 200:
+                errors.append(f"HTTP {response.status}")
+                break
+            sent[n] += batch
+        conn.close()
+
+    threads = [threading.Thread(target=worker, args=(n,)) for n in range(clients)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    elapsed = time.perf_counter() - started
+    if errors:
+        raise SystemExit(f"{len(errors)} requests failed, e.g. {errors[0]}")
+    return sum(sent), elapsed
+
+
+CHECK_SQL = """
+WITH firsts AS (
+    SELECT contact_id, name, min(occurred_at) AS first_at
+    FROM events WHERE source LIKE 'api:%' AND name LIKE 'bench.e%'
+    GROUP BY contact_id, name
+)
+SELECT
+    (SELECT count(*) FROM firsts) AS pairs,
+    (SELECT count(*) FROM segment_memberships) AS stays,
+    (SELECT count(*) FROM segment_memberships m JOIN firsts f
+       ON f.contact_id = m.contact_id AND 'live_' || lpad(substr(f.name, 8), 2, '0') = m.segment)
+       AS matched
+"""
+LATENCY_SQL = """
+SELECT percentile_cont(ARRAY[0.5, 0.95]) WITHIN GROUP (ORDER BY s),
+       max(s), count(*)
+FROM (
+    SELECT extract(epoch FROM m.entered_at - f.first_at) AS s
+    FROM segment_memberships m
+    JOIN (SELECT contact_id, name, min(occurred_at) AS first_at FROM events
+          WHERE source LIKE 'api:%' AND name LIKE 'bench.e%' GROUP BY contact_id, name) f
+      ON f.contact_id = m.contact_id AND 'live_' || lpad(substr(f.name, 8), 2, '0') = m.segment
+) t
+"""
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--contacts", type=int, default=1_000_000)
+    parser.add_argument("--rate", type=float, default=10_000)
+    parser.add_argument("--seconds", type=float, default=300)
+    parser.add_argument("--baseline-seconds", type=float, default=30)
+    parser.add_argument("--clients", type=int, default=4)
+    parser.add_argument("--batch", type=int, default=100)
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--segments", type=int, default=20)
+    parser.add_argument("--url", default="postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
+    parser.add_argument("--keep", action="store_true", help="keep the benchmark database")
+    args = parser.parse_args()
+
+    admin = create_engine(args.url, isolation_level="AUTOCOMMIT")
+    name = f"tidings_bench_{uuid.uuid4().hex[:8]}"
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    url = make_url(args.url).set(database=name).render_as_string(hide_password=False)
+    proc = None
+    scratch = tempfile.TemporaryDirectory(prefix="tidings-live-")
+    try:
+        engine = make_engine(url)
+        upgrade(engine)
+        loaded = load(url, args.contacts)
+        print(f"loaded {args.contacts:,} contacts in {loaded:.0f} s", flush=True)
+        project = Path(scratch.name) / "project"
+        write_project(project, args.segments)
+        key = create_key(engine, name="bench")
+        port = free_port()
+        env = {
+            **os.environ,
+            "TIDINGS_DATABASE_URL": url,
+            "TIDINGS_PROJECT_DIR": str(project),
+            "TIDINGS_SECRET_KEY": "bench",
+        }
+        env.pop("TIDINGS_REDIS_URL", None)
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "uvicorn",
+                "tidings.web.app:create_app",
+                "--factory",
+                "--port",
+                str(port),
+                "--workers",
+                str(args.workers),
+                "--log-level",
+                "warning",
+                "--no-access-log",
+            ],
+            cwd=project,
+            env=env,
+        )
+        wait_ready(port, proc)
+        common: dict[str, Any] = {
+            "clients": args.clients,
+            "batch": args.batch,
+            "contacts": args.contacts,
+            "rate": args.rate,
+        }
+        base_n, base_s = post_for(
+            port,
+            key.secret,
+            seconds=args.baseline_seconds,
+            names=["bench.noise"],
+            run="base",
+            **common,
+        )
+        print(f"baseline: {base_n:,} events in {base_s:.1f} s", flush=True)
+        names = [f"bench.e{k}" for k in range(args.segments)]
+        live_n, live_s = post_for(
+            port, key.secret, seconds=args.seconds, names=names, run="live", **common
+        )
+        print(f"live: {live_n:,} events in {live_s:.1f} s", flush=True)
+        proc.terminate()
+        proc.wait(60)
+        proc = None
+
+        with engine.connect() as conn:
+            stored = conn.execute(
+                text("SELECT count(*) FROM events WHERE source LIKE 'api:%'")
+            ).scalar_one()
+            pairs, stays, matched = conn.execute(text(CHECK_SQL)).one()
+            (p50, p95), worst, measured = conn.execute(text(LATENCY_SQL)).one()
+        assert stored == base_n + live_n, f"stored {stored} of {base_n + live_n} posted events"
+        assert stays == pairs == matched, (
+            f"{pairs} (contact, segment event) pairs, {stays} stays, {matched} matched: "
+            "every first event must open exactly one stay"
+        )
+        settings = Settings(database_url=url, project_dir=project, secret_key="bench")
+        runtime = Runtime.from_settings(settings, db=engine)
+        started = time.perf_counter()
+        results = sweep(runtime.engine)
+        refresh_s = time.perf_counter() - started
+        missed = sum(r.missed for r in results)
+        assert len(results) == args.segments, f"{len(results)} live segments, not {args.segments}"
+        engine.dispose()
+    finally:
+        if proc is not None:
+            proc.terminate()
+            proc.wait(60)
+        scratch.cleanup()
+        if not args.keep:
+            with admin.connect() as conn:
+                conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+    base_rate, live_rate = base_n / base_s, live_n / live_s
+    print(
+        f"store:               {args.contacts:,} contacts, {args.segments} live segments, "
+        f"{args.workers} uvicorn worker(s), {args.clients} clients, batches of {args.batch}"
+    )
+    print(f"baseline (no segment reads the events): {base_rate:,.0f} events/s")
+    print(
+        f"live phase:          {live_rate:,.0f} events/s for {live_s:.0f} s "
+        f"(target {args.rate:,.0f}/s); ratio to baseline {live_rate / base_rate:.2f}"
+    )
+    print(
+        f"event -> membership: p50 {p50:.3f} s, p95 {p95:.3f} s, max {worst:.3f} s "
+        f"over {measured:,} entries"
+    )
+    print(f"full refresh check:  {missed} missed, {refresh_s:.1f} s for {len(results)} segments")
+    goals = {
+        "rate": live_rate >= 0.95 * args.rate,
+        "p95 < 5 s": p95 < 5,
+        "nothing missed": missed == 0,
+    }
+    for goal, met in goals.items():
+        print(f"goal {goal}: {'met' if met else 'MISSED'}")
+    if not goals["nothing missed"]:
+        raise SystemExit("the full refresh found changes the live path missed")
+
+
+if __name__ == "__main__":
+    main()

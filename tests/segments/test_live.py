@@ -1,0 +1,577 @@
+"""Live segments: inputs of a rule, memberships that follow the API's writes at once, entries
+that trigger journeys at once (a re-entry within one tick is seen), the full refresh as check,
+and the ``wait_for_segment`` step, on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+from hypothesis import HealthCheck, given
+from hypothesis import settings as hsettings
+from hypothesis import strategies as st
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session
+
+from tests.conftest import FIXTURE_PROJECT
+from tidings.config import Settings
+from tidings.crm.models import Contact, Enrollment, SegmentMembership
+from tidings.journeys.running import tick_all
+from tidings.journeys.runtime import Runtime
+from tidings.segments import core as c
+from tidings.segments.inputs import Change, inputs
+from tidings.segments.live import sweep
+from tidings.segments.live import update as live_update
+from tidings.segments.rules import Segment
+from tidings.web.apikeys import create_key
+from tidings.web.app import create_app
+
+
+def core_of(rule: dict[str, Any]) -> c.Core:
+    return c.to_core(Segment.model_validate({"name": "x", "rule": rule}).rule)
+
+
+# -- what a rule reads -------------------------------------------------------------------------
+
+
+def test_inputs_of_each_kind_of_rule() -> None:
+    got = inputs(
+        core_of(
+            {
+                "all": [
+                    {"attribute": "plan", "eq": "pro"},
+                    {"attribute": "address.city", "eq": "Berlin"},
+                    {"attribute": "locale", "eq": "de"},
+                    {"event": "cart.updated", "where": {"total": {"gt": 10}}},
+                    {"orders": {"count": {"gte": 2}}},
+                    {"consent": {"channel": "email"}},
+                ]
+            }
+        )
+    )
+    assert got.events == {"cart.updated"}
+    assert got.attributes == {"plan", "address", "locale", "email"}
+    assert got.orders and got.consents and got.suppressions
+    assert not got.relative_time and not got.engagement
+    assert got.live and got.swept == ["suppressions"]
+    assert got.affected_by(Change.event("cart.updated"))
+    assert not got.affected_by(Change.event("page.viewed"))
+    assert got.affected_by(Change.contact(frozenset({"plan"}), consents=False))
+    assert not got.affected_by(Change.contact(frozenset({"shoe_size"}), consents=False))
+    assert got.affected_by(Change(orders=True))
+
+
+def test_time_windows_and_engagement_need_the_sweep() -> None:
+    windowed = inputs(core_of({"event": "cart.updated", "within": "1 hour"}))
+    assert windowed.live and windowed.relative_time and windowed.swept == ["time window"]
+    older = inputs(core_of({"attribute": "created_at", "older_than": "30 days"}))
+    assert older.relative_time
+    spend = inputs(core_of({"orders": {"last_order": {"within": "30 days"}}}))
+    assert spend.orders and spend.relative_time
+    opened = inputs(core_of({"opened": {"journey": "welcome"}}))
+    assert opened.engagement and not opened.live and opened.swept == ["engagement"]
+    plain = inputs(core_of({"attribute": "signup", "gte": "2026-01-01"}))
+    assert not plain.relative_time and plain.swept == []
+
+
+def test_inputs_of_the_newer_operators() -> None:
+    pattern = inputs(core_of({"event": "checkout.*", "count": {"gte": 2}}))
+    assert pattern.affected_by(Change.event("checkout.started"))
+    assert not pattern.affected_by(Change.event("cart.updated"))
+    last = inputs(core_of({"last_event": "cart.updated", "where": {"status": "open"}}))
+    assert last.events == {"cart.updated"} and last.live and last.swept == []
+    held = inputs(core_of({"has_been": {"attribute": "plan", "eq": "pro", "for": "7 days"}}))
+    assert held.attributes == {"plan"} and held.swept == ["time window"]
+    assert held.affected_by(Change.contact(frozenset({"plan"}), consents=False))
+    bucket = inputs(core_of({"sample": {"percent": 10, "seed": "s"}}))
+    assert bucket.affected_by(Change.contact(frozenset({"external_id"}), consents=False))
+    assert not bucket.affected_by(Change.contact(frozenset({"plan"}), consents=False))
+
+
+def test_an_unknown_node_means_full_refresh_only() -> None:
+    @dataclass(frozen=True)
+    class FutureOperator:
+        name: str
+
+    got = inputs(c.All((c.Compare(c.Column("locale"), "eq", "de"), FutureOperator("x"))))  # type: ignore[arg-type]
+    assert got.unknown == {"FutureOperator"}
+    assert not got.live
+    assert not got.affected_by(Change.contact())
+    assert got.swept == ["unknown rule FutureOperator"]
+
+
+# -- through the API, on both stores -------------------------------------------------------------
+
+SEGMENTS = {
+    "pro": "name: pro\nrule: {attribute: plan, eq: pro}\n",
+    "buyers": "name: buyers\nlive: true\nrule: {orders: {count: {gte: 2}}}\n",
+    "carts": "name: carts\nlive: true\nrule: {event: cart.updated, count: {gte: 2}}\n",
+    "recent": "name: recent\nlive: true\nrule: {event: cart.updated, within: 1 hour}\n",
+}
+PRO_WELCOME = """
+name: pro_welcome
+trigger: {type: segment, segment: pro}
+settings: {reentry: always}
+steps:
+  - {id: hello, type: email, template: welcome}
+"""
+
+
+@pytest.fixture
+def project(tmp_path: Path) -> Path:
+    root = tmp_path / "project"
+    (root / "segments").mkdir(parents=True)
+    (root / "journeys").mkdir()
+    (root / "templates").symlink_to(FIXTURE_PROJECT / "templates")
+    for name, text in SEGMENTS.items():
+        (root / "segments" / f"{name}.yaml").write_text(text)
+    (root / "journeys" / "pro_welcome.yaml").write_text(PRO_WELCOME)
+    return root
+
+
+@pytest.fixture
+def settings(store_url: str, project: Path, tmp_path: Path) -> Settings:
+    return Settings(
+        database_url=store_url,
+        project_dir=project,
+        outbox_dir=str(tmp_path / "outbox"),
+        secret_key="test-secret",
+        frequency_cap="off",
+        quiet_hours="off",
+        redis_url=None,
+    )
+
+
+@dataclass
+class Live:
+    runtime: Runtime
+    client: TestClient
+    tmp: Path
+
+    def contact(self, **values: Any) -> None:
+        response = self.client.post("/v1/contacts", json={"external_id": "C1", **values})
+        assert response.status_code == 200, response.text
+
+    def stays(self, segment: str) -> list[tuple[bool, bool]]:
+        """(entered, exited) per stay of C1, in order."""
+        with Session(self.runtime.db) as session:
+            rows = session.execute(
+                select(SegmentMembership.entered_at, SegmentMembership.exited_at)
+                .join(Contact, Contact.id == SegmentMembership.contact_id)
+                .where(Contact.external_id == "C1", SegmentMembership.segment == segment)
+                .order_by(SegmentMembership.id)
+            ).all()
+        return [(e is not None, x is not None) for e, x in rows]
+
+    def emails(self) -> list[dict[str, Any]]:
+        files = sorted((self.tmp / "outbox").glob("*.json"))
+        found = [json.loads(p.read_text()) for p in files]
+        return [m for m in found if m.get("channel") == "email"]
+
+
+@pytest.fixture
+def live(settings: Settings, store: Any, tmp_path: Path) -> Iterator[Live]:
+    runtime = Runtime.from_settings(settings, db=store)
+    runtime.load_journeys()
+    app = create_app(settings, db=store, runtime_factory=lambda: runtime)
+    key = create_key(store, name="shop")
+    with TestClient(app) as client:
+        client.headers["Authorization"] = f"Bearer {key.secret}"
+        yield Live(runtime, client, tmp_path)
+
+
+BASE = {"email": "c1@example.com", "first_name": "Cy", "consent_email": True}
+
+
+def test_reentry_within_one_tick_is_seen_and_sends_twice(live: Live) -> None:
+    tick_all(live.runtime)  # the journey is registered and ticking: nobody is in yet
+    live.contact(**BASE, attributes={"plan": "pro"})
+    assert live.stays("pro") == [(True, False)]  # entered at once, not at the tick
+    live.contact(attributes={"plan": "free"})
+    live.contact(attributes={"plan": "pro"})
+    assert live.stays("pro") == [(True, True), (True, False)]
+    with Session(live.runtime.db) as session:  # each stay enrolled at its entry
+        keys = session.scalars(select(Enrollment.entry_key).order_by(Enrollment.id)).all()
+    assert len(keys) == 2 and all(k.startswith("m:") for k in keys)
+    [result] = tick_all(live.runtime)
+    assert result["sent"] == 2
+    assert len(live.emails()) == 2
+    assert tick_all(live.runtime)[0]["sent"] == 0  # nothing twice
+
+
+def test_events_and_orders_move_memberships_at_once(live: Live) -> None:
+    live.contact(**BASE)
+    event = {"external_id": "C1", "name": "cart.updated", "properties": {}}
+    assert live.client.post("/v1/events", json=event).status_code == 200
+    assert live.stays("carts") == []
+    assert live.stays("recent") == [(True, False)]
+    assert live.client.post("/v1/events", json=[event, event]).status_code == 200
+    assert live.stays("carts") == [(True, False)]
+    order = {"external_id": "C1", "total": "10", "currency": "EUR", "status": "placed"}
+    placed = datetime.now(UTC).isoformat()
+    for n in (1, 2):
+        response = live.client.post(
+            "/v1/orders", json={**order, "order_id": f"O{n}", "placed_at": placed}
+        )
+        assert response.status_code == 200
+    assert live.stays("buyers") == [(True, False)]
+    response = live.client.post(
+        "/v1/orders", json={**order, "order_id": "O2", "placed_at": placed, "status": "cancelled"}
+    )
+    assert response.status_code == 200
+    assert live.stays("buyers") == [(True, True)]
+    results = {r.segment: r for r in sweep(live.runtime.engine)}
+    assert all(r.missed == 0 for r in results.values())  # the live path missed nothing
+    assert results["recent"].swept == ["time window"]
+
+
+def test_the_full_refresh_reports_what_the_live_path_missed(live: Live) -> None:
+    live.contact(**BASE)
+    with Session(live.runtime.db) as session, session.begin():  # behind the live path's back
+        session.execute(update(Contact).values(attributes={"plan": "pro"}))
+    tick_all(live.runtime)  # registers the journey, so "pro" is live from here on
+    with Session(live.runtime.db) as session, session.begin():
+        session.execute(update(Contact).values(attributes={"plan": "free"}))
+    [pro] = [r for r in sweep(live.runtime.engine) if r.segment == "pro"]
+    assert (pro.entered, pro.exited, pro.missed) == (0, 1, 1)
+
+
+def test_live_update_is_a_no_op_for_segments_it_cannot_affect(live: Live) -> None:
+    live.contact(**BASE, attributes={"plan": "pro"})
+    with live.runtime.db.connect() as conn:
+        cid = conn.execute(select(Contact.id)).scalar_one()
+    stats = live_update(live.runtime.engine, [cid], Change.event("page.viewed"))
+    assert stats.segments == 0
+    stats = live_update(live.runtime.engine, [cid], Change.contact())
+    assert stats.segments >= 1 and stats.entered == stats.exited == 0
+
+
+# -- wait_for_segment ----------------------------------------------------------------------------
+
+WAITER = """
+name: upgrade_nudge
+trigger: {type: api}
+steps:
+  - {id: wait_pro, type: wait_for_segment, segment: pro, timeout: 3 days, on_timeout: nudge}
+  - {id: thanks, type: email, template: welcome, next: done}
+  - {id: nudge, type: email, template: welcome}
+  - {id: done, type: exit}
+"""
+
+
+def nudge(live: Live) -> tuple[Enrollment, list[str | None]]:
+    """The upgrade_nudge enrollment and the steps it sent."""
+    from tidings.crm.models import Journey as JourneyRow
+    from tidings.crm.models import Message
+
+    with Session(live.runtime.db) as session:
+        journey_ids = select(JourneyRow.id).where(JourneyRow.name == "upgrade_nudge")
+        enrollment = session.scalars(
+            select(Enrollment).where(Enrollment.journey_id.in_(journey_ids))
+        ).one()
+        steps = session.scalars(
+            select(Message.step_id).where(Message.journey_id.in_(journey_ids))
+        ).all()
+    return enrollment, list(steps)
+
+
+def start_nudge(live: Live, project: Path, text: str = WAITER) -> None:
+    from tidings.journeys.triggers import Target, trigger_journey
+
+    (project / "journeys" / "upgrade_nudge.yaml").write_text(text)
+    live.runtime.load_journeys()
+    live.contact(**BASE, attributes={"plan": "free"})
+    outcome = trigger_journey(live.runtime, "upgrade_nudge", [Target("C1")])
+    assert outcome.enrolled == 1
+
+
+def test_wait_for_segment_goes_on_at_once_when_the_contact_enters(
+    live: Live, project: Path
+) -> None:
+    start_nudge(live, project)
+    enrollment, sent = nudge(live)
+    assert enrollment.step_id == "wait_pro" and sent == []
+    assert enrollment.next_due_at is not None
+    assert enrollment.next_due_at > datetime.now(UTC) + timedelta(days=2)
+    live.contact(attributes={"plan": "pro"})  # woken by the live path
+    enrollment, _ = nudge(live)
+    assert enrollment.next_due_at is not None and enrollment.next_due_at <= datetime.now(UTC)
+    results = {r["journey"]: r for r in tick_all(live.runtime)}
+    assert results["upgrade_nudge"]["sent"] == 1
+    enrollment, sent = nudge(live)
+    assert enrollment.status == "completed" and sent == ["thanks"]
+
+
+def test_wait_for_segment_times_out_to_its_branch(live: Live, project: Path) -> None:
+    start_nudge(live, project)
+    tick_all(live.runtime, names=["upgrade_nudge"], now=datetime.now(UTC) + timedelta(days=2))
+    assert nudge(live)[1] == []
+    later = datetime.now(UTC) + timedelta(days=3, minutes=1)
+    tick_all(live.runtime, names=["upgrade_nudge"], now=later)
+    assert nudge(live)[1] == ["nudge"]
+
+
+def test_wait_for_segment_out(live: Live, project: Path) -> None:
+    start_nudge(live, project, WAITER.replace("segment: pro,", "segment: pro, until: out,"))
+    enrollment, sent = nudge(live)
+    assert (enrollment.status, sent) == ("completed", ["thanks"])
+
+
+# -- the property: the live path and the full refresh agree --------------------------------------
+
+PROPERTY_SEGMENTS = {
+    "p_pro": {"all": [{"attribute": "plan", "eq": "pro"}, {"consent": {"channel": "email"}}]},
+    "p_carts": {
+        "any": [
+            {"event": "a", "count": {"gte": 2}},
+            {"event": "b", "where": {"x": {"gt": 5}}},
+        ]
+    },
+    "p_spend": {"orders": {"total_spend": {"gte": 100}}},
+    "p_quiet": {"all": [{"not": {"attribute": "vip", "exists": True}}, {"orders": {"count": 0}}]},
+    "p_month": {"all": [{"event": "a", "within": "30 days"}, {"attribute": "plan", "ne": "pro"}]},
+}
+
+op = st.one_of(
+    st.tuples(st.just("attr"), st.integers(0, 2), st.sampled_from(["pro", "free", None])),
+    st.tuples(st.just("vip"), st.integers(0, 2), st.booleans()),
+    st.tuples(st.just("consent"), st.integers(0, 2), st.booleans()),
+    st.tuples(
+        st.just("event"), st.integers(0, 2), st.sampled_from(["a", "b", "c"]), st.integers(0, 9)
+    ),
+    st.tuples(
+        st.just("order"),
+        st.integers(0, 2),
+        st.integers(0, 3),
+        st.sampled_from([30, 80]),
+        st.sampled_from(["placed", "cancelled"]),
+    ),
+)
+
+
+def test_live_and_full_refresh_agree_on_random_streams(
+    settings: Settings, store: Any, project: Path, tmp_path: Path
+) -> None:
+    from tidings.segments.membership import current_members, evaluate
+
+    for name, rule in PROPERTY_SEGMENTS.items():
+        body = {"name": name, "live": True, "rule": rule}
+        (project / "segments" / f"{name}.yaml").write_text(json.dumps(body))
+    runtime = Runtime.from_settings(settings, db=store)
+    runtime.load_journeys()
+    app = create_app(settings, db=store, runtime_factory=lambda: runtime)
+    key = create_key(store, name="shop")
+    counter = iter(range(10**6))
+    catalog = runtime.engine._catalog()
+
+    @hsettings(max_examples=12, deadline=None, suppress_health_check=list(HealthCheck))
+    @given(st.lists(op, min_size=1, max_size=12))
+    def check(stream: list[tuple[Any, ...]]) -> None:
+        run = next(counter)
+        ext = [f"R{run}-{i}" for i in range(3)]
+        with TestClient(app) as client:
+            client.headers["Authorization"] = f"Bearer {key.secret}"
+            people = [{"external_id": e, "email": f"{e.lower()}@example.com"} for e in ext]
+            assert client.post("/v1/contacts", json=people).status_code == 200
+            for n, step in enumerate(stream):
+                who = ext[step[1]]
+                match step[0]:
+                    case "attr":
+                        body: Any = {"external_id": who, "attributes": {"plan": step[2]}}
+                        response = client.post("/v1/contacts", json=body)
+                    case "vip":
+                        body = {
+                            "external_id": who,
+                            "attributes": {"vip": True if step[2] else None},
+                        }
+                        response = client.post("/v1/contacts", json=body)
+                    case "consent":
+                        body = {"external_id": who, "consent_email": step[2]}
+                        response = client.post("/v1/contacts", json=body)
+                    case "event":
+                        body = {
+                            "external_id": who,
+                            "name": step[2],
+                            "properties": {"x": step[3], "n": n},
+                        }
+                        response = client.post("/v1/events", json=body)
+                    case _:
+                        body = {
+                            "external_id": who,
+                            "order_id": f"{who}-O{step[2]}",
+                            "total": str(step[3]),
+                            "currency": "EUR",
+                            "status": step[4],
+                            "placed_at": datetime.now(UTC).isoformat(),
+                        }
+                        response = client.post("/v1/orders", json=body)
+                assert response.status_code == 200, response.text
+        with Session(store) as session:
+            ids = set(session.scalars(select(Contact.id).where(Contact.external_id.in_(ext))))
+            for name in PROPERTY_SEGMENTS:
+                live_members = set(current_members(name, session=session)) & ids
+                full = set(evaluate(name, session=session, catalog=catalog)) & ids
+                assert live_members == full, (name, stream)
+
+    check()
+    assert all(r.missed == 0 for r in sweep(runtime.engine))
+
+
+# -- the simulator and the plan ------------------------------------------------------------------
+
+TRIAL = """
+name: trial_upgrade
+trigger: {type: event, event: trial.started}
+steps:
+  - {id: wait_pro, type: wait_for_segment, segment: pro, timeout: 3 days, on_timeout: nudge}
+  - {id: thanks, type: email, template: welcome, next: done}
+  - {id: nudge, type: email, template: welcome}
+  - {id: done, type: exit}
+"""
+TRIAL_SCENARIO = """
+start: 2026-12-01T09:00:00Z
+days: 5
+tick: 1 hour
+contacts:
+  - {id: ann, email: ann@example.com, first_name: Ann}
+  - {id: bob, email: bob@example.com, first_name: Bob}
+timeline:
+  - {at: 2026-12-01T09:00:00Z, contact: ann, event: trial.started}
+  - {at: 2026-12-01T09:00:00Z, contact: bob, event: trial.started}
+  - {at: 2026-12-02T10:17:00Z, contact: ann, attributes: {plan: pro}}
+expect:
+  ann: {sent: [thanks], reached: completed}
+  bob: {sent: [nudge], reached: completed}
+"""
+
+
+def test_simulate_plays_wait_for_segment(settings: Settings, project: Path) -> None:
+    from tidings.journeys.simulate import load_scenario, simulate
+
+    journey = project / "journeys" / "trial_upgrade.yaml"
+    journey.write_text(TRIAL)
+    scenario = project / "trial.scenario.yaml"
+    scenario.write_text(TRIAL_SCENARIO)
+    played = simulate(settings, journey, load_scenario(scenario))
+    assert played.mismatches == []
+    [(step, when)] = played.contacts["ann"].sent
+    # woken by the attribute change, sent at that moment's tick (not at the 3-day timeout)
+    assert step == "thanks" and when == datetime(2026, 12, 2, 10, 17, tzinfo=UTC)
+    [(step, when)] = played.contacts["bob"].sent
+    # the first tick after the timeout (ticks run hourly from 10:17)
+    assert step == "nudge" and when == datetime(2026, 12, 4, 9, 17, tzinfo=UTC)
+
+
+def test_validation_names_the_wait_for_segment_key(live: Live, project: Path) -> None:
+    from tidings.errors import InputError
+    from tidings.journeys.loader import load_file
+
+    bad = project / "journeys" / "bad.yaml"
+    bad.write_text(TRIAL.replace("3 days", "3 dayz"))
+    with pytest.raises(InputError) as raised:
+        load_file(bad)
+    assert "bad.yaml:5" in str(raised.value) and "timeout" in str(raised.value)
+    assert "dayz" in str(raised.value)
+    bad.write_text(TRIAL.replace("segment: pro,", "segment: proo,"))
+    with pytest.raises(InputError) as raised:
+        load_file(bad, references=live.runtime.references())
+    text = str(raised.value)
+    assert "bad.yaml:5" in text and "steps[0].segment" in text and "'pro'" in text
+
+
+def test_plan_follows_wait_for_segment(live: Live, project: Path) -> None:
+    from tidings.journeys.planning import plan_journey
+
+    journey = project / "journeys" / "pro_nudge.yaml"
+    journey.write_text(
+        WAITER.replace(
+            "name: upgrade_nudge\ntrigger: {type: api}",
+            "name: pro_nudge\ntrigger: {type: segment, segment: carts}",
+        )
+    )
+    live.contact(**BASE, attributes={"plan": "pro"})
+    events = [{"external_id": "C1", "name": "cart.updated", "properties": {"n": n}} for n in (1, 2)]
+    assert live.client.post("/v1/events", json=events).status_code == 200
+    planned = plan_journey(live.runtime, journey)
+    steps = {p.step: p for p in planned.steps}
+    assert planned.entering == 1
+    assert (steps["thanks"].sent, steps["nudge"].sent) == (1, 0)  # in "pro" already: goes on
+
+
+def test_workers_racing_lose_and_repeat_nothing(live: Live) -> None:
+    """Four threads change contacts and run the live path for them at once: the stays end up
+    exactly what a full evaluation says, with never two open at a time (PostgreSQL takes the
+    segment's lock; SQLite serialises writers)."""
+    import random
+    import threading
+
+    from sqlalchemy import func, insert
+
+    from tidings.segments.membership import current_members, evaluate
+
+    with live.runtime.db.begin() as conn:
+        conn.execute(insert(Contact), [{"email": f"r{i}@example.com"} for i in range(40)])
+        ids = list(conn.execute(select(Contact.id)).scalars())
+    live_update(live.runtime.engine, ids, Change.contact())
+    errors: list[BaseException] = []
+
+    def worker(n: int) -> None:
+        rnd = random.Random(n)
+        try:
+            for _ in range(15):
+                some = rnd.sample(ids, 5)
+                plan = rnd.choice(["pro", "free"])
+                with live.runtime.db.begin() as conn:
+                    conn.execute(
+                        update(Contact)
+                        .where(Contact.id.in_(some))
+                        .values(attributes={"plan": plan})
+                    )
+                live_update(live.runtime.engine, some, Change.contact(frozenset({"plan"})))
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=worker, args=(n,)) for n in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    catalog = live.runtime.engine._catalog()
+    with Session(live.runtime.db) as session:
+        assert set(current_members("pro", session=session)) == set(
+            evaluate("pro", session=session, catalog=catalog)
+        )
+        m = SegmentMembership
+        open_twice = session.scalar(
+            select(func.count()).select_from(
+                select(m.contact_id)
+                .where(m.segment == "pro", m.exited_at.is_(None))
+                .group_by(m.contact_id)
+                .having(func.count() > 1)
+                .subquery()
+            )
+        )
+    assert open_twice == 0
+    assert [r.missed for r in sweep(live.runtime.engine) if r.segment == "pro"] == [0]
+
+
+def test_an_update_contact_step_moves_live_segments(live: Live, project: Path) -> None:
+    from tidings.journeys.triggers import Target, trigger_journey
+
+    (project / "journeys" / "upgrade.yaml").write_text(
+        "name: upgrade\ntrigger: {type: api}\n"
+        "steps:\n  - {id: set_plan, type: update_contact, set: {plan: pro}}\n"
+    )
+    live.runtime.load_journeys()
+    live.contact(**BASE, attributes={"plan": "free"})
+    assert live.stays("pro") == []
+    assert trigger_journey(live.runtime, "upgrade", [Target("C1")]).enrolled == 1
+    assert live.stays("pro") == [(True, False)]  # in the call, not at the next tick
+    assert [r.missed for r in sweep(live.runtime.engine) if r.segment == "pro"] == [0]
