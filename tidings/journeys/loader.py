@@ -154,6 +154,26 @@ def _reference_problems(journey: schema.Journey, refs: References) -> list[Probl
     return problems
 
 
+def _seed_problems(journey: schema.Journey) -> list[Problem]:
+    problems = []
+    if journey.seeds and not isinstance(journey.trigger, schema.ScheduleTrigger):
+        problems.append(
+            Problem(
+                ("seeds",),
+                f"seeds get a copy of each broadcast run, and this journey's trigger is "
+                f"{journey.trigger.type!r}, not 'schedule': every contact's entry would copy "
+                "the seeds",
+                "remove seeds, and try a step with `tidings journey test-send`",
+            )
+        )
+    seen: set[str] = set()
+    for index, address in enumerate(journey.seeds):
+        if address in seen:
+            problems.append(Problem(("seeds", index), f"{address} is listed twice", "remove one"))
+        seen.add(address)
+    return problems
+
+
 def _as_errors(problems: list[Problem], data: Any, source: str) -> list[InputError]:
     errors = []
     for problem in problems:
@@ -177,7 +197,7 @@ def parse(data: Any, *, source: str, references: References | None = None) -> sc
         journey = schema.Journey.model_validate(data)
     except ValidationError as exc:
         raise InputErrors(validation_errors(exc, data, source=source, hint=_hint)) from None
-    problems = check_graph(journey)
+    problems = check_graph(journey) + _seed_problems(journey)
     if references is not None:
         problems += _reference_problems(journey, references)
     if problems:
@@ -216,5 +236,8 @@ def journey_steps(paths: list[Path]) -> dict[str, list[str]]:
 
 def version_hash(journey: schema.Journey) -> str:
     """Identifies a version by meaning: reformatting or comments do not make a new version."""
-    canonical = json.dumps(journey.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+    definition = journey.model_dump(mode="json")
+    if not definition.get("seeds"):
+        del definition["seeds"]  # journeys without seeds keep the hash they had before seeds
+    canonical = json.dumps(definition, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(canonical.encode()).hexdigest()
