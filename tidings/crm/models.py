@@ -272,7 +272,7 @@ class TestSend(Base):
 
     Kept apart from ``messages`` on purpose: reports, frequency caps, consent, enrollments and
     the outbox's exactly-once machinery never see it. Its tracked links carry the id
-    ``test-<id>``, which the tracking endpoints do not record and the unsubscribe page refuses.
+    ``test-<id>``: their hits belong to no message, and the unsubscribe page refuses it.
     """
 
     __tablename__ = "test_sends"

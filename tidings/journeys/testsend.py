@@ -8,9 +8,9 @@ each of those addresses a copy of every send step of each broadcast run.
 Both are marked as tests: the subject (an SMS body) starts with ``[TEST]``, an email carries
 ``X-Tidings-Test: test`` or ``seed``, and the channel gets the message id ``test-<id>``. They are
 stored in ``test_sends``, never in ``messages``: reports, frequency caps, consent, enrollments,
-experiments and the outbox's exactly-once state never see them; the tracking endpoints record
-nothing for a ``test-`` id and the unsubscribe link of a test refuses (404) rather than change
-the consent of the contact it was rendered for.
+experiments and the outbox's exactly-once state never see them; opens, clicks and provider
+events of a ``test-`` id belong to no message (``message_id`` NULL), and the unsubscribe link of
+a test refuses (404) rather than change the consent of the contact it was rendered for.
 
 >>> parse_address(" Ada@Example.com "), parse_address("+49 151 23456789")
 (('email', 'ada@example.com'), ('sms', '+4915123456789'))
