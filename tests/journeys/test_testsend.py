@@ -298,3 +298,15 @@ def test_a_journey_without_seeds_keeps_its_version_hash() -> None:
     assert version_hash(plain) == version_hash(plain.model_copy(update={"seeds": []}))
     with_seeds = load_text(BROADCAST, source="b.yaml")
     assert version_hash(with_seeds) != version_hash(with_seeds.model_copy(update={"seeds": []}))
+
+
+def test_a_journey_names_the_template_not_a_locale_variant(project: Path) -> None:
+    from tidings.journeys.runtime import references
+    from tidings.templates.render import Renderer
+
+    refs = references(Renderer(project / "templates", Settings(project_dir=project)), set())
+    with pytest.raises(InputErrors) as caught:
+        load_text(HELLO.replace("template: welcome", "template: welcome.de"), source="h.yaml",
+                  references=refs)  # fmt: skip
+    assert "no email template named 'welcome.de'" in str(caught.value)
+    assert "name the template ('welcome')" in str(caught.value)

@@ -122,7 +122,10 @@ def _reference_problems(journey: schema.Journey, refs: References) -> list[Probl
                     Problem(
                         path,
                         f"no {step.type} template named {name!r}",
-                        "add it under templates/ or fix the name",
+                        f"name the template ({name.partition('.')[0]!r}): the contact's locale "
+                        "picks its variant"
+                        if "." in name
+                        else "add it under templates/ or fix the name",
                     )
                 )
     for other, step_id, where_ in referenced_engagements(journey):

@@ -31,6 +31,8 @@ def references(
     renderer: Any, segment_names: set[str], journeys: dict[str, list[str]] | None = None
 ) -> References:
     def exists(name: str, channel: str) -> bool:
+        if "." in name:  # welcome.de is a locale variant: a journey names the template
+            return False
         path = renderer.email_path(name) if channel == "email" else renderer.sms_path(name)
         return bool(path.is_file())
 
