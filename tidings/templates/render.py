@@ -181,6 +181,7 @@ class Renderer:
         self._emails: dict[tuple[str, str | None], _Email] = {}
         self._sms: dict[tuple[str, str | None], _Sms] = {}
         self._variants: dict[str, dict[str, dict[str, Path]]] = {}
+        self._chosen: dict[tuple[str, str, str | None], str | None] = {}
         self.compile_count = 0  # MJML compilations done (the cache test counts them)
 
     # -- discovery -------------------------------------------------------------------------
@@ -223,8 +224,14 @@ class Renderer:
 
     def choose_locale(self, name: str, locale: str | None, channel: str = "email") -> str | None:
         """The variant a contact with ``locale`` gets (None: the default file), by the
-        fallback chain ``de_AT`` -> ``de`` -> default (``templates.locales``)."""
-        return choose(locale, self.locales(name, channel))
+        fallback chain ``de_AT`` -> ``de`` -> default (``templates.locales``); remembered per
+        template and locale (a newsletter asks the same question for every contact)."""
+        key = (channel, name, locale)
+        try:
+            return self._chosen[key]
+        except KeyError:
+            found = self._chosen[key] = choose(locale, self.locales(name, channel))
+            return found
 
     # -- compile ---------------------------------------------------------------------------
     def _template(self, env: SandboxedEnvironment, source: str, filename: str) -> Template:
@@ -238,6 +245,7 @@ class Renderer:
     def _email(self, name: str, *, reload: bool = False, locale: str | None = None) -> _Email:
         if reload:
             self._variants.clear()
+            self._chosen.clear()
         cached = self._emails.get((name, locale))
         if cached is not None and not reload:
             return cached
