@@ -191,6 +191,12 @@ class Settings(BaseSettings):
     default_timezone: str = Field(
         "UTC", description="Timezone for contacts without one (quiet hours, wait_until)."
     )
+    default_locale: str = Field(
+        "en",
+        description="The language templates without a locale in their file name are written "
+        "in (NAME.mjml; their HTML gets this lang); contacts whose locale no variant matches get "
+        "them.",
+    )
     reconcile_after: str = Field(
         "10 minutes",
         description="Messages in flight longer than this, whose worker's lease has expired, are "
@@ -279,6 +285,16 @@ class Settings(BaseSettings):
         project = Path(given or os.environ.get("TIDINGS_PROJECT_DIR") or ".")
         dotenv = DotEnvSettingsSource(settings_cls, env_file=project / ".env")
         return (init_settings, env_settings, dotenv, ChannelsSource(settings_cls, project))
+
+    @field_validator("default_locale")
+    @classmethod
+    def _locale(cls, value: str) -> str:
+        from tidings.templates.locales import parse
+
+        parsed = parse(value)
+        if parsed is None:
+            raise ValueError(f"unknown locale {value!r}: use a code such as en, de or pt_BR")
+        return parsed
 
     @field_validator("project_dir")
     @classmethod

@@ -92,7 +92,8 @@ def test_preview_sample_writes_html_text_and_sms(tmp_path: Path) -> None:
         assert result.exit_code == 0, result.output
     assert "1.234,56" in (out / "abandoned_cart.html").read_text()
     assert "Jürgen" in (out / "abandoned_cart.txt").read_text()
-    assert (out / "order_shipped.sms.txt").read_text().startswith("Jürgen, your Tidings Shop order")
+    # Jürgen's locale is de_DE: the German variant of the SMS (docs/templates.md, Languages)
+    assert (out / "order_shipped.sms.txt").read_text().startswith("Jürgen, Ihre Tidings-Shop")
     assert "SMS: GSM-7, 1 segment(s)" in result.output
 
 

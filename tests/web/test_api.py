@@ -211,3 +211,18 @@ def test_contact_attribute_changes_through_the_api_are_kept_in_the_history(api, 
             select(AttributeChange.key, AttributeChange.value).order_by(AttributeChange.id)
         ).all()
     assert [tuple(r) for r in rows] == [("tier", "gold"), ("tier", "platinum")]
+
+
+def test_contact_locales_are_normalised_for_template_variants(api, store) -> None:
+    """BCP 47 or POSIX, any case: stored as the template variants are named (de_AT, pt_BR)."""
+    client, _ = api
+    people = [
+        {"external_id": "L1", "email": "l1@example.com", "locale": "pt-BR"},
+        {"external_id": "L2", "email": "l2@example.com", "locale": "de-at"},
+        {"external_id": "L3", "email": "l3@example.com", "locale": "PL"},
+    ]
+    ok = client.post("/v1/contacts", json=people)
+    assert ok.status_code == 200 and ok.json()["inserted"] == 3, ok.text
+    with store.connect() as conn:
+        stored = dict(conn.execute(select(Contact.external_id, Contact.locale)).all())
+    assert stored == {"L1": "pt_BR", "L2": "de_AT", "L3": "pl"}

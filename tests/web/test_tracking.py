@@ -182,3 +182,27 @@ def test_no_real_provider_sends_without_a_secret(store_url, tmp_path) -> None:
     runtime = Runtime.from_settings(settings, channels={"email": smtp, "sms": smtp})
     with pytest.raises(ConfigurationError, match="TIDINGS_SECRET_KEY is not set, and smtp"):
         assert runtime.dispatcher is None  # built before anything is claimed or sent
+
+
+def test_a_test_sends_links_redirect_count_nowhere_and_never_unsubscribe(
+    client, store, seeded
+) -> None:
+    """``journey test-send`` and seed copies carry the id ``test-<n>`` (journeys/testsend.py)."""
+    url = "https://shop.example.com/new"
+    click = sign_token("c", "test-7", secret="test-secret", link_index=0, url=url)
+    clicked = client.get(f"/t/c/{click}", headers=BROWSER)
+    assert clicked.status_code == 302 and clicked.headers["location"] == url
+    assert client.get(f"/t/o/{sign_token('o', 'test-7', secret='test-secret')}").status_code == 200
+    with store.connect() as conn:  # stored, but belonging to no message: no report counts them
+        assert conn.execute(select(MessageEvent.message_id)).scalars().all() == [None, None]
+    unsubscribe = sign_token("u", "test-7", secret="test-secret")
+    assert client.get(f"/u/{unsubscribe}").status_code == 404
+    one_click = client.post(
+        f"/u/{unsubscribe}",
+        content="List-Unsubscribe=One-Click",
+        headers={"Content-Type": "application/x-www-form-urlencoded"},
+    )
+    assert one_click.status_code == 404
+    assert marketing_email(store, seeded["ann"]) == "granted"
+    with store.connect() as conn:
+        assert conn.execute(select(ConsentChange.id)).all() == []

@@ -39,6 +39,7 @@ class OutboundEmail:
     categories: tuple[str, ...] = ()
     reply_to: str | None = None
     metadata: dict[str, str] = field(default_factory=dict)
+    locale: str | None = None  # the template variant's locale (recorded on the message)
 
     channel: Literal["email"] = "email"
 
@@ -57,6 +58,7 @@ class OutboundSms:
     body: str
     from_number: str | None = None
     messaging_service_sid: str | None = None
+    locale: str | None = None  # the template variant's locale (recorded on the message)
 
     channel: Literal["sms"] = "sms"
 

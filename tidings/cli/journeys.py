@@ -426,6 +426,42 @@ def resume(name: str = typer.Argument(..., help="Journey name.")) -> None:
     console.print(f"{name} resumed")
 
 
+@app.command("test-send")
+def test_send_command(
+    name: str = typer.Argument(..., help="The journey (its name, or its YAML file)."),
+    step: str = typer.Option(..., "--step", help="The email or SMS step to send."),
+    to: str = typer.Option(
+        ..., "--to", help="Where to send it: addresses (or E.164 numbers), comma-separated."
+    ),
+    contact: str | None = typer.Option(
+        None,
+        "--contact",
+        help="Render for this contact (external id, email or #id); default: the first sample "
+        "contact of templates/samples.yaml.",
+    ),
+    variant: str | None = typer.Option(None, "--variant", help="The experiment variant."),
+) -> None:
+    """Send a step, rendered for a real or sample contact, to test addresses: marked as a test
+    ([TEST] subject, X-Tidings-Test header), never in reports, caps, consent or enrollments."""
+    from tidings.journeys.testsend import test_send
+
+    results = test_send(
+        _runtime(), journey=name, step=step, to=to, contact=contact, variant=variant
+    )
+    table = Table("test send", "to", "status", "locale", "subject / reason")
+    for result in results:
+        table.add_row(
+            f"test-{result.id}",
+            result.to,
+            result.status,
+            result.locale or "-",
+            (result.subject if result.status == "sent" else result.error) or "-",
+        )
+    console.print(table)
+    if any(result.status != "sent" for result in results):
+        raise typer.Exit(1)
+
+
 def post(
     name: str = typer.Argument(..., help="Event name, e.g. order.shipped."),
     contact: str = typer.Option(..., help="The contact's external_id or email."),

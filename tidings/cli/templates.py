@@ -41,8 +41,14 @@ def check(
         console.print(f"warning: {warning}")
     for problem in report.problems:
         console.print(str(problem))
-    emails, sms = len(renderer.email_names()), len(renderer.sms_names())
-    summary = f"{emails} email and {sms} SMS templates, {report.rendered} renders"
+    emails, sms = renderer.email_names(), renderer.sms_names()
+    variants = sum(len(renderer.locales(n, "email")) for n in emails) + sum(
+        len(renderer.locales(n, "sms")) for n in sms
+    )
+    summary = (
+        f"{len(emails)} email and {len(sms)} SMS templates, {variants} locale variants, "
+        f"{report.rendered} renders"
+    )
     if report.problems:
         console.print(f"[red]{len(report.problems)} problem(s)[/] in {summary}")
         raise typer.Exit(1)
@@ -79,6 +85,9 @@ def preview(
     sample: int | None = typer.Option(None, help="Sample contact number (1-based)."),
     out: Path = typer.Option(Path("preview"), help="Folder for the .html/.txt/.sms.txt files."),
     variant: str | None = typer.Option(None, help="Subject variant of an A/B template."),
+    locale: str | None = typer.Option(
+        None, help="Render as if the contact's locale were this (e.g. de_AT, pl, pt-BR)."
+    ),
     templates_dir: Path | None = typer.Option(None, "--dir", help="Templates folder."),
 ) -> None:
     """Write the HTML, text and SMS output of NAME for one contact."""
@@ -102,21 +111,30 @@ def preview(
     if renderer.email_path(name).is_file():
         found = True
         email = renderer.render_email(
-            name, contact=person, message_id="preview", context=context, variant=variant
+            name,
+            contact=person,
+            message_id="preview",
+            context=context,
+            variant=variant,
+            locale=locale,
         )
         (out / f"{name}.html").write_text(email.html, encoding="utf-8")
         (out / f"{name}.txt").write_text(email.text, encoding="utf-8")
         console.print(f"subject:   {email.subject}  (variant {email.variant})")
+        console.print(f"locale:    {email.locale}")
         console.print(f"preheader: {email.preheader}")
         console.print(f"wrote {out / (name + '.html')} and {out / (name + '.txt')}")
     if renderer.sms_path(name).is_file():
         found = True
-        sms = renderer.render_sms(name, contact=person, message_id="preview", context=context)
+        sms = renderer.render_sms(
+            name, contact=person, message_id="preview", context=context, locale=locale
+        )
         (out / f"{name}.sms.txt").write_text(sms.body + "\n", encoding="utf-8")
         console.print(sms.body)
         console.print(
             f"SMS: {sms.encoding}, {sms.segments} segment(s), {sms.characters} characters, "
-            f"{sms.units} {'septets' if sms.encoding == 'GSM-7' else 'UTF-16 units'}"
+            f"{sms.units} {'septets' if sms.encoding == 'GSM-7' else 'UTF-16 units'}, "
+            f"locale {sms.locale}"
         )
         for warning in sms.warnings:
             console.print(f"[yellow]warning:[/] {warning}")

@@ -316,6 +316,8 @@ class Message(Base):
     template: Mapped[str | None] = mapped_column(String(255))
     to_address: Mapped[str] = mapped_column(String(320))
     subject: Mapped[str | None] = mapped_column(Text)
+    # the locale of the template variant it was rendered from (set at the hand-over, 0012)
+    locale: Mapped[str | None] = mapped_column(String(35))
     status: Mapped[str] = mapped_column(String(16), default=MessageStatus.QUEUED.value)
     provider_message_id: Mapped[str | None] = mapped_column(String(255), index=True)
     error: Mapped[str | None] = mapped_column(Text)
@@ -331,6 +333,47 @@ class Message(Base):
     sent_at: Mapped[datetime | None]
     updated_at: Mapped[datetime] = mapped_column(default=utcnow)
     meta: Mapped[dict[str, Any]] = mapped_column(default=dict)
+
+
+class TestSend(Base):
+    """A test or seed copy of a journey step (``tidings journey test-send``, ``seeds:``).
+
+    Kept apart from ``messages`` on purpose: reports, frequency caps, consent, enrollments and
+    the outbox's exactly-once machinery never see it. Its tracked links carry the id
+    ``test-<id>``: their hits belong to no message, and the unsubscribe page refuses it.
+    """
+
+    __tablename__ = "test_sends"
+    __test__ = False  # not a pytest test class, despite its name
+    __table_args__ = (Index(None, "status", "created_at"),)
+
+    id: Mapped[int] = _id()
+    kind: Mapped[str] = mapped_column(String(8))  # test | seed
+    # seed copies: one per (journey version, step, broadcast run, variant, address)
+    idempotency_key: Mapped[str] = mapped_column(String(255), unique=True)
+    journey: Mapped[str] = mapped_column(String(200))
+    journey_id: Mapped[int | None] = mapped_column(
+        IdType, ForeignKey("journeys.id", ondelete="SET NULL")
+    )
+    step_id: Mapped[str] = mapped_column(String(200))
+    variant: Mapped[str | None] = mapped_column(String(64))
+    channel: Mapped[str] = mapped_column(String(16))
+    template: Mapped[str] = mapped_column(String(255))
+    # the real contact it was rendered for (NULL: a sample contact, see ``detail``)
+    contact_id: Mapped[int | None] = mapped_column(
+        IdType, ForeignKey("contacts.id", ondelete="SET NULL"), index=True
+    )
+    to_address: Mapped[str] = mapped_column(String(320))
+    subject: Mapped[str | None] = mapped_column(Text)
+    locale: Mapped[str | None] = mapped_column(String(35))
+    status: Mapped[str] = mapped_column(String(16), default="queued")  # queued|sending|sent|failed
+    claim_token: Mapped[str | None] = mapped_column(String(32))
+    provider: Mapped[str | None] = mapped_column(String(32))
+    provider_message_id: Mapped[str | None] = mapped_column(String(255))
+    error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    sent_at: Mapped[datetime | None]
+    detail: Mapped[dict[str, Any]] = mapped_column(default=dict)
 
 
 class MessageEvent(Base):

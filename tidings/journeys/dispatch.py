@@ -276,7 +276,20 @@ class Dispatcher:
         with self.pipeline(stats) as pipe:
             while pipe.pump(now=now, limit=limit, journey_ids=journey_ids, only=only) == limit:
                 pass
+        if only is None:
+            self.send_seeds()
         return stats
+
+    def send_seeds(self) -> int:
+        """Seed copies the tick queued for broadcast runs (``journeys.testsend``); a failure
+        there is logged and never stops the journey's own sends."""
+        from tidings.journeys.testsend import send_seed_copies
+
+        try:
+            return send_seed_copies(self)
+        except Exception:
+            log.exception("sending seed copies failed")
+            return 0
 
     @contextmanager
     def pipeline(self, stats: DispatchStats) -> Iterator[Pipeline]:
@@ -379,8 +392,8 @@ class Dispatcher:
         handed: Sequence[Outbound] = (),
     ) -> list[Outbound]:
         """One transaction: the results (with retry times), and the hand-over of the messages
-        about to go to the provider (``handed_at``, and the subject they go with). The
-        hand-over is fenced: only rows the claim ``token`` still owns are handed over, and
+        about to go to the provider (``handed_at``, the subject and the locale they go with).
+        The hand-over is fenced: only rows the claim ``token`` still owns are handed over, and
         only those are returned (the caller sends exactly those)."""
         if not results and not handed:
             return []
@@ -419,6 +432,7 @@ class Dispatcher:
                         "handed_at": now,
                         "lease_until": self.leases.until(now),
                         "subject": m.subject if isinstance(m, OutboundEmail) else None,
+                        "locale": m.locale,
                     }
                     for m in mine
                 ],
@@ -427,55 +441,96 @@ class Dispatcher:
         return mine
 
     def render(self, message: Message, contact: Contact, context: dict[str, Any]) -> Outbound:
-        # The trigger event's properties are top-level names too: {{ order.number }}.
-        trigger = context.get("trigger") or {}
-        properties = trigger.get("properties") or {} if isinstance(trigger, dict) else {}
-        # An API trigger's per-contact data: {{ data.code }}, and top-level names ({{ code }}).
-        data = context.get("data")
-        values = {
-            **(message.meta or {}).get("context", {}),
-            **properties,
-            "event": properties,
-            "trigger": trigger,
-            "journey": {"step": message.step_id},
-            **({"data": data} if isinstance(data, dict) else {}),
-        }
-        key = message.idempotency_key
-        if message.channel == "sms":
-            sms = self.renderer.render_sms(
-                message.template, contact=contact, message_id=message.id, context=values
-            )
-            return OutboundSms(
-                message_id=str(message.id),
-                idempotency_key=key,
-                to=message.to_address,
-                body=sms.body,
-                from_number=self.settings.twilio_from_number,
-                messaging_service_sid=self.settings.twilio_messaging_service_sid,
-            )
-        variant = message.variant
-        known = getattr(self.renderer.email(message.template), "subjects", {})
-        email = self.renderer.render_email(
-            message.template,
-            contact=contact,
-            message_id=message.id,
-            context=values,
-            variant=variant if variant in known else None,
-        )
-        return OutboundEmail(
+        return render_outbound(
+            self.renderer,
+            self.settings,
             message_id=str(message.id),
-            idempotency_key=key,
+            idempotency_key=message.idempotency_key,
+            channel=message.channel,
+            template=message.template or "",
+            variant=message.variant,
+            step_id=message.step_id,
             to=message.to_address,
-            from_email=email.from_email or self.settings.email_from,
-            from_name=email.from_name or self.settings.email_from_name,
-            subject=email.subject,
-            html=email.html,
-            text=email.text,
-            headers=dict(email.headers),
-            reply_to=email.reply_to,
-            categories=tuple(c for c in (message.step_id, message.variant) if c),
-            metadata={"idempotency_key": key},
+            contact=contact,
+            values=template_values(
+                (message.meta or {}).get("context", {}), context, message.step_id
+            ),
         )
+
+
+def template_values(
+    step_context: Mapping[str, Any], enrollment: Mapping[str, Any], step_id: str | None
+) -> dict[str, Any]:
+    """What a step's template sees besides ``contact``: the step's ``context``, the trigger
+    event's properties as top-level names ({{ order.number }}) and as ``event``/``trigger``,
+    an API trigger's per-contact ``data`` ({{ data.code }}, and top-level names)."""
+    trigger = enrollment.get("trigger") or {}
+    properties = trigger.get("properties") or {} if isinstance(trigger, dict) else {}
+    data = enrollment.get("data")
+    return {
+        **step_context,
+        **properties,
+        "event": properties,
+        "trigger": trigger,
+        "journey": {"step": step_id},
+        **({"data": data} if isinstance(data, dict) else {}),
+    }
+
+
+def render_outbound(
+    renderer: Any,
+    settings: Settings,
+    *,
+    message_id: str,
+    idempotency_key: str,
+    channel: str,
+    template: str,
+    variant: str | None,
+    step_id: str | None,
+    to: str,
+    contact: Any,
+    values: Mapping[str, Any],
+    locale: str | None = None,
+) -> Outbound:
+    """One message rendered for ``contact`` in the locale variant its locale picks (or
+    ``locale``'s), ready for a channel; the outbox and test sends both come through here."""
+    if channel == "sms":
+        sms = renderer.render_sms(
+            template, contact=contact, message_id=message_id, context=values, locale=locale
+        )
+        return OutboundSms(
+            message_id=message_id,
+            idempotency_key=idempotency_key,
+            to=to,
+            body=sms.body,
+            from_number=settings.twilio_from_number,
+            messaging_service_sid=settings.twilio_messaging_service_sid,
+            locale=sms.locale or None,
+        )
+    known = getattr(renderer.email(template), "subjects", {})
+    email = renderer.render_email(
+        template,
+        contact=contact,
+        message_id=message_id,
+        context=values,
+        variant=variant if variant in known else None,
+        locale=locale,
+    )
+    return OutboundEmail(
+        message_id=message_id,
+        idempotency_key=idempotency_key,
+        to=to,
+        from_email=email.from_email or settings.email_from,
+        from_name=email.from_name or settings.email_from_name,
+        subject=email.subject,
+        html=email.html,
+        text=email.text,
+        headers=dict(email.headers),
+        reply_to=email.reply_to,
+        categories=tuple(c for c in (step_id, variant) if c),
+        metadata={"idempotency_key": idempotency_key},
+        locale=email.locale or None,
+    )
 
 
 def _count(stats: DispatchStats, results: Sequence[SendResult]) -> None:

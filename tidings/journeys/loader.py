@@ -124,7 +124,10 @@ def _reference_problems(journey: schema.Journey, refs: References) -> list[Probl
                     Problem(
                         path,
                         f"no {step.type} template named {name!r}",
-                        "add it under templates/ or fix the name",
+                        f"name the template ({name.partition('.')[0]!r}): the contact's locale "
+                        "picks its variant"
+                        if "." in name
+                        else "add it under templates/ or fix the name",
                     )
                 )
     for other, step_id, where_ in referenced_engagements(journey):
@@ -178,6 +181,26 @@ def _topic_problems(journey: schema.Journey, name: str, topics: Topics) -> list[
     ]
 
 
+def _seed_problems(journey: schema.Journey) -> list[Problem]:
+    problems = []
+    if journey.seeds and not isinstance(journey.trigger, schema.ScheduleTrigger):
+        problems.append(
+            Problem(
+                ("seeds",),
+                f"seeds get a copy of each broadcast run, and this journey's trigger is "
+                f"{journey.trigger.type!r}, not 'schedule': every contact's entry would copy "
+                "the seeds",
+                "remove seeds, and try a step with `tidings journey test-send`",
+            )
+        )
+    seen: set[str] = set()
+    for index, address in enumerate(journey.seeds):
+        if address in seen:
+            problems.append(Problem(("seeds", index), f"{address} is listed twice", "remove one"))
+        seen.add(address)
+    return problems
+
+
 def _as_errors(problems: list[Problem], data: Any, source: str) -> list[InputError]:
     errors = []
     for problem in problems:
@@ -201,7 +224,7 @@ def parse(data: Any, *, source: str, references: References | None = None) -> sc
         journey = schema.Journey.model_validate(data)
     except ValidationError as exc:
         raise InputErrors(validation_errors(exc, data, source=source, hint=_hint)) from None
-    problems = check_graph(journey)
+    problems = check_graph(journey) + _seed_problems(journey)
     if references is not None:
         problems += _reference_problems(journey, references)
     if problems:
@@ -240,7 +263,9 @@ def journey_steps(paths: list[Path]) -> dict[str, list[str]]:
 
 def version_hash(journey: schema.Journey) -> str:
     """Identifies a version by meaning: reformatting or comments do not make a new version.
-    A journey without a topic hashes as before topics existed (no new version on upgrade)."""
-    dumped = journey.model_dump(mode="json", exclude={"topic"} if journey.topic is None else None)
+    Keys left at their defaults are not part of it, so a key added to the language later
+    (topic, seeds, an experiment's rule) makes no new version of a journey that does not use
+    it."""
+    dumped = journey.model_dump(mode="json", exclude_defaults=True)
     canonical = json.dumps(dumped, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(canonical.encode()).hexdigest()

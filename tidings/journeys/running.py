@@ -194,6 +194,7 @@ def work(
         out.print(f"{lost} claimed messages lost with the lease; reconciling them", highlight=False)
         time.sleep(runtime.settings.lease_seconds)
         reconcile(runtime, older_than=timedelta(0))
+    runtime.dispatcher.send_seeds()
     return summary(name, total, sent, failures=failure_report(runtime.db, sent))
 
 

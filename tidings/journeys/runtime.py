@@ -34,6 +34,8 @@ def references(
     topics: Any = None,
 ) -> References:
     def exists(name: str, channel: str) -> bool:
+        if "." in name:  # welcome.de is a locale variant: a journey names the template
+            return False
         path = renderer.email_path(name) if channel == "email" else renderer.sms_path(name)
         return bool(path.is_file())
 

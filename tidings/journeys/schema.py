@@ -411,6 +411,26 @@ class JourneySettings(_Strict):
     max_enrollments_per_run: int | None = Field(None, ge=1)
 
 
+def _address(value: Any) -> Any:
+    if not isinstance(value, str):
+        return value
+    from tidings.crm.normalize import FieldError
+    from tidings.journeys.testsend import parse_address
+
+    try:
+        return parse_address(value)[1]
+    except FieldError as exc:
+        raise ValueError(str(exc)) from None
+
+
+#: An email address, or a phone number in E.164 (``+4915123456789``); normalised.
+Address = Annotated[
+    str,
+    BeforeValidator(_address),
+    WithJsonSchema({"type": "string", "examples": ["seeds@shop.example", "+4915123456789"]}),
+]
+
+
 class Journey(_Strict):
     name: str = Field(pattern=r"^[a-z][a-z0-9_]*$", max_length=100)
     description: str = ""
@@ -422,6 +442,12 @@ class Journey(_Strict):
     )
     trigger: Trigger
     settings: JourneySettings = Field(default_factory=JourneySettings)
+    seeds: list[Address] = Field(
+        default_factory=list,
+        description="Broadcasts (a schedule trigger) only: addresses that get a copy of every "
+        "send step of each run, marked as a test and kept out of reports (email addresses for "
+        "email steps, E.164 numbers for SMS steps).",
+    )
     steps: list[Step] = Field(min_length=1)
 
     @model_validator(mode="after")

@@ -406,6 +406,7 @@ class StepRunner:
             pending=pending,
             topics=load_topics(self.settings.project_dir) if topic else None,
         )
+        queued: list[int] = []  # enrollments that got a message (their runs get seed copies)
         for item in group:
             decision = decisions.get(item.id)
             if decision is not None and decision.action == "defer":
@@ -425,6 +426,8 @@ class StepRunner:
             held = decision.action == "hold"
             if held:
                 stats.held[str(decision.reason)] += 1
+            else:
+                queued.append(item.id)
             messages.append(
                 {
                     "idempotency_key": f"{version.id}:{item.id}:{step.id}:{visit}",
@@ -450,6 +453,17 @@ class StepRunner:
                 }
             )
             item.go(item.version.after(step.id))
+        if journey.seeds and isinstance(journey.trigger, s.ScheduleTrigger):
+            from tidings.journeys.testsend import queue_seed_copies
+
+            queue_seed_copies(
+                session,
+                version_id=version.id,
+                journey=journey,
+                step=step,
+                enrollment_ids=queued,
+                now=now,
+            )
 
     def _held_out(self, session: Session, version: Version, group: list[Item]) -> dict[int, str]:
         """Who receives nothing from this journey at any send step: its control group, and

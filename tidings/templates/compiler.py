@@ -27,7 +27,7 @@ from __future__ import annotations
 import hashlib
 import html as html_lib
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from html.parser import HTMLParser
 from pathlib import Path
@@ -176,13 +176,24 @@ class _Protector:
         return "".join(out), line_map
 
 
-def _resolve_include(root: Path, base: Path, ref: str, path: str) -> Path:
+def _localized(found: Path, locales: Sequence[str]) -> Path:
+    """``partials/footer.de.mjml`` for ``partials/footer.mjml`` when the chain has ``de``."""
+    for locale in locales:
+        candidate = found.with_name(f"{found.stem}.{locale}{found.suffix}")
+        if candidate.is_file():
+            return candidate
+    return found
+
+
+def _resolve_include(
+    root: Path, base: Path, ref: str, path: str, locales: Sequence[str] = ()
+) -> Path:
     for folder in (base, root):
         candidate = (folder / ref).resolve()
         if candidate.is_file() and candidate.is_relative_to(root.resolve()):
-            return candidate
+            return _localized(candidate, locales)
         if not candidate.suffix and candidate.with_suffix(".mjml").is_file():
-            return candidate.with_suffix(".mjml")
+            return _localized(candidate.with_suffix(".mjml"), locales)
     raise InputError(
         f"<mj-include path={ref!r}> names no file inside the templates folder",
         location=path,
@@ -190,8 +201,11 @@ def _resolve_include(root: Path, base: Path, ref: str, path: str) -> Path:
     )
 
 
-def collect_includes(source: str, *, root: Path, base: Path, path: str) -> dict[str, Path]:
-    """Every partial ``source`` includes (recursively): reference as written -> file."""
+def collect_includes(
+    source: str, *, root: Path, base: Path, path: str, locales: Sequence[str] = ()
+) -> dict[str, Path]:
+    """Every partial ``source`` includes (recursively): reference as written -> file; with
+    ``locales`` (a fallback chain) a partial's locale variant is taken where one exists."""
     found: dict[str, Path] = {}
     pending = [(source, base)]
     while pending:
@@ -199,18 +213,43 @@ def collect_includes(source: str, *, root: Path, base: Path, path: str) -> dict[
         for ref in INCLUDE.findall(text):
             if ref in found:
                 continue
-            target = _resolve_include(root, folder, ref, path)
+            target = _resolve_include(root, folder, ref, path, locales)
             found[ref] = target
             pending.append((target.read_text(encoding="utf-8"), target.parent))
     return found
 
 
-def content_version(source: str, includes: dict[str, Path]) -> str:
+def content_version(source: str, includes: dict[str, Path], lang: str | None = None) -> str:
     digest = hashlib.sha256(source.encode("utf-8"))
+    if lang:  # the same file compiled for another language is another version
+        digest.update(f"\x00lang={lang}".encode())
     for ref in sorted(includes):
         digest.update(f"\x00{ref}\x00".encode())
         digest.update(includes[ref].read_bytes())
     return digest.hexdigest()
+
+
+MJML_TAG = re.compile(r"<mjml(?=[\s>/])[^>]*>")
+
+
+def set_lang(body: str, lang: str) -> str:
+    """``<mjml lang="...">`` unless the template sets one (MRML writes ``lang="und"`` else).
+
+    >>> set_lang("<mjml><mj-body/></mjml>", "de-AT")
+    '<mjml lang="de-AT"><mj-body/></mjml>'
+    >>> set_lang('<mjml lang="fr"><mj-body/></mjml>', "de")
+    '<mjml lang="fr"><mj-body/></mjml>'
+    """
+    match = MJML_TAG.search(body)
+    if match is None or re.search(r"\slang\s*=", match.group()):
+        return body
+    tag = match.group()
+    return (
+        body[: match.start()]
+        + f'<mjml lang="{html_lib.escape(lang)}"'
+        + tag[5:]
+        + body[match.end() :]
+    )
 
 
 def _mjml_to_html(body: str, loader: Callable[[str], str], path: str, line: int) -> str:
@@ -466,8 +505,13 @@ def compile_email(
     root: Path | None = None,
     text_sidecar: Path | None = None,
     syntax_env: Any = None,
+    lang: str | None = None,
+    locales: Sequence[str] = (),
 ) -> CompiledEmail:
-    """Compile one email template (the text of a ``.mjml`` file with its front matter)."""
+    """Compile one email template (the text of a ``.mjml`` file with its front matter).
+
+    ``lang`` (BCP 47) becomes the ``lang`` of the HTML unless the ``<mjml>`` tag sets one;
+    ``locales`` is the fallback chain partials are chosen by (``templates.locales``)."""
     from jinja2.sandbox import SandboxedEnvironment
 
     path = path or f"{name}.mjml"
@@ -475,9 +519,9 @@ def compile_email(
     base = Path(path).parent
     env = syntax_env or SandboxedEnvironment()
     front, key_lines, body, body_line = split_front_matter(source, path)
-    includes = collect_includes(body, root=root, base=base, path=path)
+    includes = collect_includes(body, root=root, base=base, path=path, locales=locales)
     sidecar_text = text_sidecar.read_text(encoding="utf-8") if text_sidecar else None
-    version = content_version(source + (sidecar_text or ""), includes)
+    version = content_version(source + (sidecar_text or ""), includes, lang)
 
     raw_subject = front.get("subject")
     if raw_subject is None:
@@ -508,6 +552,8 @@ def compile_email(
         else:
             body = body.replace("<mjml>", f"<mjml><mj-head>{preview}</mj-head>", 1)
 
+    if lang:
+        body = set_lang(body, lang)
     protector = _Protector()
     protected = protector.protect(body, path, body_line)
     included = {

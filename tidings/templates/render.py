@@ -37,6 +37,7 @@ from tidings.templates.limits import (
     bounded_concat,
     set_deadline,
 )
+from tidings.templates.locales import choose, fallback_chain, html_lang, split_stem
 from tidings.templates.sms import count_segments, non_gsm_characters
 from tidings.templates.tracking import (
     PreparedToken,
@@ -80,6 +81,7 @@ class RenderedEmail:
     template: str
     version: str
     variant: str
+    locale: str = ""  # the variant's locale (TIDINGS_DEFAULT_LOCALE for the default file)
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,6 +94,7 @@ class RenderedSms:
     template: str
     version: str
     warnings: tuple[str, ...] = ()
+    locale: str = ""  # the variant's locale (TIDINGS_DEFAULT_LOCALE for the default file)
 
 
 def contact_context(contact: Any) -> dict[str, Any]:
@@ -140,6 +143,7 @@ class _Email:
     open_token: PreparedToken
     unsubscribe_token: PreparedToken
     filenames: dict[str, str] = field(default_factory=dict)
+    locale: str = ""
 
 
 @dataclass
@@ -147,6 +151,7 @@ class _Sms:
     path: str
     version: str
     template: Template
+    locale: str = ""
 
 
 class Renderer:
@@ -171,34 +176,77 @@ class Renderer:
         self.timeout = self.settings.template_timeout
         self.html_env = make_environment(autoescape=True, max_output=self.max_output)
         self.text_env = make_environment(autoescape=False, max_output=self.max_output)
+        self.default_locale = self.settings.default_locale
         self._by_version: dict[str, _Email] = {}
-        self._emails: dict[str, _Email] = {}
-        self._sms: dict[str, _Sms] = {}
+        self._emails: dict[tuple[str, str | None], _Email] = {}
+        self._sms: dict[tuple[str, str | None], _Sms] = {}
+        self._variants: dict[str, dict[str, dict[str, Path]]] = {}
+        self._chosen: dict[tuple[str, str, str | None], str | None] = {}
         self.compile_count = 0  # MJML compilations done (the cache test counts them)
 
     # -- discovery -------------------------------------------------------------------------
-    def email_path(self, name: str) -> Path:
-        return self.root / "email" / f"{name}.mjml"
+    def email_path(self, name: str, locale: str | None = None) -> Path:
+        """The file of ``name`` (its ``locale`` variant's when given and present)."""
+        found = self.locales(name, "email").get(locale or "")
+        return found or self.root / "email" / f"{name}.mjml"
 
-    def sms_path(self, name: str) -> Path:
-        return self.root / "sms" / f"{name}.sms.j2"
+    def sms_path(self, name: str, locale: str | None = None) -> Path:
+        found = self.locales(name, "sms").get(locale or "")
+        return found or self.root / "sms" / f"{name}.sms.j2"
 
     def email_names(self) -> list[str]:
-        return sorted(p.name.removesuffix(".mjml") for p in (self.root / "email").glob("*.mjml"))
+        """Templates with a default file (``NAME.mjml``); locale variants are not names."""
+        return sorted(
+            p.name.removesuffix(".mjml")
+            for p in (self.root / "email").glob("*.mjml")
+            if "." not in p.name.removesuffix(".mjml")
+        )
 
     def sms_names(self) -> list[str]:
-        return sorted(p.name.removesuffix(".sms.j2") for p in (self.root / "sms").glob("*.sms.j2"))
+        return sorted(
+            p.name.removesuffix(".sms.j2")
+            for p in (self.root / "sms").glob("*.sms.j2")
+            if "." not in p.name.removesuffix(".sms.j2")
+        )
+
+    def locales(self, name: str, channel: str = "email") -> dict[str, Path]:
+        """Locale -> file of every locale variant of ``name`` (``welcome.de.mjml``: ``de``)."""
+        index = self._variants.get(channel)
+        if index is None:
+            folder, ext = ("email", ".mjml") if channel == "email" else ("sms", ".sms.j2")
+            index = {}
+            for path in sorted((self.root / folder).glob(f"*{ext}")):
+                base, locale, _ = split_stem(path.name.removesuffix(ext))
+                if locale is not None:
+                    index.setdefault(base, {})[locale] = path
+            self._variants[channel] = index
+        return index.get(name, {})
+
+    def choose_locale(self, name: str, locale: str | None, channel: str = "email") -> str | None:
+        """The variant a contact with ``locale`` gets (None: the default file), by the
+        fallback chain ``de_AT`` -> ``de`` -> default (``templates.locales``); remembered per
+        template and locale (a newsletter asks the same question for every contact)."""
+        key = (channel, name, locale)
+        try:
+            return self._chosen[key]
+        except KeyError:
+            found = self._chosen[key] = choose(locale, self.locales(name, channel))
+            return found
 
     # -- compile ---------------------------------------------------------------------------
     def _template(self, env: SandboxedEnvironment, source: str, filename: str) -> Template:
         code = env.compile(source, name=filename, filename=filename)
         return env.template_class.from_code(env, code, env.make_globals(None), None)
 
-    def email(self, name: str, *, reload: bool = False) -> CompiledEmail:
-        return self._email(name, reload=reload).compiled
+    def email(self, name: str, *, reload: bool = False, locale: str | None = None) -> CompiledEmail:
+        """``name`` compiled; ``locale``: that variant's (a key of ``locales(name)``)."""
+        return self._email(name, reload=reload, locale=locale).compiled
 
-    def _email(self, name: str, *, reload: bool = False) -> _Email:
-        cached = self._emails.get(name)
+    def _email(self, name: str, *, reload: bool = False, locale: str | None = None) -> _Email:
+        if reload:
+            self._variants.clear()
+            self._chosen.clear()
+        cached = self._emails.get((name, locale))
         if cached is not None and not reload:
             return cached
         path = self.email_path(name)
@@ -208,14 +256,21 @@ class Renderer:
                 location=str(path),
                 hint=f"available: {', '.join(self.email_names()) or 'none'}",
             )
-        sidecar = path.with_name(f"{name}.txt.j2")
+        if locale is not None:
+            path = self.email_path(name, locale)
+        stem = path.name.removesuffix(".mjml")
+        sidecar = path.with_name(f"{stem}.txt.j2")
         source = path.read_text(encoding="utf-8")
         from tidings.templates.compiler import collect_includes, content_version, split_front_matter
 
+        language = locale or self.default_locale
+        chain = fallback_chain(language)
         body = split_front_matter(source, str(path))[2]
-        includes = collect_includes(body, root=self.root, base=path.parent, path=str(path))
+        includes = collect_includes(
+            body, root=self.root, base=path.parent, path=str(path), locales=chain
+        )
         sidecar_text = sidecar.read_text(encoding="utf-8") if sidecar.is_file() else ""
-        version = content_version(source + sidecar_text, includes)
+        version = content_version(source + sidecar_text, includes, html_lang(language))
         entry = self._by_version.get(version)
         if entry is None:
             entry = self._build(
@@ -226,13 +281,16 @@ class Renderer:
                     root=self.root,
                     text_sidecar=sidecar if sidecar.is_file() else None,
                     syntax_env=self.html_env,
-                )
+                    lang=html_lang(language),
+                    locales=chain,
+                ),
+                language,
             )
             self._by_version[version] = entry
-        self._emails[name] = entry
+        self._emails[(name, locale)] = entry
         return entry
 
-    def _build(self, compiled: CompiledEmail) -> _Email:
+    def _build(self, compiled: CompiledEmail, locale: str) -> _Email:
         self.compile_count += 1
         tag = f"{compiled.path}@{compiled.version[:12]}"
         names = {
@@ -252,10 +310,11 @@ class Renderer:
             open_token=self.signer.prepare("o"),
             unsubscribe_token=self.signer.prepare("u"),
             filenames=names,
+            locale=locale,
         )
 
-    def _sms_template(self, name: str) -> _Sms:
-        cached = self._sms.get(name)
+    def _sms_template(self, name: str, locale: str | None = None) -> _Sms:
+        cached = self._sms.get((name, locale))
         if cached is not None:
             return cached
         path = self.sms_path(name)
@@ -265,6 +324,8 @@ class Renderer:
                 location=str(path),
                 hint=f"available: {', '.join(self.sms_names()) or 'none'}",
             )
+        if locale is not None:
+            path = self.sms_path(name, locale)
         source = path.read_text(encoding="utf-8")
         from jinja2 import TemplateSyntaxError
 
@@ -276,8 +337,13 @@ class Renderer:
             ) from exc
         import hashlib
 
-        entry = _Sms(str(path), hashlib.sha256(source.encode()).hexdigest(), template)
-        self._sms[name] = entry
+        entry = _Sms(
+            str(path),
+            hashlib.sha256(source.encode()).hexdigest(),
+            template,
+            locale or self.default_locale,
+        )
+        self._sms[(name, locale)] = entry
         return entry
 
     # -- render ----------------------------------------------------------------------------
@@ -289,16 +355,19 @@ class Renderer:
         message_id: str | int,
         context: Mapping[str, Any] | None = None,
         variant: str | None = None,
+        locale: str | None = None,
     ) -> RenderedEmail:
-        """Subject, preheader, HTML and text of ``name`` for one contact and message."""
-        entry = self._email(name)
+        """Subject, preheader, HTML and text of ``name`` for one contact and message, in the
+        locale variant the contact's locale picks (or ``locale``'s, given instead)."""
+        person = contact_context(contact)
+        entry = self._email(name, locale=self.choose_locale(name, locale or person["locale"]))
         compiled = entry.compiled
         mid = str(message_id)
         encoded = encode_message_id(mid)
         base = self.public_url
         unsubscribe_url = f"{base}/u/{entry.unsubscribe_token.token(mid, encoded)}"
         values: dict[str, Any] = dict(context) if context else {}
-        values["contact"] = contact_context(contact)
+        values["contact"] = person
         values["message_id"] = mid
         values["unsubscribe_url"] = unsubscribe_url
         if variant is None:
@@ -356,6 +425,7 @@ class Renderer:
             template=name,
             version=compiled.version,
             variant=variant,
+            locale=entry.locale,
         )
 
     def render_sms(
@@ -365,11 +435,15 @@ class Renderer:
         contact: Any,
         message_id: str | int | None = None,
         context: Mapping[str, Any] | None = None,
+        locale: str | None = None,
     ) -> RenderedSms:
-        """The SMS body with its encoding and exact segment count; warns above the limit."""
-        entry = self._sms_template(name)
+        """The SMS body with its encoding and exact segment count; warns above the limit.
+        The locale variant is chosen as for email."""
+        person = contact_context(contact)
+        chosen = self.choose_locale(name, locale or person["locale"], "sms")
+        entry = self._sms_template(name, chosen)
         values: dict[str, Any] = dict(context) if context else {}
-        values["contact"] = contact_context(contact)
+        values["contact"] = person
         values["message_id"] = None if message_id is None else str(message_id)
         set_deadline(self.timeout)
         try:
@@ -405,6 +479,7 @@ class Renderer:
             name,
             entry.version,
             tuple(warnings),
+            entry.locale,
         )
 
     def _error(self, exc: Exception, entry: _Email, part: str) -> TemplateRenderError:

@@ -6,7 +6,7 @@ value is known to have held since then, and not known before, so ``has_been`` co
 contact's time from there (never more than the truth).
 
 Revision ID: 0013
-Revises: 0011
+Revises: 0012
 Create Date: 2026-11-30 16:30:00
 """
 
@@ -19,7 +19,7 @@ import tidings.crm.types
 from tidings.crm import history
 
 revision = "0013"
-down_revision = "0011"
+down_revision = "0012"
 branch_labels = None
 depends_on = None
 
