@@ -20,6 +20,7 @@ from sqlalchemy import Connection, Table, bindparam, insert, select, update
 
 from tidings.crm.db import insert_ignore
 from tidings.crm.models import Consent, ConsentChange, Suppression
+from tidings.crm.suppression import erased_addresses
 from tidings.crm.types import utcnow
 
 consents_t: Table = Consent.__table__  # type: ignore[assignment]
@@ -108,7 +109,8 @@ def set_consents(
 
 
 def suppress(conn: Connection, rows: Iterable[tuple[str, str, str, str, dict[str, Any]]]) -> None:
-    """Add suppressions ``(channel, address, reason, source, detail)``; known ones stay."""
+    """Add suppressions ``(channel, address, reason, source, detail)``; known ones stay. The
+    address of an erased person is not stored again (its keyed hash already suppresses it)."""
     seen: dict[tuple[str, str], dict[str, Any]] = {}
     now = utcnow()
     for channel, address, reason, source, detail in rows:
@@ -123,5 +125,8 @@ def suppress(conn: Connection, rows: Iterable[tuple[str, str, str, str, dict[str
                 "created_at": now,
             },
         )
+    for channel in {c for c, _ in seen}:
+        for address in erased_addresses(conn, channel, [a for c, a in seen if c == channel]):
+            seen.pop((channel, address), None)
     if seen:
         conn.execute(insert_ignore(conn, suppressions_t), list(seen.values()))

@@ -52,6 +52,7 @@ from tidings.crm.normalize import (
     typed_value,
 )
 from tidings.crm.readers import ERROR, Record, read_records
+from tidings.crm.suppression import Identity, suppressed_rows
 from tidings.crm.types import utcnow
 
 MAX_REPORTED_ERRORS = 1000
@@ -102,12 +103,19 @@ class ImportReport:
     updated: int = 0
     unchanged: int = 0
     warned: int = 0  # accepted rows of which a field was left out
+    suppressed: int = 0  # rows naming an erased person: not imported (crm/suppression.py)
     errors: list[RowError] = field(default_factory=list)
     warnings: list[RowError] = field(default_factory=list)
+    suppressions: list[RowError] = field(default_factory=list)
 
     @property
     def accepted(self) -> int:
-        return self.read - self.rejected
+        return self.read - self.rejected - self.suppressed
+
+    def suppress(self, line: int, column: str | None, reason: str) -> None:
+        self.suppressed += 1
+        if len(self.suppressions) < MAX_REPORTED_ERRORS:
+            self.suppressions.append(RowError(line, column, reason))
 
     def reject(self, line: int, problems: Iterable[tuple[str | None, str]]) -> None:
         self.rejected += 1
@@ -132,6 +140,7 @@ class ImportReport:
             "updated": self.updated,
             "unchanged": self.unchanged,
             "warned": self.warned,
+            "suppressed": self.suppressed,
             "errors": [
                 {"line": e.line, "column": e.column, "reason": e.reason} for e in self.errors
             ],
@@ -140,6 +149,9 @@ class ImportReport:
                 {"line": e.line, "column": e.column, "reason": e.reason} for e in self.warnings
             ],
             "warnings_truncated": len(self.warnings) >= MAX_REPORTED_ERRORS,
+            "suppressions": [
+                {"line": e.line, "column": e.column, "reason": e.reason} for e in self.suppressions
+            ],
         }
 
 
@@ -315,10 +327,42 @@ def _parse_contact(
     return ContactRow(record.line, external_id, values, attributes, consents)
 
 
+def leave_out_suppressed(
+    conn: Connection,
+    rows: list[Any],
+    identities: list[Identity],
+    report: ImportReport,
+    settings: Settings | None = None,
+) -> list[Any]:
+    """The rows of a batch that do not name an erased person; the others are reported as
+    suppressed on their line (crm/suppression.py). ``identities[i]`` is who ``rows[i]``
+    names, normalised."""
+    hits = suppressed_rows(conn, identities, settings=settings)
+    if not hits:
+        return rows
+    for index, hit in sorted(hits.items()):
+        report.suppress(rows[index].line, hit.kind, hit.reason())
+    return [row for index, row in enumerate(rows) if index not in hits]
+
+
 def _apply_contacts(
-    conn: Connection, rows: list[ContactRow], report: ImportReport, *, source: str
+    conn: Connection,
+    rows: list[ContactRow],
+    report: ImportReport,
+    *,
+    source: str,
+    settings: Settings | None = None,
 ) -> None:
     now = utcnow()
+    rows = leave_out_suppressed(
+        conn,
+        rows,
+        [Identity(r.external_id, r.values.get("email"), r.values.get("phone")) for r in rows],
+        report,
+        settings,
+    )
+    if not rows:
+        return
     ext_ids = {r.external_id for r in rows if r.external_id}
     emails = {r.values["email"] for r in rows if "email" in r.values}
     columns = [contacts_t.c.id, contacts_t.c.external_id, contacts_t.c.attributes] + [
@@ -435,7 +479,9 @@ def import_contacts(
         settings=settings,
         allow_extra=allow_extra_columns,
         parse=lambda record, warnings: _parse_contact(record, settings, warnings),
-        apply=lambda conn, rows, report: _apply_contacts(conn, rows, report, source=source),
+        apply=lambda conn, rows, report: _apply_contacts(
+            conn, rows, report, source=source, settings=settings
+        ),
     )
 
 
@@ -454,7 +500,8 @@ class _Owned:
 def _resolve_contacts(
     conn: Connection, rows: list[_Owned], report: ImportReport
 ) -> list[tuple[_Owned, int]]:
-    """Pair each row with its contact id; rows naming no known contact are rejected."""
+    """Pair each row with its contact id; rows naming no known contact are rejected, or
+    reported as suppressed when they name an erased person."""
     ext_ids = {r.external_id for r in rows if r.external_id}
     emails = {r.email for r in rows if r.email and not r.external_id}
     by_ext: dict[str, int] = {}
@@ -469,17 +516,21 @@ def _resolve_contacts(
         if email:
             by_email.setdefault(email, cid)
     resolved = []
+    unknown: list[_Owned] = []
     for row in rows:
-        if row.external_id:
-            cid = by_ext.get(row.external_id)
-            missing = ("external_id", f"no contact has external_id {row.external_id!r}")
-        else:
-            cid = by_email.get(row.email or "")
-            missing = ("email", f"no contact has email {row.email!r}")
+        cid = by_ext.get(row.external_id) if row.external_id else by_email.get(row.email or "")
         if cid is None:
-            report.reject(row.line, [(missing[0], missing[1] + ": import the contact first")])
+            unknown.append(row)
         else:
             resolved.append((row, cid))
+    if unknown:
+        identities = [Identity(r.external_id, None if r.external_id else r.email) for r in unknown]
+        for row in leave_out_suppressed(conn, unknown, identities, report):
+            if row.external_id:
+                missing = "external_id", f"no contact has external_id {row.external_id!r}"
+            else:
+                missing = "email", f"no contact has email {row.email!r}"
+            report.reject(row.line, [(missing[0], missing[1] + ": import the contact first")])
     return resolved
 
 
