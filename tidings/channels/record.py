@@ -32,6 +32,7 @@ from sqlalchemy import Table, case
 from sqlalchemy.orm import Session
 
 from tidings.channels.types import SendResult
+from tidings.config import Settings
 from tidings.crm.db import insert_ignore, update_rows
 from tidings.crm.models import Message, MessageStatus, Suppression
 from tidings.crm.suppression import erased_addresses
@@ -61,6 +62,7 @@ def record_results(
     results: Iterable[SendResult],
     now: datetime | None = None,
     token: str | None = None,
+    settings: Settings | None = None,
 ) -> dict[str, int]:
     """Update the ``messages`` rows named by ``results``; insert due suppressions.
 
@@ -124,7 +126,7 @@ def record_results(
     if suppressions:
         for channel in {c for c, _ in suppressions}:  # not in clear again: an erased person's
             for address in erased_addresses(
-                session, channel, [a for c, a in suppressions if c == channel]
+                session, channel, [a for c, a in suppressions if c == channel], settings=settings
             ):
                 suppressions.pop((channel, address), None)
     if suppressions:

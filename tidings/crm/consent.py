@@ -18,6 +18,7 @@ from typing import Any
 
 from sqlalchemy import Connection, Table, bindparam, insert, select, update
 
+from tidings.config import Settings
 from tidings.crm.db import insert_ignore
 from tidings.crm.models import Consent, ConsentChange, Suppression
 from tidings.crm.suppression import erased_addresses
@@ -108,7 +109,12 @@ def set_consents(
     return {key[0] for key in changed}
 
 
-def suppress(conn: Connection, rows: Iterable[tuple[str, str, str, str, dict[str, Any]]]) -> None:
+def suppress(
+    conn: Connection,
+    rows: Iterable[tuple[str, str, str, str, dict[str, Any]]],
+    *,
+    settings: Settings | None = None,
+) -> None:
     """Add suppressions ``(channel, address, reason, source, detail)``; known ones stay. The
     address of an erased person is not stored again (its keyed hash already suppresses it)."""
     seen: dict[tuple[str, str], dict[str, Any]] = {}
@@ -126,7 +132,8 @@ def suppress(conn: Connection, rows: Iterable[tuple[str, str, str, str, dict[str
             },
         )
     for channel in {c for c, _ in seen}:
-        for address in erased_addresses(conn, channel, [a for c, a in seen if c == channel]):
+        addresses = [a for c, a in seen if c == channel]
+        for address in erased_addresses(conn, channel, addresses, settings=settings):
             seen.pop((channel, address), None)
     if seen:
         conn.execute(insert_ignore(conn, suppressions_t), list(seen.values()))

@@ -498,7 +498,7 @@ class _Owned:
 
 
 def _resolve_contacts(
-    conn: Connection, rows: list[_Owned], report: ImportReport
+    conn: Connection, rows: list[_Owned], report: ImportReport, settings: Settings | None = None
 ) -> list[tuple[_Owned, int]]:
     """Pair each row with its contact id; rows naming no known contact are rejected, or
     reported as suppressed when they name an erased person."""
@@ -525,7 +525,7 @@ def _resolve_contacts(
             resolved.append((row, cid))
     if unknown:
         identities = [Identity(r.external_id, None if r.external_id else r.email) for r in unknown]
-        for row in leave_out_suppressed(conn, unknown, identities, report):
+        for row in leave_out_suppressed(conn, unknown, identities, report, settings):
             if row.external_id:
                 missing = "external_id", f"no contact has external_id {row.external_id!r}"
             else:
@@ -573,10 +573,15 @@ def _event_key(row: _Owned) -> str:
 
 
 def _apply_events(
-    conn: Connection, rows: list[_Owned], report: ImportReport, *, source: str
+    conn: Connection,
+    rows: list[_Owned],
+    report: ImportReport,
+    *,
+    source: str,
+    settings: Settings | None = None,
 ) -> None:
     pending: dict[str, dict[str, Any]] = {}
-    resolved = _resolve_contacts(conn, rows, report)
+    resolved = _resolve_contacts(conn, rows, report, settings)
     for row, contact_id in resolved:
         key = row.values["idempotency_key"] or _event_key(row)
         pending[key] = {
@@ -618,7 +623,9 @@ def import_events(
         settings=settings or get_settings(),
         allow_extra=allow_extra_columns,
         parse=_parse_event,
-        apply=lambda conn, rows, report: _apply_events(conn, rows, report, source=source),
+        apply=lambda conn, rows, report: _apply_events(
+            conn, rows, report, source=source, settings=settings
+        ),
     )
 
 
@@ -663,10 +670,16 @@ def _order_status(value: str) -> str:
 ORDER_FIELDS = ("contact_id", "total", "currency", "status", "placed_at", "attributes")
 
 
-def _apply_orders(conn: Connection, rows: list[_Owned], report: ImportReport) -> None:
+def _apply_orders(
+    conn: Connection,
+    rows: list[_Owned],
+    report: ImportReport,
+    *,
+    settings: Settings | None = None,
+) -> None:
     now = utcnow()
     pending: dict[str, dict[str, Any]] = {}
-    for row, contact_id in _resolve_contacts(conn, rows, report):
+    for row, contact_id in _resolve_contacts(conn, rows, report, settings):
         pending[row.values["order_id"]] = {**row.values, "contact_id": contact_id}
     stored = {
         r["order_id"]: r
@@ -769,15 +782,16 @@ def import_orders(
     allow_extra_columns: bool = False,
 ) -> ImportReport:
     """Upsert orders by ``order_id``: a changed status or total updates the stored order."""
+    settings = settings or get_settings()
     return _run(
         path,
         columns=ORDERS,
         fmt=fmt,
         engine=engine,
-        settings=settings or get_settings(),
+        settings=settings,
         allow_extra=allow_extra_columns,
         parse=_parse_order,
-        apply=_apply_orders,
+        apply=lambda conn, rows, report: _apply_orders(conn, rows, report, settings=settings),
     )
 
 

@@ -390,7 +390,9 @@ class Dispatcher:
             return []
         now = utcnow()
         with Session(self.db) as session, session.begin():
-            record_results(session=session, results=results, now=now, token=token)
+            record_results(
+                session=session, results=results, now=now, token=token, settings=self.settings
+            )
             retry_later = [
                 {
                     "id": int(r.message_id),

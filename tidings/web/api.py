@@ -475,7 +475,10 @@ async def post_orders(
     models = body if isinstance(body, list) else [body]
 
     def compute() -> tuple[int, dict[str, Any]]:
-        return _write(state, models, _parse_order, _apply_orders, "orders")
+        def apply(conn: Any, rows: list[Any], rep: ImportReport) -> None:
+            _apply_orders(conn, rows, rep, settings=state.settings)
+
+        return _write(state, models, _parse_order, apply, "orders")
 
     return await idempotent(request, who, idem, compute)
 

@@ -38,6 +38,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import ARRAY
 
 from tidings.channels import sendgrid, twilio
+from tidings.config import Settings
 from tidings.crm.consent import ConsentWish, changes_t, set_consents, suppress, suppressions_t
 from tidings.crm.db import insert_ignore
 from tidings.crm.models import Channel, Contact, Message, MessageEvent, MessageStatus, Purpose
@@ -295,6 +296,8 @@ def apply_sendgrid(
     events: list[Any],
     stats: ApplyStats,
     dead: Sequence[tuple[str, str]] = (),
+    *,
+    settings: Settings | None = None,
 ) -> None:
     now = utcnow()
     parsed: list[tuple[sendgrid.SendGridEvent, int | None]] = []
@@ -345,7 +348,7 @@ def apply_sendgrid(
     else:
         _insert_events(conn, rows, stats)
         advance_statuses(conn, moves, now)
-    suppress(conn, suppressions)
+    suppress(conn, suppressions, settings=settings)
     for source, addresses in emails.items():
         contact_ids = conn.execute(
             select(contacts_t.c.id).where(contacts_t.c.email.in_(addresses))
@@ -357,7 +360,9 @@ def apply_sendgrid(
         stats.consent_changes += len(set_consents(conn, wishes, source=source, now=now))
 
 
-def apply_twilio_status(conn: Connection, item: TwilioStatus, stats: ApplyStats) -> None:
+def apply_twilio_status(
+    conn: Connection, item: TwilioStatus, stats: ApplyStats, *, settings: Settings | None = None
+) -> None:
     form = item.form
     now = utcnow()
     callback = twilio.parse_status(form)
@@ -396,10 +401,13 @@ def apply_twilio_status(conn: Connection, item: TwilioStatus, stats: ApplyStats)
         advance_statuses(conn, {message_id: (target, error)}, now)
     if callback.unsubscribed and callback.to:
         reason = "unsubscribed recipient (21610)"
-        suppress(conn, [(Channel.SMS.value, callback.to, reason, "twilio:21610", dict(form))])
+        rows = [(Channel.SMS.value, callback.to, reason, "twilio:21610", dict(form))]
+        suppress(conn, rows, settings=settings)
 
 
-def apply_twilio_inbound(conn: Connection, item: TwilioInbound, stats: ApplyStats) -> None:
+def apply_twilio_inbound(
+    conn: Connection, item: TwilioInbound, stats: ApplyStats, *, settings: Settings | None = None
+) -> None:
     """Store an inbound SMS; a STOP or START changes SMS consent once and in order.
 
     Keyed by Twilio's MessageSid (``message_events`` is unique on it): a replayed or retried
@@ -415,7 +423,7 @@ def apply_twilio_inbound(conn: Connection, item: TwilioInbound, stats: ApplyStat
         return
     received = _when(item.received_at) if item.received_at else now
     # from an erased person's phone: kept as a count, not their number or words
-    erased = bool(erased_addresses(conn, Channel.SMS.value, [sms.phone]))
+    erased = bool(erased_addresses(conn, Channel.SMS.value, [sms.phone], settings=settings))
     new = _insert_events(
         conn,
         [
@@ -509,7 +517,11 @@ EventPoster = Callable[[list[dict[str, Any]]], int]
 
 
 def apply_items(
-    db: Engine, items: Sequence[IngestItem], *, post_events: EventPoster | None = None
+    db: Engine,
+    items: Sequence[IngestItem],
+    *,
+    post_events: EventPoster | None = None,
+    settings: Settings | None = None,
 ) -> ApplyStats:
     """Write a batch of items: provider and tracking items in one transaction, then events.
 
@@ -522,11 +534,11 @@ def apply_items(
         for item in items:
             match item:
                 case SendGridBatch():
-                    apply_sendgrid(conn, item.events, stats, item.dead)
+                    apply_sendgrid(conn, item.events, stats, item.dead, settings=settings)
                 case TwilioStatus():
-                    apply_twilio_status(conn, item, stats)
+                    apply_twilio_status(conn, item, stats, settings=settings)
                 case TwilioInbound():
-                    apply_twilio_inbound(conn, item, stats)
+                    apply_twilio_inbound(conn, item, stats, settings=settings)
                 case TrackingHit():
                     tracking.append(item)
                 case EventBatch():
