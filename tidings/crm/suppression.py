@@ -23,7 +23,6 @@ Two entry points for writers, both on normalised values:
 from __future__ import annotations
 
 import hashlib
-import hmac
 import logging
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -76,18 +75,29 @@ class Suppressed:
 
 
 class Hasher:
-    """HMAC-SHA256 of ``kind \\x1f value`` under one key; ``key_id`` names the key."""
+    """HMAC-SHA256 (RFC 2104) of ``kind \x1f value`` under one key; ``key_id`` names the key.
+
+    The padded key's hash states are computed once and copied per digest: the same bytes as
+    ``hmac.new(key, msg, sha256)``, about four times cheaper (an import hashes every row).
+    """
 
     def __init__(self, key: str | bytes) -> None:
         raw = key.encode("utf-8") if isinstance(key, str) else key
         if not raw:
             raise ValueError("the suppression key must not be empty")
-        self._key = raw
+        if len(raw) > 64:
+            raw = hashlib.sha256(raw).digest()
+        padded = raw.ljust(64, b"\0")
+        self._inner = hashlib.sha256(bytes(b ^ 0x36 for b in padded))
+        self._outer = hashlib.sha256(bytes(b ^ 0x5C for b in padded))
         self.key_id = self.digest("key-id", "tidings")[:16]
 
     def digest(self, kind: str, value: str) -> str:
-        message = f"{kind}\x1f{value}".encode()
-        return hmac.new(self._key, message, hashlib.sha256).hexdigest()
+        inner = self._inner.copy()
+        inner.update(f"{kind}\x1f{value}".encode())
+        outer = self._outer.copy()
+        outer.update(inner.digest())
+        return outer.hexdigest()
 
 
 def hasher(settings: Settings | None = None) -> Hasher:
