@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import Engine, func, insert, select, text
+from sqlalchemy import Engine, func, insert, select, text, update
 
 from tests.analytics.seeding import EXPERIMENT, T0, seed_store
 from tidings.analytics.attribution_run import run_attribution
@@ -133,17 +133,17 @@ def _fill_every_table(db: Engine, tmp_path: Path, cid: int, ext: str, email: str
         suppress(conn, [("sms", PHONE, "stop", "twilio:STOP", {"From": PHONE})])
         conn.execute(insert(SegmentMembership).values(segment="vip", contact_id=cid, entered_at=T0))
         conn.execute(
-            Enrollment.__table__.update()
+            update(Enrollment)
             .where(Enrollment.contact_id == cid)
             .values(context={"data": {"name": NAME}}, status="active")
         )
         conn.execute(
-            Message.__table__.update()
+            update(Message)
             .where(Message.contact_id == cid)
             .values(subject=f"Hello {NAME}", meta={"context": {"street": SECRET_STREET}})
         )
         conn.execute(
-            MessageEvent.__table__.update()
+            update(MessageEvent)
             .where(MessageEvent.message_id.in_(select(Message.id).where(Message.contact_id == cid)))
             .values(payload={"email": email, "ip": "203.0.113.9"}, url=None)
         )

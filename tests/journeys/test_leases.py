@@ -188,7 +188,7 @@ def test_an_erasure_after_the_hand_over_records_the_result_without_personal_data
     handed = a.dispatcher.record([], token=claim.token, handed=prepared.outbound["email"])
     assert [int(m.message_id) for m in handed] == [mid]
     with Session(a.db) as session:
-        contact = session.scalar(select(Message.contact_id))
+        contact = session.execute(select(Message.contact_id)).scalar_one()
     result = erase_contact(a.db, contact, actor="cli:test", settings=a.settings)
     assert "held" not in result.counts["messages"]  # with the provider: not held
     bounce = SendResult(
