@@ -75,3 +75,35 @@ def test_readme_configuration_table_is_current() -> None:
     assert refresh_readme(readme) == readme, "run `make docs` to refresh README.md"
     for name in Settings.model_fields:
         assert f"`TIDINGS_{name.upper()}`" in readme
+
+
+def test_contacts_export_and_erase_commands(cli_store: str, tmp_path: Path) -> None:
+    people = tmp_path / "people.csv"
+    people.write_text(
+        "external_id,email,phone,first_name,consent_email\n"
+        "E1,eve@example.com,+14155550177,Eve,yes\nE2,max@example.com,,Max,yes\n"
+    )
+    assert runner.invoke(app, ["contacts", "import", str(people)]).exit_code == 0
+    out = tmp_path / "eve.json"
+    result = runner.invoke(app, ["contacts", "export", "eve@example.com", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    document = json.loads(out.read_text())
+    assert document["contact"]["phone"] == "+14155550177"
+    assert document["tables"]["consent_changes"][0]["source"] == "import:people.csv"
+    # without --yes it asks; "n" leaves everything as it was
+    result = runner.invoke(app, ["contacts", "erase", "E1"], input="n\n")
+    assert result.exit_code == 1 and "Erase contact" in result.output
+    result = runner.invoke(app, ["contacts", "erase", "E1", "--yes", "--json", "--reason", "T-1"])
+    assert result.exit_code == 0, result.output
+    erased = json.loads(result.output)
+    assert erased["status"] == "erased" and erased["counts"]["consents"] == {"deleted": 1}
+    result = runner.invoke(app, ["contacts", "erase", "eve@example.com", "--yes"])
+    assert result.exit_code == 0 and "already erased" in result.output
+    assert runner.invoke(app, ["contacts", "erase", "nobody@example.com"]).exit_code == 2
+    # the same file again: Max unchanged, Eve suppressed and said so; exit 1
+    result = runner.invoke(app, ["contacts", "import", str(people)])
+    assert result.exit_code == 1, result.output
+    assert "1 suppressed" in result.output and "erased" in result.output
+    report = json.loads(runner.invoke(app, ["contacts", "import", str(people), "--json"]).output)
+    assert (report["suppressed"], report["unchanged"], report["inserted"]) == (1, 1, 0)
+    assert report["suppressions"][0]["line"] == 2

@@ -142,6 +142,13 @@ class Settings(BaseSettings):
         description="Secret that signs tracking and unsubscribe tokens. Unset: an INSECURE "
         "built-in development key is used and a warning logged; never send real mail so.",
     )
+    suppression_key: SecretStr | None = Field(
+        None,
+        description="Secret of the keyed hashes (HMAC-SHA256) that an erased contact's email, "
+        "phone and external id are kept as, so an import cannot bring them back. Unset: "
+        "TIDINGS_SECRET_KEY. Keep it: after a change, earlier erasures are no longer "
+        "recognised (a warning names them).",
+    )
     unsubscribe_mailto: str | None = Field(
         None, description="Address added as mailto: to List-Unsubscribe; unset: https URL only."
     )

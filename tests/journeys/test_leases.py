@@ -142,3 +142,73 @@ def test_the_heartbeat_keeps_the_lease_and_stops_with_the_claim(
     a.dispatcher.leases.release(claim.token)
     time.sleep(0.8)  # no heartbeat for a released claim: the lease runs out
     assert reconcile(a, older_than=timedelta(0), now=utcnow()).requeued == 3
+
+
+def test_an_erasure_while_a_worker_sends_holds_what_is_not_handed_over(
+    store_url: str, tmp_path: Path
+) -> None:
+    """Erased between claim and hand-over: the claim is taken away, the fence refuses the
+    message, nothing is sent or written to the outbox; the others go out as usual."""
+    from tidings.crm.erasure import erase_contact
+
+    outbox = tmp_path / "outbox"
+    a = worker(store_url, outbox, lease=3600)
+    mids = queue(a, 4)
+    claim = a.dispatcher.claim(now=T0, limit=2)  # P0 and P1 claimed, P2 and P3 still queued
+    stats = DispatchStats()
+    prepared = a.dispatcher.prepare(claim, stats)  # rendered, in memory, not yet handed over
+    with Session(a.db) as session:
+        owners = dict(session.execute(select(Message.id, Message.contact_id)).tuples().all())
+    for mid in (mids[0], mids[2]):  # one claimed, one queued
+        result = erase_contact(a.db, owners[mid], actor="cli:test", settings=a.settings)
+        assert result.counts["messages"]["held"] == 1
+    a.dispatcher.deliver(prepared, stats)
+    assert (stats.sent, stats.lost) == (1, 1)
+    later = a.dispatcher.dispatch(now=T0)
+    assert later.sent == 1 and later.claimed == 1  # P3 only: P2's message is held
+    assert statuses(a) == ["held", "sent", "held", "sent"]
+    assert sorted(p.stem for p in outbox.glob("*.eml")) == sorted([str(mids[1]), str(mids[3])])
+    assert "p0@example.com" not in "".join(p.read_text() for p in outbox.iterdir())
+
+
+def test_an_erasure_after_the_hand_over_records_the_result_without_personal_data(
+    store_url: str, tmp_path: Path
+) -> None:
+    """Already with the provider: the result is recorded (a second send is what must never
+    happen), but the provider's reason and a suppression in clear are not kept; reconcile
+    and a later dispatch never send the erased contact's message again."""
+    from tidings.channels.types import SendResult
+    from tidings.crm.erasure import erase_contact
+    from tidings.crm.models import Suppression
+
+    a = worker(store_url, tmp_path / "outbox", lease=3600)
+    (mid,) = queue(a, 1)
+    claim = a.dispatcher.claim(now=T0, limit=1)
+    prepared = a.dispatcher.prepare(claim, DispatchStats())
+    handed = a.dispatcher.record([], token=claim.token, handed=prepared.outbound["email"])
+    assert [int(m.message_id) for m in handed] == [mid]
+    with Session(a.db) as session:
+        contact = session.execute(select(Message.contact_id)).scalar_one()
+    result = erase_contact(a.db, contact, actor="cli:test", settings=a.settings)
+    assert "held" not in result.counts["messages"]  # with the provider: not held
+    bounce = SendResult(
+        str(mid),
+        "failed",
+        "smtp",
+        to="p0@example.com",
+        error="550 5.1.1 <p0@example.com>: no such user",
+        suppress=True,
+        suppress_reason="hard bounce",
+    )
+    a.dispatcher.record([bounce], token=claim.token)
+    a.dispatcher.leases.release(claim.token)
+    with Session(a.db) as session:
+        row = session.execute(select(Message.status, Message.error, Message.to_address)).one()
+        suppressed = list(session.scalars(select(Suppression.address)))
+    assert tuple(row) == ("failed", None, "") and suppressed == []
+    # put back in the queue (as reconcile would for a message the provider never got)
+    with Session(a.db) as session, session.begin():
+        session.execute(update(Message).values(status="queued", claim_token=None))
+    again = a.dispatcher.dispatch(now=T0)
+    assert (again.sent, again.render_failed) == (0, 1)
+    assert statuses(a) == ["failed"]

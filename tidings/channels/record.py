@@ -28,12 +28,14 @@ from collections.abc import Iterable, Mapping
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Table
+from sqlalchemy import Table, case
 from sqlalchemy.orm import Session
 
 from tidings.channels.types import SendResult
+from tidings.config import Settings
 from tidings.crm.db import insert_ignore, update_rows
 from tidings.crm.models import Message, MessageStatus, Suppression
+from tidings.crm.suppression import erased_addresses
 from tidings.crm.types import utcnow
 
 suppressions_t: Table = Suppression.__table__  # type: ignore[assignment]
@@ -60,6 +62,7 @@ def record_results(
     results: Iterable[SendResult],
     now: datetime | None = None,
     token: str | None = None,
+    settings: Settings | None = None,
 ) -> dict[str, int]:
     """Update the ``messages`` rows named by ``results``; insert due suppressions.
 
@@ -105,11 +108,13 @@ def record_results(
     for kind, rows in groups.items():
 
         def set_clause(v: Mapping[str, Any], kind: str = kind) -> dict[str, Any]:
+            # a provider's reason may quote the address: not kept once the contact is erased
+            reason = case((table.c.erased_at.is_(None), v["error"]), else_=None)
             clause = {
                 "status": status[kind],
                 "provider": v["provider"],
                 "attempts": table.c.attempts + v["attempts"],
-                "error": None if kind == "sent" else v["error"],
+                "error": None if kind == "sent" else reason,
                 "updated_at": now,
             }
             if kind == "sent":
@@ -118,6 +123,12 @@ def record_results(
 
         owned = None if token is None or kind == "sent" else _owned
         update_rows(session, table, rows, set_=set_clause, where=owned)
+    if suppressions:
+        for channel in {c for c, _ in suppressions}:  # not in clear again: an erased person's
+            for address in erased_addresses(
+                session, channel, [a for c, a in suppressions if c == channel], settings=settings
+            ):
+                suppressions.pop((channel, address), None)
     if suppressions:
         session.execute(insert_ignore(session, suppressions_t), list(suppressions.values()))
     return {

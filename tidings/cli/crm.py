@@ -16,7 +16,9 @@ if TYPE_CHECKING:
 
 console = Console()
 crm_app = typer.Typer(help="The CRM store: data quality.", no_args_is_help=True)
-contacts_app = typer.Typer(help="Contacts: import, and the contact card.", no_args_is_help=True)
+contacts_app = typer.Typer(
+    help="Contacts: import, the contact card, export and erasure.", no_args_is_help=True
+)
 events_app = typer.Typer(
     help="Events: import a file, or post one (journeys react).", no_args_is_help=True
 )
@@ -40,12 +42,18 @@ def print_import_report(report: ImportReport, *, out: Console = console) -> None
         f"[green]{report.accepted} accepted[/] ({report.inserted} new, {report.updated} updated, "
         f"{report.unchanged} unchanged), "
         + (f"[red]{report.rejected} rejected[/]" if report.rejected else "0 rejected")
-        + (f", [yellow]{report.warned} with warnings[/]" if report.warned else ""),
+        + (f", [yellow]{report.warned} with warnings[/]" if report.warned else "")
+        + (
+            f", [magenta]{report.suppressed} suppressed (erased people)[/]"
+            if report.suppressed
+            else ""
+        ),
         highlight=False,
     )
     sections = (
         ("rejected rows", report.errors),
         ("warnings: imported without these fields", report.warnings),
+        ("suppressed rows: erased people, not imported", report.suppressions),
     )
     for title, problems in sections:
         if not problems:
@@ -73,9 +81,9 @@ def _import(kind: str, path: Path, fmt: str | None, as_json: bool, allow_extra: 
         typer.echo(json.dumps(report.to_dict(), indent=2))
     else:
         print_import_report(report)
-    # 1: the good rows are in, but some were rejected (scripts can tell). Warnings alone (a
-    # field left out of an imported row) exit 0: every row is in.
-    raise typer.Exit(1 if report.rejected else 0)
+    # 1: the good rows are in, but some were rejected or suppressed (scripts can tell).
+    # Warnings alone (a field left out of an imported row) exit 0: every row is in.
+    raise typer.Exit(1 if report.rejected or report.suppressed else 0)
 
 
 @contacts_app.command("import")
@@ -160,3 +168,91 @@ def crm_quality(
         typer.echo(json.dumps(report.to_dict(), indent=2, default=str))
     else:
         print_quality(report)
+
+
+REF = typer.Argument(..., help="Contact id (#12), external id or email")
+
+
+def _resolve(ref: str) -> int:
+    """The contact ``ref`` names, as ``contacts show`` finds it; exit 2 when there is none."""
+    from tidings.crm.db import make_engine
+    from tidings.web.card import find_contact_id
+
+    contact_id = find_contact_id(make_engine(), ref)
+    if contact_id is None:
+        console.print(f"[red]error:[/] no contact with id, external_id or email {ref!r}")
+        raise typer.Exit(2)
+    return contact_id
+
+
+@contacts_app.command("export")
+def contacts_export(
+    ref: str = REF,
+    out: Path | None = typer.Option(None, "--out", help="Write the JSON here, not to stdout."),
+) -> None:
+    """Everything stored about a contact as one JSON document (GDPR articles 15 and 20)."""
+    from tidings.crm.db import make_engine
+    from tidings.crm.erasure import export_contact
+
+    document = json.dumps(export_contact(make_engine(), _resolve(ref)), indent=2)
+    if out is None:
+        typer.echo(document)
+        return
+    out.write_text(document + "\n", encoding="utf-8")
+    console.print(f"exported contact {ref} to {out}", highlight=False)
+
+
+@contacts_app.command("erase")
+def contacts_erase(
+    ref: str = REF,
+    yes: bool = typer.Option(False, "--yes", help="Do not ask for confirmation."),
+    reason: str | None = typer.Option(None, help="Why (kept in the erasure log)."),
+    as_json: bool = AS_JSON,
+) -> None:
+    """Erase a contact's personal data (GDPR article 17), keeping anonymous counts.
+
+    Their email, phone and external id are kept only as keyed hashes: a later import or API
+    write naming them is reported as suppressed until the person consents again. Running it
+    again is harmless. See docs/privacy.md.
+    """
+    from tidings.crm.db import make_engine
+    from tidings.crm.erasure import cli_actor, erase_contact, find_erasure
+    from tidings.web.card import find_contact_id
+
+    db = make_engine()
+    contact_id = find_contact_id(db, ref)
+    if contact_id is None:
+        gone = find_erasure(db, ref)
+        if gone is None:
+            console.print(f"[red]error:[/] no contact with id, external_id or email {ref!r}")
+            raise typer.Exit(2)
+        if as_json:
+            typer.echo(json.dumps(gone.to_dict(), indent=2))
+        else:
+            console.print(
+                f"{ref} was already erased on {gone.erased_at:%Y-%m-%d} "
+                f"(erasure #{gone.erasure_id}): nothing to do",
+                highlight=False,
+            )
+        return
+    if not yes and not typer.confirm(
+        f"Erase contact #{contact_id} ({ref}): personal data removed for good?"
+    ):
+        raise typer.Exit(1)
+    outcome = erase_contact(db, contact_id, actor=cli_actor(), reason=reason)
+    if as_json:
+        typer.echo(json.dumps(outcome.to_dict(), indent=2))
+        return
+    if outcome.already:
+        console.print(
+            f"contact #{contact_id} was already erased (erasure #{outcome.erasure_id}): "
+            "nothing left to remove",
+            highlight=False,
+        )
+        return
+    table = Table("table", "what", "rows", title=f"erasure #{outcome.erasure_id}")
+    for name, counts in outcome.counts.items():
+        for what, n in counts.items():
+            table.add_row(name, what, str(n))
+    console.print(table)
+    console.print(f"contact #{contact_id} erased", highlight=False)

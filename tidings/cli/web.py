@@ -129,6 +129,8 @@ def contacts_show(
     name = " ".join(filter(None, [card["first_name"], card["last_name"]])) or "(no name)"
     console.print(f"[bold]#{card['id']} {name}[/]  external_id={card['external_id']}")
     console.print(f"email {card['email']}  phone {card['phone']}  tz {card['timezone']}")
+    if card["erased_at"]:
+        console.print(f"[magenta]erased[/] {card['erased_at']}: an anonymous row (docs/privacy.md)")
     for c in card["consents"]:
         console.print(f"consent {c['channel']}/{c['purpose']}: {c['status']} ({c['source']})")
     for s in card["suppressions"]:

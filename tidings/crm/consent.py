@@ -18,8 +18,10 @@ from typing import Any
 
 from sqlalchemy import Connection, Table, bindparam, insert, select, update
 
+from tidings.config import Settings
 from tidings.crm.db import insert_ignore
 from tidings.crm.models import Consent, ConsentChange, Suppression
+from tidings.crm.suppression import erased_addresses
 from tidings.crm.types import utcnow
 
 consents_t: Table = Consent.__table__  # type: ignore[assignment]
@@ -107,8 +109,14 @@ def set_consents(
     return {key[0] for key in changed}
 
 
-def suppress(conn: Connection, rows: Iterable[tuple[str, str, str, str, dict[str, Any]]]) -> None:
-    """Add suppressions ``(channel, address, reason, source, detail)``; known ones stay."""
+def suppress(
+    conn: Connection,
+    rows: Iterable[tuple[str, str, str, str, dict[str, Any]]],
+    *,
+    settings: Settings | None = None,
+) -> None:
+    """Add suppressions ``(channel, address, reason, source, detail)``; known ones stay. The
+    address of an erased person is not stored again (its keyed hash already suppresses it)."""
     seen: dict[tuple[str, str], dict[str, Any]] = {}
     now = utcnow()
     for channel, address, reason, source, detail in rows:
@@ -123,5 +131,9 @@ def suppress(conn: Connection, rows: Iterable[tuple[str, str, str, str, dict[str
                 "created_at": now,
             },
         )
+    for channel in {c for c, _ in seen}:
+        addresses = [a for c, a in seen if c == channel]
+        for address in erased_addresses(conn, channel, addresses, settings=settings):
+            seen.pop((channel, address), None)
     if seen:
         conn.execute(insert_ignore(conn, suppressions_t), list(seen.values()))

@@ -53,6 +53,7 @@ from tidings.crm.normalize import (
 )
 from tidings.crm.optin import ConsentOutcome, OptInPolicy, apply_consents
 from tidings.crm.readers import ERROR, Record, read_records
+from tidings.crm.suppression import Identity, suppressed_rows
 from tidings.crm.types import utcnow
 
 MAX_REPORTED_ERRORS = 1000
@@ -105,14 +106,21 @@ class ImportReport:
     warned: int = 0  # accepted rows of which a field was left out
     confirmations: list[int] = field(default_factory=list)
     """Double opt-in confirmation emails queued in the outbox (crm/optin.py)."""
+    suppressed: int = 0  # rows naming an erased person: not imported (crm/suppression.py)
     errors: list[RowError] = field(default_factory=list)
     warnings: list[RowError] = field(default_factory=list)
+    suppressions: list[RowError] = field(default_factory=list)
     touched: set[int] = field(default_factory=set)
     """Contacts whose data this import changed (for the live segments, segments.live)."""
 
     @property
     def accepted(self) -> int:
-        return self.read - self.rejected
+        return self.read - self.rejected - self.suppressed
+
+    def suppress(self, line: int, column: str | None, reason: str) -> None:
+        self.suppressed += 1
+        if len(self.suppressions) < MAX_REPORTED_ERRORS:
+            self.suppressions.append(RowError(line, column, reason))
 
     def reject(self, line: int, problems: Iterable[tuple[str | None, str]]) -> None:
         self.rejected += 1
@@ -138,6 +146,7 @@ class ImportReport:
             "unchanged": self.unchanged,
             "warned": self.warned,
             "confirmations": len(self.confirmations),
+            "suppressed": self.suppressed,
             "errors": [
                 {"line": e.line, "column": e.column, "reason": e.reason} for e in self.errors
             ],
@@ -146,6 +155,9 @@ class ImportReport:
                 {"line": e.line, "column": e.column, "reason": e.reason} for e in self.warnings
             ],
             "warnings_truncated": len(self.warnings) >= MAX_REPORTED_ERRORS,
+            "suppressions": [
+                {"line": e.line, "column": e.column, "reason": e.reason} for e in self.suppressions
+            ],
         }
 
 
@@ -321,6 +333,24 @@ def _parse_contact(
     return ContactRow(record.line, external_id, values, attributes, consents)
 
 
+def leave_out_suppressed(
+    conn: Connection,
+    rows: list[Any],
+    identities: list[Identity],
+    report: ImportReport,
+    settings: Settings | None = None,
+) -> list[Any]:
+    """The rows of a batch that do not name an erased person; the others are reported as
+    suppressed on their line (crm/suppression.py). ``identities[i]`` is who ``rows[i]``
+    names, normalised."""
+    hits = suppressed_rows(conn, identities, settings=settings)
+    if not hits:
+        return rows
+    for index, hit in sorted(hits.items()):
+        report.suppress(rows[index].line, hit.kind, hit.reason())
+    return [row for index, row in enumerate(rows) if index not in hits]
+
+
 def _apply_contacts(
     conn: Connection,
     rows: list[ContactRow],
@@ -328,8 +358,18 @@ def _apply_contacts(
     *,
     source: str,
     optin: OptInPolicy | None = None,
+    settings: Settings | None = None,
 ) -> None:
     now = utcnow()
+    rows = leave_out_suppressed(
+        conn,
+        rows,
+        [Identity(r.external_id, r.values.get("email"), r.values.get("phone")) for r in rows],
+        report,
+        settings,
+    )
+    if not rows:
+        return
     ext_ids = {r.external_id for r in rows if r.external_id}
     emails = {r.values["email"] for r in rows if "email" in r.values}
     columns = [contacts_t.c.id, contacts_t.c.external_id, contacts_t.c.attributes] + [
@@ -456,7 +496,12 @@ def import_contacts(
         allow_extra=allow_extra_columns,
         parse=lambda record, warnings: _parse_contact(record, settings, warnings),
         apply=lambda conn, rows, report: _apply_contacts(
-            conn, rows, report, source=source, optin=OptInPolicy.from_settings(settings)
+            conn,
+            rows,
+            report,
+            source=source,
+            optin=OptInPolicy.from_settings(settings),
+            settings=settings,
         ),
     )
 
@@ -474,9 +519,10 @@ class _Owned:
 
 
 def _resolve_contacts(
-    conn: Connection, rows: list[_Owned], report: ImportReport
+    conn: Connection, rows: list[_Owned], report: ImportReport, settings: Settings | None = None
 ) -> list[tuple[_Owned, int]]:
-    """Pair each row with its contact id; rows naming no known contact are rejected."""
+    """Pair each row with its contact id; rows naming no known contact are rejected, or
+    reported as suppressed when they name an erased person."""
     ext_ids = {r.external_id for r in rows if r.external_id}
     emails = {r.email for r in rows if r.email and not r.external_id}
     by_ext: dict[str, int] = {}
@@ -491,17 +537,21 @@ def _resolve_contacts(
         if email:
             by_email.setdefault(email, cid)
     resolved = []
+    unknown: list[_Owned] = []
     for row in rows:
-        if row.external_id:
-            cid = by_ext.get(row.external_id)
-            missing = ("external_id", f"no contact has external_id {row.external_id!r}")
-        else:
-            cid = by_email.get(row.email or "")
-            missing = ("email", f"no contact has email {row.email!r}")
+        cid = by_ext.get(row.external_id) if row.external_id else by_email.get(row.email or "")
         if cid is None:
-            report.reject(row.line, [(missing[0], missing[1] + ": import the contact first")])
+            unknown.append(row)
         else:
             resolved.append((row, cid))
+    if unknown:
+        identities = [Identity(r.external_id, None if r.external_id else r.email) for r in unknown]
+        for row in leave_out_suppressed(conn, unknown, identities, report, settings):
+            if row.external_id:
+                missing = "external_id", f"no contact has external_id {row.external_id!r}"
+            else:
+                missing = "email", f"no contact has email {row.email!r}"
+            report.reject(row.line, [(missing[0], missing[1] + ": import the contact first")])
     return resolved
 
 
@@ -544,10 +594,15 @@ def _event_key(row: _Owned) -> str:
 
 
 def _apply_events(
-    conn: Connection, rows: list[_Owned], report: ImportReport, *, source: str
+    conn: Connection,
+    rows: list[_Owned],
+    report: ImportReport,
+    *,
+    source: str,
+    settings: Settings | None = None,
 ) -> None:
     pending: dict[str, dict[str, Any]] = {}
-    resolved = _resolve_contacts(conn, rows, report)
+    resolved = _resolve_contacts(conn, rows, report, settings)
     for row, contact_id in resolved:
         key = row.values["idempotency_key"] or _event_key(row)
         pending[key] = {
@@ -590,7 +645,9 @@ def import_events(
         settings=settings or get_settings(),
         allow_extra=allow_extra_columns,
         parse=_parse_event,
-        apply=lambda conn, rows, report: _apply_events(conn, rows, report, source=source),
+        apply=lambda conn, rows, report: _apply_events(
+            conn, rows, report, source=source, settings=settings
+        ),
     )
 
 
@@ -635,10 +692,16 @@ def _order_status(value: str) -> str:
 ORDER_FIELDS = ("contact_id", "total", "currency", "status", "placed_at", "attributes")
 
 
-def _apply_orders(conn: Connection, rows: list[_Owned], report: ImportReport) -> None:
+def _apply_orders(
+    conn: Connection,
+    rows: list[_Owned],
+    report: ImportReport,
+    *,
+    settings: Settings | None = None,
+) -> None:
     now = utcnow()
     pending: dict[str, dict[str, Any]] = {}
-    for row, contact_id in _resolve_contacts(conn, rows, report):
+    for row, contact_id in _resolve_contacts(conn, rows, report, settings):
         pending[row.values["order_id"]] = {**row.values, "contact_id": contact_id}
     stored = {
         r["order_id"]: r
@@ -742,15 +805,16 @@ def import_orders(
     allow_extra_columns: bool = False,
 ) -> ImportReport:
     """Upsert orders by ``order_id``: a changed status or total updates the stored order."""
+    settings = settings or get_settings()
     return _run(
         path,
         columns=ORDERS,
         fmt=fmt,
         engine=engine,
-        settings=settings or get_settings(),
+        settings=settings,
         allow_extra=allow_extra_columns,
         parse=_parse_order,
-        apply=_apply_orders,
+        apply=lambda conn, rows, report: _apply_orders(conn, rows, report, settings=settings),
     )
 
 

@@ -106,6 +106,9 @@ class Contact(Base):
     rfm_segment: Mapped[str | None] = mapped_column(String(32))
     scores_model_version: Mapped[str | None] = mapped_column(String(64))
     scored_at: Mapped[datetime | None]
+    # set by an erasure (crm/erasure.py): the row stays, anonymous, so counts still add up;
+    # an erased contact is in no segment, enters no journey and is sent nothing
+    erased_at: Mapped[datetime | None]
 
 
 class Consent(Base):
@@ -333,6 +336,9 @@ class Message(Base):
     sent_at: Mapped[datetime | None]
     updated_at: Mapped[datetime] = mapped_column(default=utcnow)
     meta: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    # the contact was erased: what arrives later for this message (a send result, a webhook)
+    # is stored without its personal parts (crm/erasure.py)
+    erased_at: Mapped[datetime | None]
 
 
 class TestSend(Base):
@@ -532,3 +538,39 @@ class IdempotentRequest(Base):
     status_code: Mapped[int] = mapped_column(Integer)
     response: Mapped[dict[str, Any]] = mapped_column(default=dict)
     created_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
+
+
+class Erasure(Base):
+    """The log of erasures (GDPR article 17): when, by whom, and how many rows of each table
+    were deleted or anonymised. Holds no personal data itself."""
+
+    __tablename__ = "erasures"
+
+    id: Mapped[int] = _id()
+    # the anonymous row left in contacts (NULL if it is ever deleted)
+    contact_id: Mapped[int | None] = mapped_column(
+        IdType, ForeignKey("contacts.id", ondelete="SET NULL"), index=True
+    )
+    erased_at: Mapped[datetime] = mapped_column(default=utcnow)
+    actor: Mapped[str] = mapped_column(String(255))  # "api:<key name> (<prefix>)", "cli:<user>"
+    reason: Mapped[str | None] = mapped_column(String(255))
+    counts: Mapped[dict[str, Any]] = mapped_column(default=dict)  # {table: {deleted, anonymised}}
+
+
+class ErasureSuppression(Base):
+    """A keyed hash (HMAC-SHA256 with TIDINGS_SUPPRESSION_KEY) of an erased person's
+    normalised email, phone or external id: an import or API write naming it is refused until
+    the person consents again (``released_at``). ``kind`` is part of the hashed message."""
+
+    __tablename__ = "erasure_suppressions"
+
+    id: Mapped[int] = _id()
+    digest: Mapped[str] = mapped_column(String(64), unique=True)
+    kind: Mapped[str] = mapped_column(String(16))  # email | phone | external_id
+    key_id: Mapped[str] = mapped_column(String(16))  # which key made the digest
+    erasure_id: Mapped[int] = mapped_column(
+        IdType, ForeignKey("erasures.id", ondelete="CASCADE"), index=True
+    )
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    released_at: Mapped[datetime | None]
+    released_by: Mapped[str | None] = mapped_column(String(255))

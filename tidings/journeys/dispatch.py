@@ -52,6 +52,7 @@ from tidings.channels.record import record_results
 from tidings.channels.types import Outbound, OutboundEmail, OutboundSms, SendResult
 from tidings.config import Settings, get_settings
 from tidings.crm.db import update_rows
+from tidings.crm.erasure import ERASED_ERROR
 from tidings.crm.models import Contact, Enrollment, Message, MessageStatus
 from tidings.crm.types import utcnow
 from tidings.errors import ConfigurationError, InputError, PermanentError
@@ -315,6 +316,9 @@ class Dispatcher:
             ).all()
         for message, contact, context in rows:
             try:
+                if contact.erased_at is not None or message.erased_at is not None:
+                    # (reconcile may queue again a message that was in doubt at the erasure)
+                    raise PermanentError(ERASED_ERROR)
                 item = self.render(message, contact, context or {})
             except (PermanentError, InputError) as exc:
                 stats.render_failed += 1
@@ -399,7 +403,9 @@ class Dispatcher:
             return []
         now = utcnow()
         with Session(self.db) as session, session.begin():
-            record_results(session=session, results=results, now=now, token=token)
+            record_results(
+                session=session, results=results, now=now, token=token, settings=self.settings
+            )
             retry_later = [
                 {
                     "id": int(r.message_id),

@@ -321,7 +321,7 @@ class JourneyEngine(StepRunner):
         with Session(self.db) as session, session.begin():
             candidates = select(
                 contacts_t.c.id.label("contact_id"), literal(entry_key).label("entry_key")
-            ).where(contacts_t.c.id.in_(ids))
+            ).where(contacts_t.c.id.in_(ids), contacts_t.c.erased_at.is_(None))
             due = now + IN_CALL_GRACE if in_call else None
             return self._enroll(session, version, candidates, now=now, context=context, due=due)
 

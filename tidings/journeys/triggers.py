@@ -381,7 +381,8 @@ def resolve_targets(runtime: Runtime, targets: Sequence[Target]) -> list[int | N
                         Contact.id.in_(ids[start : start + CHUNK]),
                         Contact.external_id.in_(refs[start : start + CHUNK]),
                         Contact.email.in_(emails[start : start + CHUNK]),
-                    )
+                    ),
+                    Contact.erased_at.is_(None),  # erased: enters no journey
                 )
                 .order_by(Contact.id)
             )

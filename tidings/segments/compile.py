@@ -91,7 +91,8 @@ def compile_core(node: c.Core, *, dialect: str, now: datetime | None = None) -> 
         raise ValueError("now must be timezone-aware")
     ctx = Ctx(dialect, now.astimezone(UTC), {"attributes": contacts.c.attributes})
     where, _ = predicate(node, ctx)
-    return select(contacts.c.id).where(where)
+    # an erased contact (an anonymous row kept for the counts) is in no segment
+    return select(contacts.c.id).where(contacts.c.erased_at.is_(None), where)
 
 
 def predicate(node: c.Core, ctx: Ctx) -> tuple[Expr, bool]:

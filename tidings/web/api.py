@@ -18,6 +18,11 @@ an unknown contact is 422 either way; only while the store is unreachable is eve
 
 ``POST /v1/journeys/{name}/trigger`` fires a ``type: api`` journey for the contacts it names
 (``journeys.triggers.trigger_journey``, as ``tidings journey trigger`` does).
+
+``GET /v1/contacts/{ref}/export`` and ``DELETE /v1/contacts/{ref}``: a person's data as one
+JSON document, and its erasure (crm/erasure.py, docs/privacy.md). A contact write naming an
+erased person is not stored and is listed as ``suppressed``, unless it says ``"reconsent":
+true`` with a granted consent (the person consented again).
 """
 
 from __future__ import annotations
@@ -36,6 +41,7 @@ from pydantic import ConfigDict, Field
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from starlette.concurrency import run_in_threadpool
 
+from tidings.crm.erasure import ContactNotFound, erase_contact, export_contact, find_erasure
 from tidings.crm.importer import (
     ImportReport,
     RowRejected,
@@ -46,10 +52,11 @@ from tidings.crm.importer import (
 )
 from tidings.crm.optin import OptInPolicy
 from tidings.crm.readers import Record
+from tidings.crm.suppression import Identity, release, suppressed_rows
 from tidings.crm.types import utcnow
 from tidings.segments.inputs import Change
 from tidings.web.apikeys import Principal, authenticate, request_hash
-from tidings.web.card import contact_card
+from tidings.web.card import contact_card, find_contact_id
 from tidings.web.events import MAX_BATCH, ContactRef, EventIn, post_many, resolve, to_item
 from tidings.web.items import EventBatch
 from tidings.web.jsonsafe import StorableModel, problem
@@ -150,7 +157,7 @@ async def post_events(
     def compute() -> tuple[int, dict[str, Any]]:
         if state.sink.buffered:
             return _post_buffered(state, items)
-        unknown = _unknown(items, resolve(state.db, items))
+        unknown = _unknown(state, items, resolve(state.db, items))
         if unknown:
             return 422, unknown
         return 200, {"results": post_many(state.runtime(), items)}
@@ -174,7 +181,7 @@ def _post_buffered(state: Any, items: list[dict[str, Any]]) -> tuple[int, dict[s
     except (OperationalError, InterfaceError):
         queue(items)
         return 202, {"status": "queued", "count": len(items)}
-    unknown = _unknown(items, found)
+    unknown = _unknown(state, items, found)
     if unknown:
         return 422, unknown
     now = [i for i, e in enumerate(items) if runs_at_once(versions, e["name"], e["properties"])]
@@ -194,14 +201,29 @@ def _post_buffered(state: Any, items: list[dict[str, Any]]) -> tuple[int, dict[s
     return 200, {"results": sorted(results, key=lambda r: int(r["index"]))}
 
 
-def _unknown(items: list[dict[str, Any]], found: list[int | None]) -> dict[str, Any] | None:
-    """The 422 body for events whose contact does not exist (None when all do)."""
+def _unknown(
+    state: Any, items: list[dict[str, Any]], found: list[int | None]
+) -> dict[str, Any] | None:
+    """The 422 body for events whose contact does not exist (None when all do); an event
+    naming an erased person says so."""
+    missing = [i for i, cid in enumerate(found) if cid is None]
+    if not missing:
+        return None
+    with state.db.connect() as conn:
+        hits = suppressed_rows(
+            conn,
+            [Identity(items[i].get("external_id"), items[i].get("email")) for i in missing],
+            settings=state.settings,
+        )
     errors = [
-        {"index": i, "field": _ref_field(items[i]), "error": "no such contact"}
-        for i, cid in enumerate(found)
-        if cid is None
+        {
+            "index": i,
+            "field": hits[n].kind if n in hits else _ref_field(items[i]),
+            "error": hits[n].reason() if n in hits else "no such contact",
+        }
+        for n, i in enumerate(missing)
     ]
-    return {"detail": errors} if errors else None
+    return {"detail": errors}
 
 
 def _ref_field(item: dict[str, Any]) -> str:
@@ -232,6 +254,15 @@ class TriggerIn(StorableModel):
     )
     contacts: list[TriggerContact] = Field(min_length=1, max_length=MAX_BATCH)
     data: dict[str, Any] = Field(default_factory=dict, description="Template data for everyone.")
+
+
+def _identity(target: Any) -> Identity:
+    """Who a trigger target names, for the suppression check."""
+    ref = str(target.ref).strip()
+    return Identity(
+        external_id=ref if target.by in ("external_id", "any") else None,
+        email=ref.lower() if target.by in ("email", "any") and "@" in ref else None,
+    )
 
 
 def _target(contact: TriggerContact) -> Any:
@@ -277,8 +308,17 @@ async def trigger_journey(
                 source=f"api:{who.name}",
             )
         except UnknownContacts as exc:
+            with state.db.connect() as conn:
+                hits = suppressed_rows(
+                    conn, [_identity(t) for _, t in exc.unknown], settings=state.settings
+                )
             detail = [
-                {"index": i, "field": t.by, "error": "no such contact"} for i, t in exc.unknown
+                {
+                    "index": i,
+                    "field": t.by,
+                    "error": hits[n].reason() if n in hits else "no such contact",
+                }
+                for n, (i, t) in enumerate(exc.unknown)
             ]
             return 422, {"detail": detail}
         except TriggerRefused as exc:
@@ -317,6 +357,12 @@ class ContactIn(StorableModel):
     consent_email: bool | str | None = Field(None, description="yes/no")
     consent_sms: bool | str | None = None
     attributes: dict[str, Any] = Field(default_factory=dict)
+    reconsent: bool = Field(
+        False,
+        description="The person consented again after an erasure: lifts the suppression of "
+        "this email, phone and external id. Needs consent_email or consent_sms granted in the "
+        "same item (docs/privacy.md).",
+    )
 
 
 class OrderIn(StorableModel):
@@ -335,6 +381,7 @@ def _records(models: list[Any]) -> list[Record]:
     out = []
     for index, model in enumerate(models):
         values = {k: v for k, v in model.model_dump(exclude_none=True).items()}
+        values.pop("reconsent", None)
         for key, value in values.items():
             if isinstance(value, bool):
                 values[key] = "yes" if value else "no"
@@ -375,11 +422,17 @@ def _write(
     if report.errors:
         errors = [{"index": e.line, "field": e.column, "error": e.reason} for e in report.errors]
         return 422, {"detail": errors}
+    counts: dict[str, Any] = {k: getattr(report, k) for k in ("inserted", "updated", "unchanged")}
+    if report.suppressed:
+        counts["suppressed"] = [
+            {"index": e.line, "field": e.column, "error": e.reason} for e in report.suppressions
+        ]
+        if report.suppressed == report.read:  # nothing of the request was stored
+            return 409, counts
     if report.touched:  # committed: the live segments follow at once
         from tidings.segments.live import update
 
         update(state.runtime().engine, report.touched, change)
-    counts = {k: getattr(report, k) for k in ("inserted", "updated", "unchanged")}
     if report.confirmations:  # double opt-in emails, committed in the outbox: send them now
         counts["confirmations"] = len(report.confirmations)
         try:
@@ -403,17 +456,33 @@ async def post_contacts(
     models = body if isinstance(body, list) else [body]
     source = f"api:{who.name}"
 
-    def compute() -> tuple[int, dict[str, Any]]:
-        return _write(
-            state,
-            models,
-            lambda r: _parse_contact(r, state.settings),
-            lambda conn, rows, rep: _apply_contacts(
-                conn, rows, rep, source=source, optin=OptInPolicy.from_settings(state.settings)
-            ),
-            "contacts",
-            Change.contact(),
+    def parse(record: Record) -> Any:
+        row = _parse_contact(record, state.settings)
+        if models[record.line].reconsent and "granted" not in row.consents.values():
+            raise RowRejected(
+                [("reconsent", "reconsent needs consent_email or consent_sms granted (yes)")]
+            )
+        return row
+
+    def apply(conn: Any, rows: list[Any], rep: ImportReport) -> None:
+        again = [
+            Identity(r.external_id, r.values.get("email"), r.values.get("phone"))
+            for r, m in zip(rows, models, strict=True)
+            if m.reconsent
+        ]
+        if again:  # in the same transaction as the write: both or neither
+            release(conn, again, by=f"api:{who.name} ({who.prefix})", settings=state.settings)
+        _apply_contacts(
+            conn,
+            rows,
+            rep,
+            source=source,
+            optin=OptInPolicy.from_settings(state.settings),
+            settings=state.settings,
         )
+
+    def compute() -> tuple[int, dict[str, Any]]:
+        return _write(state, models, parse, apply, "contacts", Change.contact())
 
     return await idempotent(request, who, idem, compute)
 
@@ -428,9 +497,12 @@ async def post_orders(
     models = body if isinstance(body, list) else [body]
 
     def compute() -> tuple[int, dict[str, Any]]:
+        def apply(conn: Any, rows: list[Any], rep: ImportReport) -> None:
+            _apply_orders(conn, rows, rep, settings=state.settings)
+
         # an order also writes order.* events (crm.importer.order_events)
         change = Change(events=None, orders=True)
-        return _write(state, models, _parse_order, _apply_orders, "orders", change)
+        return _write(state, models, _parse_order, apply, "orders", change)
 
     return await idempotent(request, who, idem, compute)
 
@@ -448,3 +520,66 @@ async def get_contact(ref: str, request: Request, who: Auth) -> JSONResponse:
     if card is None:
         raise HTTPException(404, f"no contact with id, external_id or email {ref!r}")
     return JSONResponse(card)
+
+
+def _ref_problem(ref: str) -> None:
+    why = problem(ref, "ref")
+    if why is not None:
+        raise HTTPException(422, why)
+
+
+@router.get(
+    "/contacts/{ref}/export",
+    summary="Everything stored about a contact, as one JSON document (GDPR art. 15, 20)",
+    responses={**UNAUTHORIZED, **INVALID, 404: {"description": "no such contact"}},
+)
+async def export_contact_data(ref: str, request: Request, who: Auth) -> JSONResponse:
+    _ref_problem(ref)
+    db = request.app.state.web.db
+
+    def compute() -> dict[str, Any] | None:
+        contact_id = find_contact_id(db, ref)
+        if contact_id is None:
+            return None
+        try:
+            return export_contact(db, contact_id)
+        except ContactNotFound:  # erased and deleted meanwhile
+            return None
+
+    document = await run_in_threadpool(compute)
+    if document is None:
+        raise HTTPException(404, f"no contact with id, external_id or email {ref!r}")
+    name = f"contact-{document['contact']['id']}.json"
+    return JSONResponse(document, headers={"Content-Disposition": f'attachment; filename="{name}"'})
+
+
+@router.delete(
+    "/contacts/{ref}",
+    summary="Erase a contact (GDPR art. 17): personal data removed, counts kept, suppressed",
+    responses={
+        **UNAUTHORIZED,
+        **INVALID,
+        200: {"description": "erased, or already erased (status says which)"},
+        404: {"description": "no such contact, and no erased person by this reference"},
+    },
+)
+async def erase_contact_data(ref: str, request: Request, who: Auth) -> JSONResponse:
+    _ref_problem(ref)
+    state = request.app.state.web
+    actor = f"api:{who.name} ({who.prefix})"
+
+    def compute() -> dict[str, Any] | None:
+        contact_id = find_contact_id(state.db, ref)
+        if contact_id is None:
+            gone = find_erasure(state.db, ref, settings=state.settings)
+            return None if gone is None else gone.to_dict()
+        try:
+            outcome = erase_contact(state.db, contact_id, actor=actor, settings=state.settings)
+        except ContactNotFound:
+            return None
+        return outcome.to_dict()
+
+    result = await run_in_threadpool(compute)
+    if result is None:
+        raise HTTPException(404, f"no contact with id, external_id or email {ref!r}")
+    return JSONResponse(result)

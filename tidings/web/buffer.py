@@ -80,15 +80,21 @@ class DirectSink:
 
     buffered = False
 
-    def __init__(self, db: Engine, post_events: Callable[[], EventPoster]) -> None:
+    def __init__(
+        self,
+        db: Engine,
+        post_events: Callable[[], EventPoster],
+        settings: Settings | None = None,
+    ) -> None:
         self.db = db
+        self.settings = settings
         self._post_events = post_events
 
     def submit(self, items: Sequence[IngestItem]) -> ApplyStats:
         needs_events = any(isinstance(i, EventBatch) for i in items)
         poster = self._post_events() if needs_events else None
         try:
-            return apply_items(self.db, items, post_events=poster)
+            return apply_items(self.db, items, post_events=poster, settings=self.settings)
         except (OperationalError, InterfaceError):
             raise  # 5xx: the provider retries later
         except DBAPIError:
@@ -100,7 +106,7 @@ class DirectSink:
         total = ApplyStats()
         for single in one_event_each(items):
             try:
-                result = apply_items(self.db, [single], post_events=poster)
+                result = apply_items(self.db, [single], post_events=poster, settings=self.settings)
             except (OperationalError, InterfaceError):
                 raise
             except DBAPIError as exc:
@@ -141,7 +147,7 @@ class StreamSink:
 def make_sink(settings: Settings, *, db: Engine, post_events: Callable[[], EventPoster]) -> Sink:
     if settings.redis_url:
         return StreamSink(settings.redis_url, settings.ingest_stream)
-    return DirectSink(db, post_events)
+    return DirectSink(db, post_events, settings)
 
 
 @dataclass
@@ -232,7 +238,7 @@ class Consumer:
         items = [item for item in decoded if item is not None]
         poster = self._post_events() if self._post_events else None
         try:
-            results = [apply_items(self.db, items, post_events=poster)]
+            results = [apply_items(self.db, items, post_events=poster, settings=self.settings)]
         except (OperationalError, InterfaceError):
             raise  # the store is unreachable: retry the batch later
         except DBAPIError:
@@ -252,7 +258,9 @@ class Consumer:
         results = []
         for item in items:
             try:
-                results.append(apply_items(self.db, [item], post_events=poster))
+                results.append(
+                    apply_items(self.db, [item], post_events=poster, settings=self.settings)
+                )
             except (OperationalError, InterfaceError):
                 raise
             except DBAPIError as exc:

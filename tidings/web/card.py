@@ -170,6 +170,7 @@ def contact_card(db: Engine, ref: str) -> dict[str, Any] | None:
         "attributes": contact["attributes"],
         "created_at": _iso(contact["created_at"]),
         "updated_at": _iso(contact["updated_at"]),
+        "erased_at": _iso(contact["erased_at"]),  # an anonymous row left by an erasure
         "consents": [dict(c) for c in consents],
         "topics": [dict(t) for t in topics],  # own choices; other topics are at their default
         "suppressions": [dict(s) for s in suppressions],

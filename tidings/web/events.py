@@ -114,7 +114,8 @@ def resolve(db: Engine, items: list[dict[str, Any]]) -> list[int | None]:
                     Contact.id.in_(ids),
                     Contact.external_id.in_(exts),
                     Contact.email.in_(emails),
-                )
+                ),
+                Contact.erased_at.is_(None),  # an erased contact takes no more events
             )
             .order_by(Contact.id)
         )

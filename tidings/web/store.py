@@ -30,6 +30,7 @@ from sqlalchemy import (
     Table,
     any_,
     bindparam,
+    case,
     func,
     select,
     update,
@@ -37,9 +38,11 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import ARRAY
 
 from tidings.channels import sendgrid, twilio
+from tidings.config import Settings
 from tidings.crm.consent import ConsentWish, changes_t, set_consents, suppress, suppressions_t
 from tidings.crm.db import insert_ignore
 from tidings.crm.models import Channel, Contact, Message, MessageEvent, MessageStatus, Purpose
+from tidings.crm.suppression import erased_addresses
 from tidings.crm.types import utcnow
 from tidings.web.items import (
     EventBatch,
@@ -128,8 +131,8 @@ def advance_statuses(
     for (status, error), ids in by_target.items():
         lower = [s for s, rank in STATUS_RANK.items() if rank < STATUS_RANK[status]]
         values: dict[str, Any] = {"status": status, "updated_at": now}
-        if error is not None:
-            values["error"] = error
+        if error is not None:  # a reason may quote the address: not for an erased contact
+            values["error"] = case((messages_t.c.erased_at.is_(None), error), else_=None)
         conn.execute(
             update(messages_t)
             .where(_id_in(conn, messages_t.c.id, ids), messages_t.c.status.in_(lower))
@@ -151,14 +154,17 @@ EVENT_COLUMNS = (
 PG_INSERT_EVENTS = (
     f"INSERT INTO message_events ({', '.join(EVENT_COLUMNS)}) "
     "SELECT m.id, r->>'v', r->>'e', r->>'t', (r->>'o')::timestamptz, "
-    "(r->>'r')::timestamptz, (r->>'x')::boolean, r->>'u', r->'p' "
+    "(r->>'r')::timestamptz, (r->>'x')::boolean, "
+    "CASE WHEN m.erased_at IS NULL THEN r->>'u' END, "
+    "CASE WHEN m.erased_at IS NULL THEN r->'p' ELSE '{}'::jsonb END "
     "FROM jsonb_array_elements(%s::jsonb) AS r "
     "LEFT JOIN messages AS m ON m.id = (r->>'m')::bigint "
     "ON CONFLICT (provider, provider_event_id) DO NOTHING RETURNING id"
 )
 """PostgreSQL: one fixed statement with the whole batch as one JSON parameter (serialized by
 orjson in C), whatever the batch size: psycopg prepares it once, where a multi-row VALUES
-list would be re-parsed on every call. The join drops message ids that are not ours."""
+list would be re-parsed on every call. The join drops message ids that are not ours; for a
+message of an erased contact the provider payload and the link are not kept."""
 
 
 def _insert_events(conn: Connection, rows: list[dict[str, Any]], stats: ApplyStats) -> int:
@@ -169,12 +175,31 @@ def _insert_events(conn: Connection, rows: list[dict[str, Any]], stats: ApplySta
     if conn.dialect.name == "postgresql":
         inserted = conn.exec_driver_sql(PG_INSERT_EVENTS, (_pack(unique),)).all()
     else:
+        unique = _without_erased_parts(conn, unique)
         inserted = conn.execute(
             insert_ignore(conn, events_t).returning(events_t.c.id), unique
         ).all()
     stats.stored += len(inserted)
     stats.duplicates += len(rows) - len(inserted)
     return len(inserted)
+
+
+def _without_erased_parts(conn: Connection, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """SQLite: what PG_INSERT_EVENTS does in SQL: no payload or link for the messages of an
+    erased contact."""
+    ids = {r["message_id"] for r in rows if r["message_id"] is not None}
+    if not ids:
+        return rows
+    erased = set(
+        conn.execute(
+            select(messages_t.c.id).where(
+                _id_in(conn, messages_t.c.id, ids), messages_t.c.erased_at.is_not(None)
+            )
+        ).scalars()
+    )
+    if not erased:
+        return rows
+    return [{**r, "payload": {}, "url": None} if r["message_id"] in erased else r for r in rows]
 
 
 def _pack(unique: list[dict[str, Any]]) -> str:
@@ -197,7 +222,8 @@ def _pack(unique: list[dict[str, Any]]) -> str:
 
 
 PG_ADVANCE = (
-    "UPDATE messages AS msg SET status = v.s, error = COALESCE(v.err, msg.error), "
+    "UPDATE messages AS msg SET status = v.s, "
+    "error = CASE WHEN msg.erased_at IS NULL THEN COALESCE(v.err, msg.error) END, "
     "updated_at = (v.at)::timestamptz "
     "FROM jsonb_to_recordset(%s::jsonb) AS v(id bigint, s text, err text, rank int, at text) "
     "WHERE msg.id = v.id AND (CASE msg.status "
@@ -270,6 +296,8 @@ def apply_sendgrid(
     events: list[Any],
     stats: ApplyStats,
     dead: Sequence[tuple[str, str]] = (),
+    *,
+    settings: Settings | None = None,
 ) -> None:
     now = utcnow()
     parsed: list[tuple[sendgrid.SendGridEvent, int | None]] = []
@@ -320,7 +348,7 @@ def apply_sendgrid(
     else:
         _insert_events(conn, rows, stats)
         advance_statuses(conn, moves, now)
-    suppress(conn, suppressions)
+    suppress(conn, suppressions, settings=settings)
     for source, addresses in emails.items():
         contact_ids = conn.execute(
             select(contacts_t.c.id).where(contacts_t.c.email.in_(addresses))
@@ -332,7 +360,9 @@ def apply_sendgrid(
         stats.consent_changes += len(set_consents(conn, wishes, source=source, now=now))
 
 
-def apply_twilio_status(conn: Connection, item: TwilioStatus, stats: ApplyStats) -> None:
+def apply_twilio_status(
+    conn: Connection, item: TwilioStatus, stats: ApplyStats, *, settings: Settings | None = None
+) -> None:
     form = item.form
     now = utcnow()
     callback = twilio.parse_status(form)
@@ -371,10 +401,13 @@ def apply_twilio_status(conn: Connection, item: TwilioStatus, stats: ApplyStats)
         advance_statuses(conn, {message_id: (target, error)}, now)
     if callback.unsubscribed and callback.to:
         reason = "unsubscribed recipient (21610)"
-        suppress(conn, [(Channel.SMS.value, callback.to, reason, "twilio:21610", dict(form))])
+        rows = [(Channel.SMS.value, callback.to, reason, "twilio:21610", dict(form))]
+        suppress(conn, rows, settings=settings)
 
 
-def apply_twilio_inbound(conn: Connection, item: TwilioInbound, stats: ApplyStats) -> None:
+def apply_twilio_inbound(
+    conn: Connection, item: TwilioInbound, stats: ApplyStats, *, settings: Settings | None = None
+) -> None:
     """Store an inbound SMS; a STOP or START changes SMS consent once and in order.
 
     Keyed by Twilio's MessageSid (``message_events`` is unique on it): a replayed or retried
@@ -389,6 +422,8 @@ def apply_twilio_inbound(conn: Connection, item: TwilioInbound, stats: ApplyStat
         stats.skipped += 1
         return
     received = _when(item.received_at) if item.received_at else now
+    # from an erased person's phone: kept as a count, not their number or words
+    erased = bool(erased_addresses(conn, Channel.SMS.value, [sms.phone], settings=settings))
     new = _insert_events(
         conn,
         [
@@ -401,7 +436,7 @@ def apply_twilio_inbound(conn: Connection, item: TwilioInbound, stats: ApplyStat
                 "received_at": now,
                 "machine": False,
                 "url": None,
-                "payload": form,
+                "payload": {} if erased else form,
             }
         ],
         stats,
@@ -482,7 +517,11 @@ EventPoster = Callable[[list[dict[str, Any]]], int]
 
 
 def apply_items(
-    db: Engine, items: Sequence[IngestItem], *, post_events: EventPoster | None = None
+    db: Engine,
+    items: Sequence[IngestItem],
+    *,
+    post_events: EventPoster | None = None,
+    settings: Settings | None = None,
 ) -> ApplyStats:
     """Write a batch of items: provider and tracking items in one transaction, then events.
 
@@ -495,11 +534,11 @@ def apply_items(
         for item in items:
             match item:
                 case SendGridBatch():
-                    apply_sendgrid(conn, item.events, stats, item.dead)
+                    apply_sendgrid(conn, item.events, stats, item.dead, settings=settings)
                 case TwilioStatus():
-                    apply_twilio_status(conn, item, stats)
+                    apply_twilio_status(conn, item, stats, settings=settings)
                 case TwilioInbound():
-                    apply_twilio_inbound(conn, item, stats)
+                    apply_twilio_inbound(conn, item, stats, settings=settings)
                 case TrackingHit():
                     tracking.append(item)
                 case EventBatch():

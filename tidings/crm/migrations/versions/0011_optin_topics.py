@@ -1,7 +1,7 @@
 """double opt-in requests, subscription topics, and the topic of a consent change
 
 Revision ID: 0011
-Revises: 0009
+Revises: 0010
 Create Date: 2026-11-30 16:00:00
 """
 
@@ -13,7 +13,7 @@ from alembic import op
 import tidings.crm.types
 
 revision = "0011"
-down_revision = "0009"
+down_revision = "0010"
 branch_labels = None
 depends_on = None
 
