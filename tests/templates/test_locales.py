@@ -133,7 +133,7 @@ def test_check_passes_on_the_shipped_variants_and_renders_each(renderer: Rendere
     assert report.ok, report.problems
     result = runner.invoke(app, ["templates", "check", "--dir", str(SHIPPED)])
     assert result.exit_code == 0, result.output
-    assert "3 email and 1 SMS templates, 4 locale variants" in result.output
+    assert "4 email and 1 SMS templates, 4 locale variants" in result.output
 
 
 def test_preview_in_another_locale(tmp_path: Path) -> None:
