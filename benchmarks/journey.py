@@ -154,6 +154,32 @@ def sent_count(settings: Settings) -> int:
     return int(sent)
 
 
+RATE_GOAL = 1500
+RATIO_GOAL = 0.8
+
+
+def writes(url: str, sent: int) -> str:
+    """Row versions and index entries the broadcast wrote into ``messages`` (PostgreSQL's
+    statistics, flushed by the workers at exit)."""
+    time.sleep(1.5)
+    engine = make_engine(url)
+    with engine.connect() as conn:
+        ins, upd, hot = conn.exec_driver_sql(
+            "SELECT n_tup_ins, n_tup_upd, n_tup_hot_upd FROM pg_stat_user_tables "
+            "WHERE relname = 'messages'"
+        ).one()
+        sizes = conn.exec_driver_sql(
+            "SELECT indexrelname, pg_relation_size(indexrelid) FROM pg_stat_user_indexes "
+            "WHERE relname = 'messages' ORDER BY 1"
+        ).all()
+    engine.dispose()
+    listed = ", ".join(f"{name} {size / 2**20:.0f} MiB" for name, size in sizes)
+    return (
+        f"messages: {ins / sent:.2f} inserts and {upd / sent:.2f} updates per message, "
+        f"{hot / max(upd, 1):.0%} of them HOT (no index entries); indexes: {listed}"
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--contacts", type=int, default=100_000)
@@ -203,6 +229,18 @@ def main() -> None:
             f"largest worker's peak RSS {rss:.0f} MiB",
             flush=True,
         )
+        print(writes(url, sent), flush=True)
+        missed = []
+        if rate < RATE_GOAL:
+            missed.append(f"{rate:,.0f} msg/s < {RATE_GOAL:,}")
+        if rate / top < RATIO_GOAL:
+            missed.append(f"ratio {rate / top:.2f} < {RATIO_GOAL}")
+        if missed:
+            print(
+                f"GOAL MISSED (goals: >= {RATE_GOAL:,} msg/s with 2 workers at 1,000,000 "
+                f"contacts, >= {RATIO_GOAL} of the ceiling): " + "; ".join(missed),
+                flush=True,
+            )
 
         runtime.load(ROOT / "journeys" / "order_status.yaml")
         latencies = []

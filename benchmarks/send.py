@@ -4,12 +4,14 @@ SendGrid: N pre-rendered emails through ``SendGridChannel.send_batch`` (official
 thread pool) against the ``/v3/mail/send`` simulator running in its own process, and as the
 baseline raw ``urllib`` POSTs of the same JSON payloads with the same concurrency in the same
 run. The ratio adapter/baseline is what our sequence (rate limit, payload, classification,
-results) costs on top of the SDK's HTTP. SMTP (``--smtp``): the same emails through
-``SmtpChannel`` (one connection) to the aiosmtpd simulator, against raw ``smtplib.sendmail``
-of the same MIME bytes on one connection.
+results) costs on top of the SDK's HTTP; the goal is the adapter's rate, >= 2,000 msg/s.
+SMTP (``--smtp``): the same emails through ``SmtpChannel`` to the aiosmtpd simulator with a
+pool of ``--smtp-pool`` connections (``TIDINGS_SMTP_CONNECTIONS``), against raw
+``smtplib.sendmail`` of the same MIME bytes from as many threads, each with its own
+connection (goal: >= 0.9), and on one connection for reference. Exits 1 when a goal is missed.
 
     .venv/bin/python benchmarks/send.py               # 20,000 emails, concurrency 16
-    .venv/bin/python benchmarks/send.py -n 5000 --concurrency 32 --smtp
+    .venv/bin/python benchmarks/send.py -n 5000 --concurrency 32 --smtp --smtp-pool 4
 
 Not part of the test suite.
 """
@@ -22,6 +24,7 @@ import os
 import smtplib
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
@@ -37,6 +40,8 @@ from tidings.channels.smtp import SmtpChannel  # noqa: E402
 from tidings.channels.types import OutboundEmail  # noqa: E402
 
 API_KEY = "SG.bench"
+SENDGRID_GOAL = 2000
+SMTP_GOAL = 0.9
 SERVER = """
 import sys, threading
 sys.path.insert(0, {root!r})
@@ -116,22 +121,39 @@ def bench_sendgrid(emails: list[OutboundEmail], concurrency: int) -> tuple[float
         proc.wait()
 
 
-def bench_smtp(emails: list[OutboundEmail]) -> tuple[float, float]:
+def bench_smtp(emails: list[OutboundEmail], pool: int) -> tuple[float, float]:
+    """(adapter, raw smtplib) msg/s, both with ``pool`` connections."""
     proc, port = start_server("smtp", "SmtpSimulator", "")
     try:
         mimes = [mime_bytes(e) for e in emails]
-        conn = smtplib.SMTP("127.0.0.1", port)
-        started = time.perf_counter()
-        for email, data in zip(emails, mimes, strict=True):
-            conn.sendmail(email.from_email, [email.to], data)
-        baseline = len(emails) / (time.perf_counter() - started)
-        conn.quit()
+        local = threading.local()
+        opened: list[smtplib.SMTP] = []
 
-        with SmtpChannel(host="127.0.0.1", port=port, security="none") as channel:
+        def raw(i: int) -> None:
+            conn = getattr(local, "conn", None)
+            if conn is None:
+                conn = local.conn = smtplib.SMTP("127.0.0.1", port)
+                opened.append(conn)
+            refused = conn.sendmail(emails[i].from_email, [emails[i].to], mimes[i])
+            assert not refused, refused
+
+        started = time.perf_counter()
+        if pool == 1:
+            for i in range(len(emails)):
+                raw(i)
+        else:
+            with ThreadPoolExecutor(pool) as threads:
+                list(threads.map(raw, range(len(emails))))
+        baseline = len(emails) / (time.perf_counter() - started)
+        for conn in opened:
+            conn.quit()
+
+        with SmtpChannel(host="127.0.0.1", port=port, security="none", connections=pool) as channel:
             started = time.perf_counter()
             results = channel.send_batch(emails)
             adapter = len(emails) / (time.perf_counter() - started)
-        assert {r.status for r in results} == {"accepted"}
+            assert channel.connections_opened <= pool
+        assert [r.status for r in results] == ["accepted"] * len(emails)
         return adapter, baseline
     finally:
         proc.kill()
@@ -143,26 +165,39 @@ def main() -> None:
     parser.add_argument("-n", type=int, default=20_000, help="emails to send")
     parser.add_argument("--concurrency", type=int, default=16, help="SendGrid thread pool")
     parser.add_argument("--smtp", action="store_true", help="also measure the SMTP adapter")
+    parser.add_argument("--smtp-pool", type=int, default=4, help="SMTP connections")
     args = parser.parse_args()
     emails = [newsletter(n) for n in range(args.n)]
     size = len(emails[0].html or "")
     print(f"{args.n} emails ({size} B html), {os.cpu_count()} cores, python {sys.version[:6]}")
+    missed: list[str] = []
 
     adapter, baseline, sdk_transport = bench_sendgrid(emails, args.concurrency)
     print(
         f"sendgrid  adapter {adapter:8.0f} msg/s   raw urllib {baseline:8.0f} msg/s   "
-        f"ratio {adapter / baseline:.2f}   (concurrency {args.concurrency}, keep-alive)"
+        f"ratio {adapter / baseline:.2f}   (concurrency {args.concurrency}, keep-alive; "
+        f"goal >= {SENDGRID_GOAL} msg/s)"
     )
+    if adapter < SENDGRID_GOAL:
+        missed.append(f"SendGrid {adapter:.0f} msg/s < {SENDGRID_GOAL}")
     print(
         f"sendgrid  adapter {sdk_transport:8.0f} msg/s   raw urllib {baseline:8.0f} msg/s   "
         f"ratio {sdk_transport / baseline:.2f}   (TIDINGS_SENDGRID_KEEPALIVE=false)"
     )
     if args.smtp:
-        adapter, baseline = bench_smtp(emails)
-        print(
-            f"smtp      adapter {adapter:8.0f} msg/s   raw smtplib {baseline:7.0f} msg/s   "
-            f"ratio {adapter / baseline:.2f}   (one connection)"
-        )
+        for pool in (args.smtp_pool, 1):
+            adapter, baseline = bench_smtp(emails, pool)
+            ratio = adapter / baseline
+            goal = f"goal >= {SMTP_GOAL}" if pool == args.smtp_pool else "reference"
+            print(
+                f"smtp      adapter {adapter:8.0f} msg/s   raw smtplib {baseline:7.0f} msg/s   "
+                f"ratio {ratio:.2f}   ({pool} connection{'s' * (pool > 1)}; {goal})"
+            )
+            if pool == args.smtp_pool and ratio < SMTP_GOAL:
+                missed.append(f"SMTP pool ratio {ratio:.2f} < {SMTP_GOAL}")
+    if missed:
+        print("GOAL MISSED: " + "; ".join(missed))
+        sys.exit(1)
 
 
 if __name__ == "__main__":

@@ -87,6 +87,13 @@ class Settings(BaseSettings):
         "starttls", description="SMTP transport security: none, starttls or ssl (implicit TLS)."
     )
     smtp_timeout: float = Field(30.0, gt=0, description="SMTP socket timeout in seconds.")
+    smtp_connections: int = Field(
+        1,
+        ge=1,
+        le=64,
+        description="SMTP connections (and sending threads) per worker; more than 1 sends in "
+        "parallel, and a crash may leave that many messages in doubt.",
+    )
     smtp_ca_file: str | None = Field(
         None, description="PEM file of CAs to trust for the SMTP server; unset: system CAs."
     )

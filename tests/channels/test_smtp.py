@@ -55,6 +55,23 @@ def test_one_connection_for_many_messages_and_the_mime(smtp_sim: SmtpSimulator) 
     assert parts == [("text/plain", "Hello 1"), ("text/html", "<p>Hello <b>1</b></p>")]
 
 
+def test_a_pool_of_connections_sends_in_parallel(smtp_sim: SmtpSimulator) -> None:
+    messages = [email(n) for n in range(1, 41)]
+    with channel(smtp_sim, connections=4) as adapter:
+        assert adapter.concurrency == 4
+        results = adapter.send_batch(messages[:20])
+        results += adapter.send_batch(messages[20:])  # the connections outlive a batch
+        assert adapter.connections_opened == smtp_sim.connections
+    assert [r.message_id for r in results] == [m.message_id for m in messages]
+    assert [r.status for r in results] == ["accepted"] * 40
+    assert 2 <= smtp_sim.connections <= 4  # one per sending thread that got work
+    assert sorted(m.message["X-Tidings-Message-Id"] for m in smtp_sim.messages) == sorted(
+        str(n) for n in range(1, 41)
+    )
+    with pytest.raises(ConfigurationError, match="TIDINGS_SMTP_CONNECTIONS"):
+        channel(smtp_sim, connections=0)
+
+
 def test_reconnects_once_after_a_dropped_connection(smtp_sim: SmtpSimulator) -> None:
     smtp_sim.drop_after = 3
     with channel(smtp_sim) as adapter:

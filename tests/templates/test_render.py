@@ -151,3 +151,87 @@ def test_missing_variable_raises_with_source_line(tmp_path: Path) -> None:
         renderer.render_email("t", contact={}, message_id="m")
     assert info.value.location == f"{tmp_path}/email/t.mjml:6"
     assert "'order' is undefined" in str(info.value)
+
+
+def test_text_part_plays_back_the_html_values(tmp_path: Path) -> None:
+    """The derived text shows what the HTML pass computed: each expression runs once."""
+    body = mjml(
+        "<mj-text>Hi {{ contact.first_name }}, {{ tick() }}</mj-text>\n"
+        "<mj-raw>{% for item in items %}</mj-raw>\n"
+        '<mj-text><a href="https://s.example/{{ item }}">{{ item | upper }} {{ tick() }}</a>'
+        "</mj-text>\n<mj-raw>{% endfor %}</mj-raw>"
+    )
+    write_email(tmp_path, "t", body)
+    renderer = Renderer(tmp_path, Settings(public_url="https://t.example"), secret_key=SECRET)
+    calls: list[int] = []
+
+    def tick() -> int:
+        calls.append(1)
+        return len(calls)
+
+    email = renderer.render_email(
+        "t", contact={"first_name": "Ada"}, message_id="m", context={"tick": tick, "items": "ab"}
+    )
+    assert len(calls) == 3  # once per output in the HTML, none more for the text
+    assert "Hi Ada, 1" in email.text
+    assert (
+        "A 2 (https://t.example/t/c/" in email.text and "B 3 (https://t.example/t/c/" in email.text
+    )
+    assert renderer.email("t").replay_text is not None
+
+
+def _full_text(renderer: Renderer, name: str, **kwargs: object) -> str:
+    """The text part rendered by the full text template (no playback)."""
+    entry = renderer._email(name)
+    replay, entry.replay = entry.replay, None
+    try:
+        return renderer.render_email(name, **kwargs).text  # type: ignore[arg-type]
+    finally:
+        entry.replay = replay
+
+
+@pytest.mark.parametrize("name", ["welcome", "abandoned_cart"])
+def test_played_back_text_equals_the_full_text(renderer: Renderer, name: str) -> None:
+    cart = {
+        "currency": "EUR",
+        "total": 10,
+        "url": "https://shop.example.com/cart",
+        "lines": [
+            {
+                "name": f"Sock {i} <b>&",
+                "quantity": i,
+                "price": 5,
+                "url": "https://s.example/p",
+                "image_url": "https://s.example/i.jpg",
+            }
+            for i in range(3)
+        ],
+    }
+    kwargs = {
+        "contact": {"first_name": EVIL, "locale": "de_DE"},
+        "message_id": "m-1",
+        "context": {"cart": cart},
+    }
+    assert renderer.email(name).replay_text is not None
+    played = renderer.render_email(name, **kwargs).text  # type: ignore[arg-type]
+    assert played == _full_text(renderer, name, **kwargs)
+
+
+def test_text_falls_back_to_a_full_render_for_markup_and_macros(tmp_path: Path) -> None:
+    write_email(
+        tmp_path,
+        "markup",
+        mjml("<mj-text>{{ word | replace('a', 'c') }} {{ word }}</mj-text>"),
+    )
+    write_email(
+        tmp_path,
+        "macro",
+        mjml("<mj-text>{% macro hi(n) %}Hi {{ n }}{% endmacro %}{{ hi(word) }}</mj-text>"),
+    )
+    renderer = Renderer(tmp_path, Settings(), secret_key=SECRET)
+    email = renderer.render_email("markup", contact={}, message_id="m", context={"word": "a<b"})
+    assert "c&lt;b a&lt;b" in email.html
+    assert "c<b a<b" in email.text  # autoescape made the HTML value markup: not played back
+    assert renderer.email("macro").replay_text is None
+    email = renderer.render_email("macro", contact={}, message_id="m", context={"word": "a<b"})
+    assert "Hi a<b" in email.text

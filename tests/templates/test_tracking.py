@@ -95,3 +95,58 @@ def test_dev_key_is_flagged_insecure(tmp_path: Path, settings: Settings) -> None
     write_email(tmp_path, "links", LINKS)
     assert Renderer(tmp_path, settings).insecure_key
     assert not Renderer(tmp_path, settings, secret_key=SECRET).insecure_key
+
+
+def test_static_links_share_one_message_signature(links_renderer: Renderer) -> None:
+    """One MAC per message: every static link of a message carries the same message part."""
+    email = links_renderer.render_email("links", contact={}, message_id="m-3", context={"sku": 1})
+    other = links_renderer.render_email("links", contact={}, message_id="m-4", context={"sku": 1})
+    mine, dynamic = _tokens(email.html, "t/c")  # link 1's href holds Jinja
+    theirs, _ = _tokens(other.html, "t/c")
+    assert mine.count(".") == dynamic.count(".") == 4
+    assert mine.split(".")[4] == dynamic.split(".")[4]  # one message MAC for all its links
+    assert mine.split(".")[0] != theirs.split(".")[0] and mine.split(".")[4] != theirs.split(".")[4]
+    assert mine.split(".")[1:4] == theirs.split(".")[1:4]  # the link part is per template
+    assert verify_token(theirs, secret=SECRET).message_id == "m-4"
+    m_mid, m_idx, m_url, m_tag, m_sig = mine.split(".")
+    o_sig = theirs.split(".")[4]
+    two = _two_links_token(links_renderer)
+    forged = [
+        f"{m_mid}.{m_idx}.{m_url}.{m_tag}.{o_sig}",  # another message's MAC
+        f"{theirs.split('.')[0]}.{m_idx}.{m_url}.{m_tag}.{m_sig}",  # another message id
+        f"{m_mid}.c1.{m_url}.{m_tag}.{m_sig}",  # another index
+        f"{m_mid}.{m_idx}.{two.split('.')[2]}.{m_tag}.{m_sig}",  # another URL
+        f"{m_mid}.{m_idx}.{two.split('.')[2]}.{two.split('.')[3]}.{m_sig}",  # another template
+        f"{m_mid}.o.{m_url}.{m_tag}.{m_sig}",
+        f"{m_mid}.{m_idx}.{m_url}.{m_tag[:-2]}.{m_sig}",
+    ]
+    for bad in forged:
+        with pytest.raises(InvalidTokenError):
+            verify_token(bad, secret=SECRET)
+    with pytest.raises(InvalidTokenError):
+        verify_token(mine, secret="other")
+    with pytest.raises(InvalidTokenError):
+        verify_token(mine, secret=SECRET, kind="o")
+
+
+def _two_links_token(renderer: Renderer) -> str:
+    """Link 0 of another template (same message id), whose URL differs."""
+    write_email(
+        renderer.root, "other", mjml('<mj-text><a href="https://evil.example/">x</a></mj-text>')
+    )
+    email = renderer.render_email("other", contact={}, message_id="m-3")
+    (token,) = _tokens(email.html, "t/c")
+    assert verify_token(token, secret=SECRET).url == "https://evil.example/"
+    return token
+
+
+def test_v1_click_tokens_stay_valid() -> None:
+    """Tokens in emails sent before v2 (one signature per link) still redirect."""
+    token = sign_token("c", "msg-9", secret=SECRET, link_index=3, url="https://shop.example.com/x")
+    assert token.count(".") == 3
+    found = verify_token(token, secret=SECRET, kind="c")
+    assert (found.message_id, found.link_index, found.url) == (
+        "msg-9",
+        3,
+        "https://shop.example.com/x",
+    )

@@ -206,3 +206,28 @@ def test_a_test_sends_links_redirect_count_nowhere_and_never_unsubscribe(
     assert marketing_email(store, seeded["ann"]) == "granted"
     with store.connect() as conn:
         assert conn.execute(select(ConsentChange.id)).all() == []
+
+
+def test_rendered_v2_tokens_click_open_and_unsubscribe(client, store, seeded, tmp_path) -> None:
+    """The tokens the renderer writes (one MAC per message) work at the endpoints."""
+    from tests.templates.conftest import mjml, write_email
+    from tidings.config import Settings
+    from tidings.templates.render import Renderer
+
+    url = "https://shop.example.com/p/1?utm=x"
+    write_email(tmp_path, "t", mjml(f'<mj-text><a href="{url}">Shop</a></mj-text>'))
+    renderer = Renderer(
+        tmp_path, Settings(public_url="https://t.example"), secret_key="test-secret"
+    )
+    mid = str(seeded["ann_email"])
+    email = renderer.render_email("t", contact={}, message_id=mid)
+    click = email.html.split('href="https://t.example/t/c/')[1].split('"')[0]
+    pixel = email.html.split('src="https://t.example/t/o/')[1].split('"')[0]
+    unsubscribe = email.headers["List-Unsubscribe"].split("/u/")[1].split(">")[0]
+    assert click.count(".") == pixel.count(".") == unsubscribe.count(".") == 4
+    clicked = client.get(f"/t/c/{click}", headers=BROWSER)
+    assert clicked.status_code == 302 and clicked.headers["location"] == url
+    assert client.get(f"/t/o/{pixel}", headers=BROWSER).status_code == 200
+    assert client.get(f"/t/c/{pixel}", headers=BROWSER).status_code == 404  # wrong kind
+    assert client.get(f"/u/{unsubscribe}", headers=BROWSER).status_code == 200
+    assert events(store) == [("click", False, url), ("open", False, None)]

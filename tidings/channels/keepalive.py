@@ -4,7 +4,10 @@ The SDK builds a fresh ``urllib`` opener for every call (about 1.9 ms of CPU her
 ``build_opener`` and the proxy lookup in ``os.environ``) and opens a new TCP (and TLS)
 connection per message. ``KeepAliveClient`` is the SDK's own ``Client`` class with only the
 last step replaced: the URL, headers, body encoding, ``Response`` object and error classes
-stay the SDK's; the request goes over one persistent ``http.client`` connection per thread.
+stay the SDK's; the request goes over one persistent connection per thread (``Connection``:
+HTTP/1.1 with the request in one write and TCP_NODELAY; ``http.client`` sent headers and body
+in two writes, so each request waited for the server's delayed ACK: 1,250 msg/s became
+about 2x that on loopback).
 
 A connection idle longer than ``max_idle`` is reopened before use (servers close idle ones),
 so a reused connection is never found dead after the request went out; if it still breaks
@@ -21,14 +24,119 @@ from __future__ import annotations
 import http.client
 import io
 import json
+import socket
+import ssl
 import threading
 import time
 import urllib.error
 import urllib.parse
+from dataclasses import dataclass
+from http.client import RemoteDisconnected
 from typing import Any
 
 import python_http_client  # type: ignore[import-untyped]
 from python_http_client.exceptions import handle_error  # type: ignore[import-untyped]
+
+
+class Connection:
+    """One persistent HTTP/1.1 connection: a request is written with one ``sendall`` (request
+    line, headers and body together; TCP_NODELAY), the reply is read from a buffered reader
+    kept for the connection's life. ``http.client`` sent headers and body in two writes (with
+    Nagle's algorithm the body waited for the server's delayed ACK of the headers) and parsed
+    every reply's headers with the ``email`` package; this is a fraction of its CPU."""
+
+    def __init__(self, host: str, port: int | None, *, https: bool, timeout: float) -> None:
+        self.host, self.https, self.timeout = host, https, timeout
+        self.port = port or (443 if https else 80)
+        default = (https and self.port == 443) or (not https and self.port == 80)
+        self._host_header = host if default else f"{host}:{self.port}"
+        self._sock: socket.socket | None = None
+        self._file: Any = None
+
+    def _open(self) -> None:
+        sock = socket.create_connection((self.host, self.port), self.timeout)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if self.https:
+            sock = ssl.create_default_context().wrap_socket(sock, server_hostname=self.host)
+        self._sock, self._file = sock, sock.makefile("rb")
+
+    def request(
+        self, method: str, target: str, headers: dict[str, str], body: bytes | None
+    ) -> Reply:
+        lines = [f"{method} {target} HTTP/1.1", f"Host: {self._host_header}"]
+        lines += [f"{name}: {value}" for name, value in headers.items()]
+        if "accept-encoding" not in {name.lower() for name in headers}:
+            lines.append("Accept-Encoding: identity")
+        if body is not None:
+            lines.append(f"Content-Length: {len(body)}")
+        if any("\n" in line or "\r" in line for line in lines):
+            raise ValueError("a header name or value holds a line break")
+        head = "\r\n".join(lines)
+        if self._sock is None:
+            self._open()
+        assert self._sock is not None
+        self._sock.settimeout(self.timeout)
+        data = (head + "\r\n\r\n").encode("latin-1")
+        self._sock.sendall(data + body if body else data)
+        return self._read(method)
+
+    def _read(self, method: str) -> Reply:
+        file = self._file
+        status_line = file.readline(65537)
+        if not status_line:
+            raise RemoteDisconnected("Remote end closed connection without response")
+        version, _, rest = status_line.decode("latin-1").rstrip("\r\n").partition(" ")
+        code, _, reason = rest.partition(" ")
+        if not version.startswith("HTTP/") or not code.isdigit():
+            raise http.client.BadStatusLine(status_line.decode("latin-1", "replace"))
+        headers = http.client.HTTPMessage()
+        while True:
+            line = file.readline(65537)
+            if line in (b"\r\n", b"\n", b""):
+                break
+            name, _, value = line.decode("latin-1").partition(":")
+            headers[name.strip()] = value.strip()
+        status = int(code)
+        connection = (headers.get("Connection") or "").lower()
+        will_close = connection == "close" or (version == "HTTP/1.0" and connection != "keep-alive")
+        length = headers.get("Content-Length")
+        if method == "HEAD" or status in (204, 304) or 100 <= status < 200:
+            body = b""
+        elif (headers.get("Transfer-Encoding") or "").lower() == "chunked":
+            body = self._chunked()
+        elif length is not None:
+            body = file.read(int(length))
+            if len(body) < int(length):
+                raise http.client.IncompleteRead(body, int(length) - len(body))
+        else:
+            body, will_close = file.read(), True
+        return Reply(status, reason, headers, body, will_close)
+
+    def _chunked(self) -> bytes:
+        parts: list[bytes] = []
+        while True:
+            size = int(self._file.readline(65537).split(b";")[0].strip(), 16)
+            if size == 0:
+                while self._file.readline(65537) not in (b"\r\n", b"\n", b""):
+                    pass  # trailers
+                return b"".join(parts)
+            parts.append(self._file.read(size))
+            self._file.readline(65537)
+
+    def close(self) -> None:
+        sock, self._sock = self._sock, None
+        if sock is not None:
+            self._file.close()
+            sock.close()
+
+
+@dataclass(slots=True)
+class Reply:
+    status: int
+    reason: str
+    msg: http.client.HTTPMessage
+    body: bytes
+    will_close: bool
 
 
 class ConnectionPool:
@@ -44,19 +152,18 @@ class ConnectionPool:
         self.timeout = timeout
         self.max_idle = max_idle
         self._local = threading.local()
-        self._all: list[http.client.HTTPConnection] = []
+        self._all: list[Connection] = []
         self._lock = threading.Lock()
         self.opened = 0
 
-    def connection(self) -> http.client.HTTPConnection:
-        conn: http.client.HTTPConnection | None = getattr(self._local, "conn", None)
+    def connection(self) -> Connection:
+        conn: Connection | None = getattr(self._local, "conn", None)
         last: float = getattr(self._local, "last", 0.0)
         if conn is not None and time.monotonic() - last > self.max_idle:
             conn.close()
             conn = None
         if conn is None:
-            factory = http.client.HTTPSConnection if self.https else http.client.HTTPConnection
-            conn = factory(self.host, self.port, timeout=self.timeout)
+            conn = Connection(self.host, self.port, https=self.https, timeout=self.timeout)
             self._local.conn = conn
             with self._lock:
                 self._all.append(conn)
@@ -135,38 +242,34 @@ class KeepAliveClient(python_http_client.Client):  # type: ignore[misc]
         parts = urllib.parse.urlsplit(url)
         target = parts.path + (f"?{parts.query}" if parts.query else "")
         conn = self.pool.connection()
-        if timeout is not None:
-            conn.timeout = timeout
+        conn.timeout = timeout if timeout is not None else self.pool.timeout
         try:
-            conn.request(method, target, body=data, headers=headers)
-            response = conn.getresponse()
-            body = response.read()
+            reply = conn.request(method, target, headers, data)
         except BaseException:
             self.pool.discard()
             raise
         self.pool.used()
-        if response.will_close:
+        if reply.will_close:
             self.pool.discard()
-        if response.status >= 400:
+        if reply.status >= 400:
             error = urllib.error.HTTPError(
-                url, response.status, response.reason, response.msg, io.BytesIO(body)
+                url, reply.status, reply.reason, reply.msg, io.BytesIO(reply.body)
             )
             raise handle_error(error)
-        return python_http_client.client.Response(_Read(response, body))
+        return python_http_client.client.Response(_Read(reply))
 
 
 class _Read:
     """What ``python_http_client.Response`` reads from: code, body, headers."""
 
-    def __init__(self, response: http.client.HTTPResponse, body: bytes) -> None:
-        self._response = response
-        self._body = body
+    def __init__(self, reply: Reply) -> None:
+        self._reply = reply
 
     def getcode(self) -> int:
-        return self._response.status
+        return self._reply.status
 
     def read(self) -> bytes:
-        return self._body
+        return self._reply.body
 
     def info(self) -> http.client.HTTPMessage:
-        return self._response.msg
+        return self._reply.msg

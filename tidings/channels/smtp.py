@@ -1,7 +1,8 @@
-"""SMTP with the standard library: one connection for many messages.
+"""SMTP with the standard library: a pool of connections, each for many messages.
 
 Security ``none``, ``starttls`` (upgrade after EHLO) or ``ssl`` (implicit TLS, port 465); AUTH
-when a username is set. The connection opens on the first message and stays open across
+when a username is set. ``connections`` (``TIDINGS_SMTP_CONNECTIONS``, default 1) sending
+threads each hold their own connection, which opens on its first message and stays open across
 batches until ``close()``. If the server dropped it (idle timeout, restart) the adapter
 reconnects once and sends that message again; a second drop is a retryable error.
 Replies: 4xx retryable, 5xx permanent; 550 5.1.x at RCPT (no such user) also asks for a
@@ -10,7 +11,8 @@ suppression (a hard bounce).
 Acceptance is per message (the server's 250 after DATA) and an SMTP server keeps no record we
 could ask for after a crash, so the adapter sets ``record_each``: the dispatcher records each
 result the moment it exists, and a crash leaves at most the one message whose 250 was not yet
-recorded in doubt.
+recorded in doubt (at most ``connections`` with a pool: the dispatcher hands over and records
+that many at a time).
 
 >>> channel = SmtpChannel(host="127.0.0.1", port=2525, security="none")  # doctest: +SKIP
 >>> with channel:                                                           # doctest: +SKIP
@@ -41,7 +43,7 @@ Security = Literal["none", "starttls", "ssl"]
 
 class SmtpChannel(Channel[OutboundEmail]):
     provider = "smtp"
-    concurrency = 1  # one connection, messages in order
+    concurrency = 1  # connections (and sending threads); messages in order with one
     record_each = True
 
     def __init__(
@@ -55,6 +57,7 @@ class SmtpChannel(Channel[OutboundEmail]):
         timeout: float = 30.0,
         ssl_context: ssl.SSLContext | None = None,
         local_hostname: str | None = None,
+        connections: int = 1,
         rate_limiter: RateLimiter | None = None,
         retry: RetryPolicy | None = None,
     ) -> None:
@@ -68,8 +71,12 @@ class SmtpChannel(Channel[OutboundEmail]):
         self.timeout = timeout
         self.ssl_context = ssl_context or ssl.create_default_context()
         self.local_hostname = local_hostname
-        self._conn: smtplib.SMTP | None = None
-        self._lock = threading.RLock()
+        if connections < 1:
+            raise ConfigurationError(f"TIDINGS_SMTP_CONNECTIONS={connections}: use 1 or more")
+        self.concurrency = connections
+        self._local = threading.local()  # each sending thread's connection
+        self._open: list[smtplib.SMTP] = []
+        self._lock = threading.Lock()
         self.connections_opened = 0
 
     @classmethod
@@ -86,6 +93,7 @@ class SmtpChannel(Channel[OutboundEmail]):
                 settings.smtp_password.get_secret_value() if settings.smtp_password else None
             ),
             "timeout": settings.smtp_timeout,
+            "connections": settings.smtp_connections,
             "ssl_context": context,
             "rate_limiter": make_rate_limiter(settings),
             "retry": RetryPolicy.from_settings(settings),
@@ -100,12 +108,13 @@ class SmtpChannel(Channel[OutboundEmail]):
     def close(self) -> None:
         super().close()
         with self._lock:
-            conn, self._conn = self._conn, None
-            if conn is not None:
-                try:
-                    conn.quit()
-                except (smtplib.SMTPException, OSError):
-                    conn.close()
+            conns, self._open = self._open, []
+        self._local = threading.local()
+        for conn in conns:
+            try:
+                conn.quit()
+            except (smtplib.SMTPException, OSError):
+                conn.close()
 
     def _connect(self) -> smtplib.SMTP:
         try:
@@ -144,7 +153,9 @@ class SmtpChannel(Channel[OutboundEmail]):
                 f"SMTP server {self.host}:{self.port} does not offer {error}; "
                 "check TIDINGS_SMTP_SECURITY (none|starttls|ssl) and TIDINGS_SMTP_USERNAME"
             ) from error
-        self.connections_opened += 1
+        with self._lock:
+            self.connections_opened += 1
+            self._open.append(conn)
         return conn
 
     # -- the hooks ------------------------------------------------------------------------
@@ -154,21 +165,21 @@ class SmtpChannel(Channel[OutboundEmail]):
         return mime_bytes(message, provider=self.provider)
 
     def post(self, message: OutboundEmail, payload: bytes) -> dict[str, tuple[int, bytes]]:
-        with self._lock:
-            try:
+        try:
+            return self._send(message, payload)
+        except smtplib.SMTPServerDisconnected:
+            self._drop()
+            try:  # the server closed an idle or used-up connection: once more, fresh
                 return self._send(message, payload)
             except smtplib.SMTPServerDisconnected:
                 self._drop()
-                try:  # the server closed an idle or used-up connection: once more, fresh
-                    return self._send(message, payload)
-                except smtplib.SMTPServerDisconnected:
-                    self._drop()
-                    raise
+                raise
 
     def _send(self, message: OutboundEmail, payload: bytes) -> dict[str, tuple[int, bytes]]:
-        if self._conn is None:
-            self._conn = self._reach()
-        return self._conn.sendmail(message.from_email, [message.to], payload)
+        conn: smtplib.SMTP | None = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = self._local.conn = self._reach()
+        return conn.sendmail(message.from_email, [message.to], payload)
 
     def _reach(self) -> smtplib.SMTP:
         """A new connection; a relay that cannot be reached is said plainly (``unreachable``:
@@ -193,8 +204,13 @@ class SmtpChannel(Channel[OutboundEmail]):
         raise ProviderRetryableError(reason, provider=self.provider, unreachable=True) from cause
 
     def _drop(self) -> None:
-        conn, self._conn = self._conn, None
+        """Close this thread's connection (the next message opens a new one)."""
+        conn: smtplib.SMTP | None = getattr(self._local, "conn", None)
+        self._local.conn = None
         if conn is not None:
+            with self._lock:
+                if conn in self._open:
+                    self._open.remove(conn)
             conn.close()
 
     def parse_result(

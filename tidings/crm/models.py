@@ -291,13 +291,30 @@ class Enrollment(Base):
     context: Mapped[dict[str, Any]] = mapped_column(default=dict)
 
 
+ACTIVE_MESSAGES = "status IN ('queued', 'in_flight')"
+
+
 class Message(Base):
     """The outbox: one row per message, committed before the provider is called."""
 
     __tablename__ = "messages"
+    # Each index is written on every UPDATE that changes an indexed column (migration 0014):
+    # the active rows only for the claim and reconcile, provider ids only once there is one.
     __table_args__ = (
-        Index(None, "status", "created_at"),
+        Index(
+            "ix_messages_active",
+            "status",
+            "id",
+            postgresql_where=text(ACTIVE_MESSAGES),
+            sqlite_where=text(ACTIVE_MESSAGES),
+        ),
         Index(None, "contact_id", "created_at"),  # frequency caps
+        Index(
+            "ix_messages_provider_message_id",
+            "provider_message_id",
+            postgresql_where=text("provider_message_id IS NOT NULL"),
+            sqlite_where=text("provider_message_id IS NOT NULL"),
+        ),
     )
 
     id: Mapped[int] = _id()
@@ -322,7 +339,7 @@ class Message(Base):
     # the locale of the template variant it was rendered from (set at the hand-over, 0012)
     locale: Mapped[str | None] = mapped_column(String(35))
     status: Mapped[str] = mapped_column(String(16), default=MessageStatus.QUEUED.value)
-    provider_message_id: Mapped[str | None] = mapped_column(String(255), index=True)
+    provider_message_id: Mapped[str | None] = mapped_column(String(255))
     error: Mapped[str | None] = mapped_column(Text)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     next_attempt_at: Mapped[datetime | None]  # a retryable failure: not before this time

@@ -10,7 +10,8 @@ The sequence that makes sending exactly-once:
 3. it renders each (the template version is pinned by content hash; only Jinja runs per
    contact), commits ``handed_at`` *only on rows its token still owns* (a conditional update:
    the fence) and hands exactly those to the channel: a whole batch at once, or, for a channel
-   whose provider keeps no record we could ask (``record_each``: SMTP), one message at a time,
+   whose provider keeps no record we could ask (``record_each``: SMTP), one message at a time
+   (one per connection of the channel's pool),
    each result committed together with the next message's hand-over;
 4. it records each result: ``sent`` with the provider's id, ``failed`` with the provider's
    reason, or back to ``queued`` with ``next_attempt_at`` for a retryable error (the last two
@@ -19,7 +20,8 @@ The sequence that makes sending exactly-once:
 A crash between 2 and 4 leaves rows ``in_flight``; their lease runs out. Those without
 ``handed_at`` never reached a provider: ``reconcile`` queues them again. The others are never
 resent blindly: ``reconcile`` asks the provider (or the outbox folder) first. With
-``record_each`` at most one message per crashed worker is in that state. A worker that was
+``record_each`` at most one message per crashed worker (one per connection of its SMTP pool,
+``TIDINGS_SMTP_CONNECTIONS``) is in that state. A worker that was
 paused past its lease (a slow provider, a GC pause, a frozen VM) finds its token gone at the
 fence and sends none of the rows it lost. The protocol and its invariant: docs/journeys.md.
 
@@ -372,16 +374,19 @@ class Dispatcher:
                 stats.by_channel[channel_name] += len(owned)
                 results += channel.send_batch(owned) if owned else []
                 continue
-            # one at a time: each result is committed with the next message's hand-over
+            # one window at a time (one message per connection of the channel): each window's
+            # results are committed with the next window's hand-over
             pending: list[SendResult] = []
-            for item in batch:
-                owned = self.record(pending, token=token, handed=[item])
+            window = max(1, channel.concurrency)
+            for start in range(0, len(batch), window):
+                items = batch[start : start + window]
+                owned = self.record(pending, token=token, handed=items)
                 _count(stats, pending)
                 pending = []
+                stats.lost += len(items) - len(owned)
                 if not owned:
-                    stats.lost += 1
                     continue
-                stats.by_channel[channel_name] += 1
+                stats.by_channel[channel_name] += len(owned)
                 pending = list(channel.send_batch(owned))
             self.record(pending, token=token)
             _count(stats, pending)

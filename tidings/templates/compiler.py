@@ -95,6 +95,12 @@ class CompiledEmail:
     warnings: list[str] = field(default_factory=list)
     # attributes MJML does not know (``templates check`` fails on them; sending goes on)
     mjml_problems: list[MjmlProblem] = field(default_factory=list)
+    # The derived text part without a second evaluation of its expressions (see ``replay``):
+    # ``html`` that also records each ``{{ }}`` value, the text that plays them back, and the
+    # fragments the text plays. None when the text is not derived or cannot be replayed.
+    record_html: str | None = None
+    replay_text: str | None = None
+    replay_fragments: tuple[int, ...] = ()
 
 
 def split_front_matter(source: str, path: str) -> tuple[dict[str, Any], dict[str, int], str, int]:
@@ -160,7 +166,10 @@ class _Protector:
             return f"<!--TDJ{len(self.fragments) - 1}X-->"
         return f"TDJ{len(self.fragments) - 1}X"
 
-    def restore(self, text: str) -> tuple[str, dict[int, list[Fragment]]]:
+    def restore(
+        self, text: str, wrap: Callable[[int, str], str] | None = None
+    ) -> tuple[str, dict[int, list[Fragment]]]:
+        """The text with the Jinja fragments back (``wrap(index, source)`` may rewrite each)."""
         out: list[str] = []
         line_map: dict[int, list[Fragment]] = {}
         pos, line = 0, 1
@@ -168,7 +177,8 @@ class _Protector:
             line += text.count("\n", pos, match.start())
             fragment = self.fragments[int(match.group(1))]
             out.append(text[pos : match.start()])
-            out.append(fragment.source)
+            index = int(match.group(1))
+            out.append(fragment.source if wrap is None else wrap(index, fragment.source))
             line_map.setdefault(line, []).append(fragment)
             line += fragment.source.count("\n")
             pos = match.end()
@@ -465,6 +475,44 @@ def _join_control_lines(text: str, protector: _Protector) -> str:
     return re.sub(r"\n{3,}", "\n\n", "\n".join(out))
 
 
+OUTPUT = re.compile(r"\{\{([-+]?)(.*?)([-+]?)\}\}\Z", re.S)
+NO_REPLAY_TAGS = re.compile(
+    r"\{%[-+]?\s*(?:macro|call|include|import|from|extends|block|filter|autoescape)\b"
+)
+
+
+def replay(html: str, text: str, protector: _Protector) -> tuple[str, str, tuple[int, ...]] | None:
+    """A derived text part shows the values of the HTML's own ``{{ }}`` fragments, under the
+    same ``{% %}`` tags. So the HTML records each value it outputs (``_record``, a filter: no
+    sandbox call) and the text plays them back in order, per fragment (``_play``), instead of
+    evaluating every expression a second time. The renderer falls back to the full text
+    template when a value is markup (its text could differ: the HTML pass autoescapes) or the
+    values do not line up. Templates with macros, includes or blocks are not replayed."""
+    if any(NO_REPLAY_TAGS.match(f.source) for f in protector.fragments):
+        return None
+
+    played: set[int] = set()
+
+    def play(index: int, source: str) -> str:
+        match = OUTPUT.match(source)
+        if match is None:
+            return source
+        played.add(index)
+        left, _, right = match.groups()
+        return f"{{{{{left} _tape|_play({index}) {right}}}}}"
+
+    def record(index: int, source: str) -> str:
+        match = OUTPUT.match(source)
+        if match is None or index not in played:  # e.g. the preheader, the open pixel
+            return source
+        left, inner, right = match.groups()
+        return f"{{{{{left} ({inner})|_record(_tape, {index}) {right}}}}}"
+
+    replay_text = protector.restore(text, play)[0]
+    record_html = protector.restore(html, record)[0]
+    return record_html, replay_text, tuple(sorted(played))
+
+
 def _check_syntax(env: Any, source: str, path: str, first_line: int, what: str) -> None:
     from jinja2 import TemplateSyntaxError
 
@@ -583,6 +631,7 @@ def compile_email(
     if front.get("track_opens", True) is not False:
         html = add_open_pixel(html, protector)
 
+    replayed = None
     if sidecar_text is not None:
         text, text_from = sidecar_text, str(text_sidecar)
         _check_syntax(env, text, text_from, 1, "the text part")
@@ -597,7 +646,9 @@ def compile_email(
             for n, line in enumerate(text.splitlines(), start=1)
         }
     else:
-        text, text_map = protector.restore(_join_control_lines(html_to_text(html), protector))
+        derived = _join_control_lines(html_to_text(html), protector)
+        replayed = replay(html, derived, protector)
+        text, text_map = protector.restore(derived)
         text_from = "derived"
     html, html_map = protector.restore(html)
     return CompiledEmail(
@@ -618,4 +669,7 @@ def compile_email(
         line_maps={"html": html_map, "text": text_map},
         warnings=warnings,
         mjml_problems=mjml_problems,
+        record_html=replayed[0] if replayed else None,
+        replay_text=replayed[1] if replayed else None,
+        replay_fragments=replayed[2] if replayed else (),
     )

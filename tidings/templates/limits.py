@@ -109,6 +109,9 @@ def timed_range(*args: int) -> _TimedRange:
     return _TimedRange(safe_range(*args))
 
 
+_DICT_ATTRIBUTES = frozenset(dir(dict))
+
+
 class LimitedSandbox(SandboxedEnvironment):
     """A ``SandboxedEnvironment`` with limits on ``**``, ``*``, output size and time."""
 
@@ -146,6 +149,17 @@ class LimitedSandbox(SandboxedEnvironment):
         a, b = _int(left), _int(right)
         if a is not None and b is not None and a.bit_length() + b.bit_length() > MAX_INT_BITS:
             raise RenderLimitError(f"a product larger than {MAX_INT_BITS} bits")
+
+    def getattr(self, obj: Any, attribute: str) -> Any:
+        """``obj.attribute``. For a plain dict and a name that is no dict attribute, Jinja
+        would try ``getattr`` (an ``AttributeError`` raised and caught, the costliest step of
+        ``{{ order.total }}``) and then ``obj[attribute]``: go to the item at once."""
+        if type(obj) is dict and attribute not in _DICT_ATTRIBUTES:
+            try:
+                return obj[attribute]
+            except KeyError:
+                return self.undefined(obj=obj, name=attribute)
+        return SandboxedEnvironment.getattr(self, obj, attribute)
 
     def call(__self, __context: Any, __obj: Any, *args: Any, **kwargs: Any) -> Any:
         if _monotonic() > _state.deadline:  # check_deadline, inlined: a call is frequent

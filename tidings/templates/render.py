@@ -24,8 +24,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import markupsafe
 from jinja2 import StrictUndefined, Template
+from jinja2.runtime import new_context
 from jinja2.sandbox import SandboxedEnvironment
+from markupsafe import Markup
 
 from tidings.config import Settings, get_settings
 from tidings.errors import InputError, PermanentError
@@ -40,7 +43,7 @@ from tidings.templates.limits import (
 from tidings.templates.locales import choose, fallback_chain, html_lang, split_stem
 from tidings.templates.sms import count_segments, non_gsm_characters
 from tidings.templates.tracking import (
-    PreparedToken,
+    TemplateTokens,
     TokenSigner,
     encode_message_id,
     list_unsubscribe_headers,
@@ -115,6 +118,42 @@ def _finalize(value: Any) -> Any:
     return "" if value is None else value
 
 
+_escape_inner = getattr(markupsafe, "_escape_inner", None)
+
+
+def _escape_output(value: Any) -> Any:
+    """markupsafe's ``escape`` for what a ``{{ }}`` writes into HTML: the same characters
+    (``&<>'"``), but a plain string comes back as a plain string, not a new ``Markup``."""
+    if type(value) is str and _escape_inner is not None:
+        return _escape_inner(value)
+    return markupsafe.escape(value)
+
+
+class _ReplayMiss(Exception):
+    """The text part cannot be played back from the HTML pass: render it in full."""
+
+
+def _record(value: Any, tape: dict[int, list[Any]], index: int) -> Any:
+    """``{{ (expr)|_record(_tape, N) }}`` in the HTML: keeps the value for the text part."""
+    found = tape.get(index)
+    if found is None:
+        tape[index] = [value]
+    else:
+        found.append(value)
+    return value
+
+
+def _play(tape: dict[int, list[Any]], index: int) -> Any:
+    """``{{ _tape|_play(N) }}`` in the derived text: the value the HTML pass output there."""
+    found = tape.get(index)
+    if not found:
+        raise _ReplayMiss(index)
+    value = found.pop(0)
+    if isinstance(value, Markup):  # the HTML pass autoescaped: the text may differ
+        raise _ReplayMiss(index)
+    return value
+
+
 def make_environment(
     *, autoescape: bool, max_output: int = DEFAULT_MAX_OUTPUT
 ) -> SandboxedEnvironment:
@@ -128,6 +167,8 @@ def make_environment(
         auto_reload=False,
     )
     env.filters.update(FILTERS)
+    env.filters["_record"] = _record
+    env.filters["_play"] = _play
     env.max_output = max_output
     return env
 
@@ -137,11 +178,11 @@ class _Email:
     compiled: CompiledEmail
     html: Template
     text: Template
+    replay: Template | None  # the derived text played back from the HTML pass
     subjects: dict[str, Template | str]
     preheader: Template | str
-    links: list[PreparedToken]
-    open_token: PreparedToken
-    unsubscribe_token: PreparedToken
+    tokens: TemplateTokens
+    globals: dict[str, Any]  # the templates' globals as a plain dict
     filenames: dict[str, str] = field(default_factory=dict)
     locale: str = ""
 
@@ -236,7 +277,11 @@ class Renderer:
     # -- compile ---------------------------------------------------------------------------
     def _template(self, env: SandboxedEnvironment, source: str, filename: str) -> Template:
         code = env.compile(source, name=filename, filename=filename)
-        return env.template_class.from_code(env, code, env.make_globals(None), None)
+        template = env.template_class.from_code(env, code, env.make_globals(None), None)
+        if env.autoescape:
+            # the compiled module's ``escape`` is only applied to what ``{{ }}`` writes
+            template.root_render_func.__globals__["escape"] = _escape_output
+        return template
 
     def email(self, name: str, *, reload: bool = False, locale: str | None = None) -> CompiledEmail:
         """``name`` compiled; ``locale``: that variant's (a key of ``locales(name)``)."""
@@ -300,15 +345,28 @@ class Renderer:
         def maybe(env: SandboxedEnvironment, source: str, part: str) -> Template | str:
             return self._template(env, source, names[part]) if "{" in source else source
 
+        replayed = compiled.record_html is not None and compiled.replay_text is not None
         return _Email(
             compiled=compiled,
-            html=self._template(self.html_env, compiled.html, names["html"]),
+            html=self._template(
+                self.html_env,
+                compiled.record_html if replayed else compiled.html,  # type: ignore[arg-type]
+                names["html"],
+            ),
             text=self._template(self.text_env, compiled.text, names["text"]),
+            replay=(
+                self._template(self.text_env, compiled.replay_text, names["text"])  # type: ignore[arg-type]
+                if replayed
+                else None
+            ),
             subjects={v: maybe(self.text_env, s, "subject") for v, s in compiled.subjects.items()},
             preheader=maybe(self.text_env, compiled.preheader or "", "preheader"),
-            links=[self.signer.prepare("c", link.index, link.url) for link in compiled.links],
-            open_token=self.signer.prepare("o"),
-            unsubscribe_token=self.signer.prepare("u"),
+            globals=dict(self.html_env.make_globals(None)),
+            tokens=TemplateTokens(
+                self.signer,
+                compiled.version,
+                [link.url for link in sorted(compiled.links, key=lambda link: link.index)],
+            ),
             filenames=names,
             locale=locale,
         )
@@ -363,13 +421,14 @@ class Renderer:
         entry = self._email(name, locale=self.choose_locale(name, locale or person["locale"]))
         compiled = entry.compiled
         mid = str(message_id)
-        encoded = encode_message_id(mid)
-        base = self.public_url
-        unsubscribe_url = f"{base}/u/{entry.unsubscribe_token.token(mid, encoded)}"
-        values: dict[str, Any] = dict(context) if context else {}
+        tokens = entry.tokens.for_message(self.public_url, mid, encode_message_id(mid))
+        # the template's globals, then the caller's context, then ours (as Jinja would merge)
+        values: dict[str, Any] = dict(entry.globals)
+        if context:
+            values.update(context)
         values["contact"] = person
         values["message_id"] = mid
-        values["unsubscribe_url"] = unsubscribe_url
+        values["unsubscribe_url"] = tokens.unsubscribe_url
         if variant is None:
             variant = next(iter(compiled.subjects))
         subject_t = entry.subjects.get(variant)
@@ -380,15 +439,20 @@ class Renderer:
                 hint=f"variants: {', '.join(compiled.subjects)}",
             )
         part = "subject"
-        values["_links"] = [f"{base}/t/c/{p.token(mid, encoded)}" for p in entry.links]
-        values["_track"] = _DynamicLinks(self, mid, encoded)
-        values["_open_url"] = f"{base}/t/o/{entry.open_token.token(mid, encoded)}"
+        values["_links"] = tokens.links
+        values["_track"] = tokens
+        values["_open_url"] = tokens.open_url
         values["preheader"] = ""
+        tape: dict[int, list[Any]] = {}
+        values["_tape"] = tape
         limit = self.max_output
         set_deadline(self.timeout)
         try:
-            # one Jinja context per contact for all four parts
-            jinja_context = entry.html.new_context(values)
+            # one Jinja context per contact for all four parts, on ``values`` itself (Jinja's
+            # own would copy it and walk the globals' ChainMap twice)
+            jinja_context = new_context(
+                self.html_env, entry.html.name, entry.html.blocks, values, True, entry.globals
+            )
             try:
                 subject = (
                     subject_t
@@ -405,14 +469,16 @@ class Renderer:
                 part = "html"
                 html = bounded_concat(entry.html.root_render_func(jinja_context), limit)
                 part = "text"
-                text = bounded_concat(entry.text.root_render_func(jinja_context), limit)
+                text = self._replay(entry, jinja_context, tape)
+                if text is None:
+                    text = bounded_concat(entry.text.root_render_func(jinja_context), limit)
             except Exception:
                 self.html_env.handle_exception()  # re-raises with template file/line frames
         except Exception as exc:
             raise self._error(exc, entry, part) from exc
         finally:
             set_deadline(None)
-        headers = list_unsubscribe_headers(unsubscribe_url, self.settings.unsubscribe_mailto)
+        headers = list_unsubscribe_headers(tokens.unsubscribe_url, self.settings.unsubscribe_mailto)
         return RenderedEmail(
             subject=clean_header(subject),
             preheader=" ".join(preheader.split()),
@@ -427,6 +493,19 @@ class Renderer:
             variant=variant,
             locale=entry.locale,
         )
+
+    def _replay(self, entry: _Email, jinja_context: Any, tape: dict[int, list[Any]]) -> str | None:
+        """The derived text part from the values the HTML pass recorded; None when they do
+        not line up (then the full text template runs, and reports any error itself)."""
+        if entry.replay is None:
+            return None
+        try:
+            text = bounded_concat(entry.replay.root_render_func(jinja_context), self.max_output)
+        except Exception:
+            return None
+        if any(tape.get(index) for index in entry.compiled.replay_fragments):
+            return None  # the HTML output a fragment more often than the text did
+        return text
 
     def render_sms(
         self,
@@ -503,31 +582,14 @@ class Renderer:
         )
 
 
-class _DynamicLinks:
-    """``_track(index, url)`` for hrefs holding Jinja: signs the rendered URL, once per
-    message (the HTML and the text part ask for the same link)."""
-
-    __slots__ = ("_done", "_encoded", "_mid", "_renderer")
-
-    def __init__(self, renderer: Renderer, mid: str, encoded: str) -> None:
-        self._renderer, self._mid, self._encoded = renderer, mid, encoded
-        self._done: dict[tuple[int, str], str] = {}
-
-    def __call__(self, index: int, url: str) -> str:
-        key = (index, url)
-        found = self._done.get(key)
-        if found is None:
-            token = self._renderer.signer.prepare("c", index, url).token(self._mid, self._encoded)
-            found = self._done[key] = f"{self._renderer.public_url}/t/c/{token}"
-        return found
-
-
 def clean_header(value: str) -> str:
     """One line: CR, LF and other control characters become spaces, runs collapse.
 
     >>> clean_header("Hello\\r\\nBcc: x@example.com")
     'Hello Bcc: x@example.com'
     """
+    if value.isprintable():  # no control character nor line separator: only collapse
+        return " ".join(value.split())
     return " ".join(re.sub(r"[\x00-\x1f\x7f\u2028\u2029\x85]", " ", value).split())
 
 

@@ -5,7 +5,7 @@ auto-winner that fell back, the fallback rule applied. ``status`` says how: ``de
 experiment's rule, ``fallback`` by its auto-winner fallback.
 
 Revision ID: 0015
-Revises: 0013
+Revises: 0014
 Create Date: 2026-11-30 16:30:00
 """
 
@@ -15,7 +15,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "0015"
-down_revision = "0013"
+down_revision = "0014"
 branch_labels = None
 depends_on = None
 
