@@ -1,8 +1,12 @@
 """Import contacts, events and orders from CSV or JSON Lines files.
 
-Streaming: records are read one at a time and written in batches of ``import_batch_size`` rows,
-each batch in one transaction, so memory stays flat whatever the file size and an interrupted
-import can simply be run again. The header is checked before any row (``crm.columns``): a
+Streaming: records are read one at a time, checked (by a pool of worker processes for a large
+file, ``import_workers``) and written in batches of ``import_batch_size`` rows, each batch in
+one transaction, so memory stays flat whatever the file size and an interrupted import can
+simply be run again. A batch is written set-based (``crm.bulk``): on PostgreSQL its rows are
+COPYed into a staging table and each table gets one statement per batch; SQLite takes one
+executemany per table. Matching happens in Python on what two index lookups return, so both
+stores give the same result. The header is checked before any row (``crm.columns``): a
 misspelt or missing column stops the import. Every bad row is reported with its line, column
 and reason and skipped; good rows are imported; importing the same file twice changes nothing.
 A bad optional field (a phone that does not parse) is left out with a warning on its line, and
@@ -24,20 +28,25 @@ external_id nor a valid email) or a required field is bad.
 from __future__ import annotations
 
 import json
+import multiprocessing
+import os
 import uuid
-from collections.abc import Callable, Iterable, Mapping
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
+from multiprocessing.pool import AsyncResult
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
-from sqlalchemy import Connection, Engine, Table, bindparam, insert, or_, select, update
+from sqlalchemy import Connection, Engine, Table, insert, select, union_all, update
 
 from tidings.config import Settings, get_settings
+from tidings.crm.bulk import Statistics, among, is_postgres, next_ids, upsert
 from tidings.crm.columns import CONTACTS, EVENTS, ORDERS, Columns
 from tidings.crm.consent import ConsentWish, set_consents
-from tidings.crm.db import insert_ignore
+from tidings.crm.db import update_rows
 from tidings.crm.models import Channel, Contact, Event, Order, Purpose
 from tidings.crm.normalize import (
     FieldError,
@@ -207,6 +216,115 @@ def _identity(
     return external_id, email
 
 
+Outcome = tuple[int, Any, Problems | None, Problems]
+"""What checking one record gave: (line, row or None, problems that reject it, warnings)."""
+
+#: Records a validation worker checks at a time.
+CHUNK = 1000
+#: Chunks handed to the workers and not yet taken back (bounds memory: files of any size).
+IN_FLIGHT = 8
+#: Files from this size are validated in worker processes when ``import_workers`` is 0 (auto).
+PARALLEL_FROM_BYTES = 8 << 20
+
+
+@dataclass(frozen=True, slots=True)
+class _Checker:
+    """Checks records of one kind: picklable, so validation workers run the same code."""
+
+    kind: str
+    columns: Columns
+    allow_extra: bool
+    region: str
+
+    def __call__(self, chunk: list[tuple[int, dict[str, Any]]]) -> list[Outcome]:
+        parse = PARSERS[self.kind]
+        # JSON Lines has no header: each new set of keys is checked like one (and remembered)
+        suspicious: dict[frozenset[str], list[tuple[str, str]]] = {}
+        outcomes: list[Outcome] = []
+        for line, values in chunk:
+            if ERROR in values:
+                outcomes.append((line, None, [(None, f"the line {values[ERROR]}")], []))
+                continue
+            if not self.allow_extra:
+                keys = frozenset(values)
+                if keys not in suspicious:
+                    suspicious[keys] = self.columns.suspicious(sorted(keys))
+                if suspicious[keys]:
+                    problems: Problems = [
+                        (c, self.columns.explain(c, k) + " (or pass --allow-extra-columns)")
+                        for c, k in suspicious[keys]
+                    ]
+                    outcomes.append((line, None, problems, []))
+                    continue
+            warnings: Problems = []
+            try:
+                row = parse(Record(line, values), self.region, warnings)
+            except RowRejected as rejected:
+                outcomes.append((line, None, rejected.problems, []))
+                continue
+            outcomes.append((line, row, None, warnings))
+        return outcomes
+
+
+def _workers(path: Path, settings: Settings) -> int:
+    """Validation processes for ``path``: 0 checks in this process."""
+    wanted = settings.import_workers
+    if wanted == 0:
+        large = path.is_file() and path.stat().st_size >= PARALLEL_FROM_BYTES
+        wanted = min(os.cpu_count() or 1, 4) if large else 1
+    return 0 if wanted <= 1 else wanted
+
+
+def _checked(
+    path: Path, fmt: str | None, checker: _Checker, settings: Settings
+) -> Iterator[list[Outcome]]:
+    """The outcomes of the records of ``path``, chunk by chunk, in file order.
+
+    With workers, the file is read here and its chunks are checked by a pool of processes
+    (phone, email and time parsing is CPU-bound Python), at most ``IN_FLIGHT`` chunks ahead of
+    the writer, so memory stays flat whatever the file size."""
+
+    def check_header(names: list[str], location: str) -> None:
+        checker.columns.check_header(names, location, allow_extra=checker.allow_extra)
+
+    def chunks() -> Iterator[list[tuple[int, dict[str, Any]]]]:
+        chunk: list[tuple[int, dict[str, Any]]] = []
+        for record in read_records(path, fmt, check_header=check_header):
+            chunk.append((record.line, record.values))
+            if len(chunk) >= CHUNK:
+                yield chunk
+                chunk = []
+        if chunk:
+            yield chunk
+
+    workers = _workers(path, settings)
+    if not workers:
+        for chunk in chunks():
+            yield checker(chunk)
+        return
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload(["tidings.crm.importer"])
+    with context.Pool(workers) as pool:
+        pending: deque[AsyncResult[list[Outcome]]] = deque()
+        for chunk in chunks():
+            pending.append(pool.apply_async(checker, (chunk,)))
+            if len(pending) >= IN_FLIGHT:
+                yield pending.popleft().get()
+        while pending:
+            yield pending.popleft().get()
+
+
+def _screen(conn: Connection, kind: str, rows: list[Any], report: ImportReport) -> list[Any]:
+    """The one point where a batch of validated rows is filtered before it is written.
+
+    Every row of every import passes here, in its batch's transaction, before anything of the
+    batch is written: a rule that keeps rows out of the store (a suppression list of erased
+    people, say) goes here and reports what it dropped on ``report``. Rows carry their
+    identity (``external_id``, ``email``; contacts also ``values["phone"]``). Today every
+    validated row is written."""
+    return rows
+
+
 def _run(
     path: Path,
     *,
@@ -215,52 +333,38 @@ def _run(
     engine: Engine,
     settings: Settings,
     allow_extra: bool,
-    parse: Callable[[Record, Problems], Any],
     apply: Callable[[Connection, list[Any], ImportReport], None],
+    tables: Sequence[str],
 ) -> ImportReport:
+    """Check the records of ``path`` (in worker processes for large files), then write them
+    in batches of ``import_batch_size`` rows, each batch in one transaction."""
     report = ImportReport(kind=columns.kind, path=str(path))
+    checker = _Checker(columns.kind, columns, allow_extra, settings.default_region)
     batch: list[Any] = []
-    # JSON Lines has no header: each new set of keys is checked like one (and remembered)
-    suspicious: dict[frozenset[str], list[tuple[str, str]]] = {}
+    with engine.connect() as conn:
+        with conn.begin():
+            statistics = Statistics(conn, tables)
 
-    def flush() -> None:
-        with engine.begin() as conn:
-            apply(conn, batch, report)
-        batch.clear()
+        def flush() -> None:
+            with conn.begin():
+                apply(conn, _screen(conn, columns.kind, batch, report), report)
+            with conn.begin():  # keep the planner's row counts true as the tables grow
+                statistics.wrote(conn, dict.fromkeys(tables, len(batch)))
+            batch.clear()
 
-    def check_header(names: list[str], location: str) -> None:
-        columns.check_header(names, location, allow_extra=allow_extra)
-
-    for record in read_records(path, fmt, check_header=check_header):
-        report.read += 1
-        if ERROR in record.values:
-            report.reject(record.line, [(None, f"the line {record.values[ERROR]}")])
-            continue
-        if not allow_extra:
-            keys = frozenset(record.values)
-            if keys not in suspicious:
-                suspicious[keys] = columns.suspicious(sorted(keys))
-            if suspicious[keys]:
-                report.reject(
-                    record.line,
-                    [
-                        (c, columns.explain(c, k) + " (or pass --allow-extra-columns)")
-                        for c, k in suspicious[keys]
-                    ],
-                )
-                continue
-        warnings: Problems = []
-        try:
-            batch.append(parse(record, warnings))
-        except RowRejected as rejected:
-            report.reject(record.line, rejected.problems)
-            continue
-        if warnings:
-            report.warn(record.line, warnings)
-        if len(batch) >= settings.import_batch_size:
+        for outcomes in _checked(path, fmt, checker, settings):
+            for line, row, problems, warnings in outcomes:
+                report.read += 1
+                if problems is not None:
+                    report.reject(line, problems)
+                    continue
+                if warnings:
+                    report.warn(line, warnings)
+                batch.append(row)
+                if len(batch) >= settings.import_batch_size:
+                    flush()
+        if batch:
             flush()
-    if batch:
-        flush()
     return report
 
 
@@ -268,29 +372,30 @@ def _run(
 # contacts
 
 
-@dataclass(slots=True)
-class ContactRow:
+class ContactRow(NamedTuple):
     line: int
     external_id: str | None
     values: dict[str, str]
     attributes: dict[str, Any]
     consents: dict[str, str]
 
+    @property
+    def email(self) -> str | None:
+        return self.values.get("email")
 
-def _parse_contact(
-    record: Record, settings: Settings, warnings: Problems | None = None
-) -> ContactRow:
+
+def _parse_contact(record: Record, region: str, warnings: Problems | None = None) -> ContactRow:
     """A contact row; without ``warnings`` a bad optional field rejects it (the API)."""
     found, attributes = _split(record, CONTACTS.known)
     problems: Problems = []
     external_id, email = _identity(found, problems, warnings)
     values: dict[str, str] = {"email": email} if email else {}
     checks: dict[str, Callable[[str], str]] = {
-        "phone": lambda v: normalize_phone(v, region=settings.default_region),
+        "phone": lambda v: normalize_phone(v, region=region),
         "timezone": normalize_timezone,
         "locale": normalize_locale,
-        "first_name": lambda v: " ".join(v.split())[:200],
-        "last_name": lambda v: " ".join(v.split())[:200],
+        "first_name": _name,
+        "last_name": _name,
     }
     for name, check in checks.items():
         raw = _text(found.get(name))
@@ -315,105 +420,153 @@ def _parse_contact(
     return ContactRow(record.line, external_id, values, attributes, consents)
 
 
-def _apply_contacts(
-    conn: Connection, rows: list[ContactRow], report: ImportReport, *, source: str
-) -> None:
-    now = utcnow()
-    ext_ids = {r.external_id for r in rows if r.external_id}
-    emails = {r.values["email"] for r in rows if "email" in r.values}
-    columns = [contacts_t.c.id, contacts_t.c.external_id, contacts_t.c.attributes] + [
-        contacts_t.c[name] for name in CONTACT_FIELDS
-    ]
-    found = conn.execute(
-        select(*columns)
-        .where(or_(contacts_t.c.external_id.in_(ext_ids), contacts_t.c.email.in_(emails)))
-        .order_by(contacts_t.c.id)
-    ).mappings()
-    originals: dict[int, dict[str, Any]] = {}
-    by_ext: dict[str, dict[str, Any]] = {}
-    by_email: dict[str, dict[str, Any]] = {}
-    targets: list[dict[str, Any]] = []
+def _name(value: str) -> str:
+    return " ".join(value.split())[:200]
 
-    def register(target: dict[str, Any]) -> None:
-        if target["external_id"]:
-            by_ext.setdefault(target["external_id"], target)
-        if target["email"]:
-            by_email.setdefault(target["email"], target)
 
-    for stored in found:
-        entry = {**stored, "attributes": dict(stored["attributes"] or {}), "consents": {}}
-        originals[stored["id"]] = {**entry, "attributes": dict(entry["attributes"])}
-        targets.append(entry)
-        register(entry)
+@dataclass(slots=True)
+class _Target:
+    """A contact a batch writes: a stored one (``stored`` holds its row) or a new one. The
+    batch's rows for it are merged in file order: the later row wins, attributes add up."""
 
-    new: list[dict[str, Any]] = []
+    id: int | None
+    external_id: str | None
+    email: str | None
+    stored: dict[str, Any] | None = None
+    patch: dict[str, Any] = field(default_factory=dict)
+    attributes: dict[str, Any] = field(default_factory=dict)
+    consents: dict[str, str] = field(default_factory=dict)
+
+    def final(self) -> dict[str, Any]:
+        """The contact as it is to be stored: its stored row, then what the rows set."""
+        old = self.stored or dict.fromkeys(UPSERTED_FIELDS)
+        return {
+            **{f: old[f] for f in UPSERTED_FIELDS},
+            **self.patch,
+            "attributes": {**(old["attributes"] or {}), **self.attributes},
+        }
+
+
+UPSERTED_FIELDS = ("external_id", "attributes", *CONTACT_FIELDS)
+
+
+def _match(rows: list[ContactRow], stored: list[dict[str, Any]]) -> tuple[list[_Target], set[int]]:
+    """Pair each row with the contact it means, in file order: the contact with its
+    external_id, else the contact with its email unless that one already carries another
+    external id; a row matching nobody is a new contact, which later rows of the batch can
+    match in turn. Returns the targets (stored first, by id) and the ids of those matched."""
+    by_ext: dict[str, _Target] = {}
+    by_email: dict[str, _Target] = {}
+    targets: list[_Target] = []
+
+    def register(target: _Target) -> None:
+        if target.external_id:
+            by_ext.setdefault(target.external_id, target)
+        if target.email:
+            by_email.setdefault(target.email, target)
+
+    for row in sorted(stored, key=lambda r: int(r["id"])):
+        target = _Target(row["id"], row["external_id"], row["email"], stored=row)
+        targets.append(target)
+        register(target)
     matched: set[int] = set()
     for row in rows:
         email = row.values.get("email")
-        target: dict[str, Any] | None = by_ext.get(row.external_id) if row.external_id else None
-        if target is None and email:
+        found = by_ext.get(row.external_id) if row.external_id else None
+        if found is None and email:
             candidate = by_email.get(email)
             # An email match is the same person unless it already carries another external id.
-            if candidate and (row.external_id is None or candidate["external_id"] is None):
-                target = candidate
-        if target is not None and target["id"] is not None:
-            matched.add(target["id"])
-        if target is None:
-            target = {"id": None, "external_id": None, "attributes": {}, "consents": {}}
-            target.update(dict.fromkeys(CONTACT_FIELDS))
-            new.append(target)
-            targets.append(target)
+            if candidate and (row.external_id is None or candidate.external_id is None):
+                found = candidate
+        if found is None:
+            found = _Target(None, None, None)
+            targets.append(found)
+        elif found.id is not None:
+            matched.add(found.id)
         if row.external_id:
-            target["external_id"] = row.external_id
-        target.update(row.values)
-        target["attributes"].update(row.attributes)
-        target["consents"].update(row.consents)
-        register(target)
+            found.external_id = found.patch["external_id"] = row.external_id
+        found.patch.update(row.values)
+        found.email = found.patch.get("email", found.email)
+        found.attributes.update(row.attributes)
+        found.consents.update(row.consents)
+        register(found)
+    return targets, matched
 
-    fields = ("external_id", "attributes", *CONTACT_FIELDS)
-    changed = [
-        t
-        for t in targets
-        if t["id"] is not None and any(t[f] != originals[t["id"]][f] for f in fields)
-    ]
-    if changed:
-        conn.execute(
-            update(contacts_t)
-            .where(contacts_t.c.id == bindparam("_id"))
-            .values({f: bindparam(f) for f in (*fields, "updated_at")}),
-            [{"_id": t["id"], "updated_at": now, **{f: t[f] for f in fields}} for t in changed],
+
+def _stored_contacts(conn: Connection, rows: list[ContactRow]) -> list[dict[str, Any]]:
+    """The stored contacts a batch may mean: by external_id or by email (two index lookups)."""
+    ext_ids = {r.external_id for r in rows if r.external_id}
+    emails = {r.values["email"] for r in rows if "email" in r.values}
+    columns = [contacts_t.c.id, *(contacts_t.c[f] for f in UPSERTED_FIELDS)]
+    lookups = []
+    if ext_ids:
+        lookups.append(select(*columns).where(among(conn, contacts_t.c.external_id, ext_ids)))
+    if emails:
+        lookups.append(select(*columns).where(among(conn, contacts_t.c.email, emails)))
+    if not lookups:
+        return []
+    found = {row["id"]: dict(row) for row in conn.execute(union_all(*lookups)).mappings()}
+    return list(found.values())
+
+
+def _apply_contacts(
+    conn: Connection, rows: list[ContactRow], report: ImportReport, *, source: str
+) -> None:
+    """Write a batch of contacts: new and changed contacts in one upsert, their consents in
+    one, the consent audit trail in one (PostgreSQL; SQLite: executemany)."""
+    now = utcnow()
+    targets, matched = _match(rows, _stored_contacts(conn, rows))
+    new = [t for t in targets if t.id is None]
+    changed: list[tuple[_Target, dict[str, Any]]] = []
+    for target in targets:
+        if target.stored is not None:
+            final = target.final()
+            if any(final[f] != target.stored[f] for f in UPSERTED_FIELDS):
+                changed.append((target, final))
+    if is_postgres(conn):
+        for target, new_id in zip(new, next_ids(conn, contacts_t, len(new)), strict=True):
+            target.id = new_id
+        upsert(
+            conn,
+            contacts_t,
+            [
+                {"id": t.id, **final, "created_at": now, "updated_at": now}
+                for t, final in [*((t, t.final()) for t in new), *changed]
+            ],
+            key=("id",),
+            update=(*UPSERTED_FIELDS, "updated_at"),
         )
-    if new:
-        ids = conn.execute(
-            insert(contacts_t).returning(contacts_t.c.id, sort_by_parameter_order=True),
-            [{**{f: t[f] for f in fields}, "created_at": now, "updated_at": now} for t in new],
-        ).scalars()
-        for target, new_id in zip(new, ids, strict=True):
-            target["id"] = new_id
-
-    new_ids = {t["id"] for t in new}
-    changed_ids = {t["id"] for t in changed}
-    consent_only = _apply_consents(conn, targets, source=source, now=now) - changed_ids - new_ids
+    else:
+        if new:
+            ids = conn.execute(
+                insert(contacts_t).returning(contacts_t.c.id, sort_by_parameter_order=True),
+                [{**t.final(), "created_at": now, "updated_at": now} for t in new],
+            ).scalars()
+            for target, new_id in zip(new, ids, strict=True):
+                target.id = new_id
+        update_rows(
+            conn,
+            contacts_t,
+            [{"id": t.id, **final, "updated_at": now} for t, final in changed],
+        )
+    wishes = [
+        ConsentWish(t.id, channel, Purpose.MARKETING.value, status)
+        for t in targets
+        if t.id is not None
+        for channel, status in t.consents.items()
+    ]
+    new_ids = {t.id for t in new}
+    changed_ids = {t.id for t, _ in changed}
+    consent_only = set_consents(conn, wishes, source=source, now=now) - changed_ids - new_ids
     if consent_only:  # a consent change alone also marks the contact as updated
         conn.execute(
-            update(contacts_t).where(contacts_t.c.id.in_(consent_only)).values(updated_at=now)
+            update(contacts_t)
+            .where(among(conn, contacts_t.c.id, consent_only))
+            .values(updated_at=now)
         )
     report.inserted += len(new)
     report.updated += len(changed_ids | consent_only)
     report.unchanged += len(matched - changed_ids - consent_only)
-
-
-def _apply_consents(
-    conn: Connection, targets: list[dict[str, Any]], *, source: str, now: datetime
-) -> set[int]:
-    """Record consent given in the file where it differs from the current state (each change
-    lands in the audit trail); returns the ids of contacts whose consent changed."""
-    wishes = [
-        ConsentWish(t["id"], channel, Purpose.MARKETING.value, status)
-        for t in targets
-        for channel, status in t["consents"].items()
-    ]
-    return set_consents(conn, wishes, source=source, now=now)
 
 
 def import_contacts(
@@ -425,17 +578,16 @@ def import_contacts(
     allow_extra_columns: bool = False,
 ) -> ImportReport:
     """Upsert contacts by ``external_id``, else by normalized email."""
-    settings = settings or get_settings()
     source = f"import:{path.name}"
     return _run(
         path,
         columns=CONTACTS,
         fmt=fmt,
         engine=engine,
-        settings=settings,
+        settings=settings or get_settings(),
         allow_extra=allow_extra_columns,
-        parse=lambda record, warnings: _parse_contact(record, settings, warnings),
         apply=lambda conn, rows, report: _apply_contacts(conn, rows, report, source=source),
+        tables=("contacts", "consents", "consent_changes"),
     )
 
 
@@ -443,8 +595,7 @@ def import_contacts(
 # events and orders: both point at a contact by external_id or email
 
 
-@dataclass(slots=True)
-class _Owned:
+class _Owned(NamedTuple):
     line: int
     external_id: str | None
     email: str | None
@@ -459,11 +610,14 @@ def _resolve_contacts(
     emails = {r.email for r in rows if r.email and not r.external_id}
     by_ext: dict[str, int] = {}
     by_email: dict[str, int] = {}
-    for cid, ext, email in conn.execute(
-        select(contacts_t.c.id, contacts_t.c.external_id, contacts_t.c.email)
-        .where(or_(contacts_t.c.external_id.in_(ext_ids), contacts_t.c.email.in_(emails)))
-        .order_by(contacts_t.c.id)
-    ):
+    columns = (contacts_t.c.id, contacts_t.c.external_id, contacts_t.c.email)
+    lookups = []
+    if ext_ids:
+        lookups.append(select(*columns).where(among(conn, contacts_t.c.external_id, ext_ids)))
+    if emails:
+        lookups.append(select(*columns).where(among(conn, contacts_t.c.email, emails)))
+    found = set(conn.execute(union_all(*lookups)).tuples()) if lookups else set()
+    for cid, ext, email in sorted(found):
         if ext:
             by_ext[ext] = cid
         if email:
@@ -483,7 +637,7 @@ def _resolve_contacts(
     return resolved
 
 
-def _parse_event(record: Record, warnings: Problems | None = None) -> _Owned:
+def _parse_event(record: Record, region: str, warnings: Problems | None = None) -> _Owned:
     found, properties = _split(record, EVENTS.known)
     problems: Problems = []
     external_id, email = _identity(found, problems, warnings)
@@ -501,33 +655,39 @@ def _parse_event(record: Record, warnings: Problems | None = None) -> _Owned:
             problems.append(("occurred_at", str(exc)))
     if problems:
         raise RowRejected(problems)
+    assert name is not None and occurred_at is not None
+    key = _text(found.get("idempotency_key"))
     values = {
         "name": name,
         "occurred_at": occurred_at,
         "properties": properties,
-        "idempotency_key": _text(found.get("idempotency_key")),
+        "idempotency_key": key or _event_key(external_id, email, name, occurred_at, properties),
     }
     return _Owned(record.line, external_id, email, values)
 
 
-def _event_key(row: _Owned) -> str:
+def _event_key(
+    external_id: str | None,
+    email: str | None,
+    name: str,
+    occurred_at: datetime,
+    properties: dict[str, Any],
+) -> str:
     """A key derived from what the event is, so the same event imported twice is stored once."""
-    who = f"x:{row.external_id}" if row.external_id else f"e:{row.email}"
-    body = json.dumps(
-        [who, row.values["name"], row.values["occurred_at"].isoformat(), row.values["properties"]],
-        sort_keys=True,
-        default=str,
-    )
+    who = f"x:{external_id}" if external_id else f"e:{email}"
+    body = json.dumps([who, name, occurred_at.isoformat(), properties], sort_keys=True, default=str)
     return "import:" + str(uuid.uuid5(EVENT_NAMESPACE, body))
 
 
 def _apply_events(
     conn: Connection, rows: list[_Owned], report: ImportReport, *, source: str
 ) -> None:
+    """Append a batch of events in one statement; one already stored (same key) is left."""
+    now = utcnow()
     pending: dict[str, dict[str, Any]] = {}
     resolved = _resolve_contacts(conn, rows, report)
     for row, contact_id in resolved:
-        key = row.values["idempotency_key"] or _event_key(row)
+        key = row.values["idempotency_key"]
         pending[key] = {
             "contact_id": contact_id,
             "name": row.values["name"],
@@ -535,18 +695,11 @@ def _apply_events(
             "occurred_at": row.values["occurred_at"],
             "source": source,
             "idempotency_key": key,
-            "received_at": utcnow(),
+            "received_at": now,
         }
-    known = set(
-        conn.execute(
-            select(events_t.c.idempotency_key).where(events_t.c.idempotency_key.in_(pending))
-        ).scalars()
-    )
-    fresh = [v for k, v in pending.items() if k not in known]
-    if fresh:
-        conn.execute(insert_ignore(conn, events_t), fresh)
-    report.inserted += len(fresh)
-    report.unchanged += len(resolved) - len(fresh)  # already stored, or twice in this batch
+    written = upsert(conn, events_t, list(pending.values()), key=("idempotency_key",))
+    report.inserted += written
+    report.unchanged += len(resolved) - written  # already stored, or twice in this batch
 
 
 def import_events(
@@ -566,12 +719,12 @@ def import_events(
         engine=engine,
         settings=settings or get_settings(),
         allow_extra=allow_extra_columns,
-        parse=_parse_event,
         apply=lambda conn, rows, report: _apply_events(conn, rows, report, source=source),
+        tables=("events",),
     )
 
 
-def _parse_order(record: Record, warnings: Problems | None = None) -> _Owned:
+def _parse_order(record: Record, region: str, warnings: Problems | None = None) -> _Owned:
     found, attributes = _split(record, ORDERS.known)
     problems: Problems = []
     external_id, email = _identity(found, problems, warnings)
@@ -622,36 +775,26 @@ def _apply_orders(conn: Connection, rows: list[_Owned], report: ImportReport) ->
         for r in conn.execute(
             select(
                 orders_t.c.id, orders_t.c.order_id, *[orders_t.c[f] for f in ORDER_FIELDS]
-            ).where(orders_t.c.order_id.in_(pending))
+            ).where(among(conn, orders_t.c.order_id, pending))
         ).mappings()
     }
     fresh, changed = [], []
     for order_id, values in pending.items():
         old = stored.get(order_id)
+        row = {"order_id": order_id, "updated_at": now, **{f: values[f] for f in ORDER_FIELDS}}
         if old is None:
-            fresh.append(
-                {"order_id": order_id, "updated_at": now, **{f: values[f] for f in ORDER_FIELDS}}
-            )
+            fresh.append(row)
         elif any(_differs(old[f], values[f]) for f in ORDER_FIELDS):
-            changed.append(
-                {"_id": old["id"], "updated_at": now, **{f: values[f] for f in ORDER_FIELDS}}
-            )
-    if fresh:
-        conn.execute(insert_ignore(conn, orders_t), fresh)
-    if changed:
-        conn.execute(
-            update(orders_t)
-            .where(orders_t.c.id == bindparam("_id"))
-            .values({f: bindparam(f) for f in (*ORDER_FIELDS, "updated_at")}),
-            changed,
-        )
+            changed.append(row)
+    # a new order that a concurrent writer stored first is left as it is, as before
+    upsert(conn, orders_t, fresh, key=("order_id",))
+    upsert(conn, orders_t, changed, key=("order_id",), update=(*ORDER_FIELDS, "updated_at"))
     events = [
         event
         for order_id, values in pending.items()
         for event in order_events(order_id, values, previous=_status(stored.get(order_id)), now=now)
     ]
-    if events:
-        conn.execute(insert_ignore(conn, events_t), events)
+    upsert(conn, events_t, events, key=("idempotency_key",))
     report.inserted += len(fresh)
     report.updated += len(changed)
     report.unchanged += len(pending) - len(fresh) - len(changed)
@@ -725,11 +868,16 @@ def import_orders(
         engine=engine,
         settings=settings or get_settings(),
         allow_extra=allow_extra_columns,
-        parse=_parse_order,
         apply=_apply_orders,
+        tables=("orders", "events"),
     )
 
 
+PARSERS: dict[str, Callable[[Record, str, Problems | None], Any]] = {
+    "contacts": _parse_contact,
+    "events": _parse_event,
+    "orders": _parse_order,
+}
 IMPORTERS: dict[str, Callable[..., ImportReport]] = {
     "contacts": import_contacts,
     "events": import_events,

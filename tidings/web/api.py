@@ -392,7 +392,7 @@ async def post_contacts(
         return _write(
             state,
             models,
-            lambda r: _parse_contact(r, state.settings),
+            lambda r: _parse_contact(r, state.settings.default_region),
             lambda conn, rows, rep: _apply_contacts(conn, rows, rep, source=source),
             "contacts",
         )
@@ -410,7 +410,13 @@ async def post_orders(
     models = body if isinstance(body, list) else [body]
 
     def compute() -> tuple[int, dict[str, Any]]:
-        return _write(state, models, _parse_order, _apply_orders, "orders")
+        return _write(
+            state,
+            models,
+            lambda r: _parse_order(r, state.settings.default_region),
+            _apply_orders,
+            "orders",
+        )
 
     return await idempotent(request, who, idem, compute)
 
