@@ -11,7 +11,7 @@ the state it already has writes nothing, so a replayed webhook changes nothing.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -44,9 +44,11 @@ def set_consents(
     source: str,
     now: datetime | None = None,
     occurred_at: datetime | None = None,
+    fresh: Collection[int] = (),
 ) -> set[int]:
     """Bring consents to the wished status; returns the contacts whose consent changed (each
-    change audited)."""
+    change audited). ``fresh``: contacts known to have no consent yet (created in this
+    transaction), not looked up."""
     now = now or utcnow()
     wanted: dict[tuple[int, str, str], ConsentWish] = {}
     for wish in wishes:
@@ -62,7 +64,7 @@ def set_consents(
                 consents_t.c.channel,
                 consents_t.c.purpose,
                 consents_t.c.status,
-            ).where(among(conn, consents_t.c.contact_id, {k[0] for k in wanted}))
+            ).where(among(conn, consents_t.c.contact_id, {k[0] for k in wanted} - set(fresh)))
         )
     }
     written, audit = [], []

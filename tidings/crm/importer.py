@@ -30,6 +30,8 @@ from __future__ import annotations
 import json
 import multiprocessing
 import os
+import queue
+import threading
 import uuid
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -129,6 +131,16 @@ class ImportReport:
         for column, reason in problems:
             if len(self.warnings) < MAX_REPORTED_ERRORS:
                 self.warnings.append(RowError(line, column, reason))
+
+    def merge(self, other: ImportReport) -> None:
+        """Add what ``other`` (the writing side of the same import) counted; problems in line
+        order."""
+        self.rejected += other.rejected
+        self.inserted += other.inserted
+        self.updated += other.updated
+        self.unchanged += other.unchanged
+        self.errors = sorted(self.errors + other.errors, key=lambda e: e.line)
+        del self.errors[MAX_REPORTED_ERRORS:]
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -336,22 +348,41 @@ def _run(
     apply: Callable[[Connection, list[Any], ImportReport], None],
     tables: Sequence[str],
 ) -> ImportReport:
-    """Check the records of ``path`` (in worker processes for large files), then write them
-    in batches of ``import_batch_size`` rows, each batch in one transaction."""
+    """Check the records of ``path`` (in worker processes for large files) and write them in
+    batches of ``import_batch_size`` rows, each batch in one transaction.
+
+    Writing runs in a thread of its own, a batch or two behind the reading and checking, so
+    the database works while this process reads and the workers check the next rows."""
     report = ImportReport(kind=columns.kind, path=str(path))
+    written = ImportReport(kind=columns.kind, path=str(path))  # the writer's own rejections
     checker = _Checker(columns.kind, columns, allow_extra, settings.default_region)
+    batches: queue.Queue[list[Any] | None] = queue.Queue(maxsize=1)
+    failure: list[BaseException] = []
+
+    def write() -> None:
+        try:
+            with engine.connect() as conn:
+                with conn.begin():
+                    statistics = Statistics(conn, tables)
+                while (batch := batches.get()) is not None:
+                    with conn.begin():
+                        apply(conn, _screen(conn, columns.kind, batch, written), written)
+                    with conn.begin():  # keep the planner's row counts true as tables grow
+                        statistics.wrote(conn, dict.fromkeys(tables, len(batch)))
+        except BaseException as exc:  # handed to the reading thread, which raises it
+            failure.append(exc)
+            while batches.get() is not None:  # let the reader finish without blocking
+                pass
+
+    def hand(batch: list[Any] | None) -> None:
+        batches.put(batch)
+        if failure:
+            raise failure[0]
+
+    writer = threading.Thread(target=write, name="tidings-import-writer", daemon=True)
+    writer.start()
     batch: list[Any] = []
-    with engine.connect() as conn:
-        with conn.begin():
-            statistics = Statistics(conn, tables)
-
-        def flush() -> None:
-            with conn.begin():
-                apply(conn, _screen(conn, columns.kind, batch, report), report)
-            with conn.begin():  # keep the planner's row counts true as the tables grow
-                statistics.wrote(conn, dict.fromkeys(tables, len(batch)))
-            batch.clear()
-
+    try:
         for outcomes in _checked(path, fmt, checker, settings):
             for line, row, problems, warnings in outcomes:
                 report.read += 1
@@ -362,9 +393,16 @@ def _run(
                     report.warn(line, warnings)
                 batch.append(row)
                 if len(batch) >= settings.import_batch_size:
-                    flush()
+                    hand(batch)
+                    batch = []
         if batch:
-            flush()
+            hand(batch)
+    finally:
+        batches.put(None)
+        writer.join()
+    if failure:
+        raise failure[0]
+    report.merge(written)
     return report
 
 
@@ -557,7 +595,9 @@ def _apply_contacts(
     ]
     new_ids = {t.id for t in new}
     changed_ids = {t.id for t, _ in changed}
-    consent_only = set_consents(conn, wishes, source=source, now=now) - changed_ids - new_ids
+    consent_only = (
+        set_consents(conn, wishes, source=source, now=now, fresh=new_ids) - changed_ids - new_ids
+    )
     if consent_only:  # a consent change alone also marks the contact as updated
         conn.execute(
             update(contacts_t)
