@@ -121,6 +121,9 @@ class Expected:
     consents: int = 0  # consent rows after the import
     audit: int = 0  # audit rows after the import
     seeded: list[tuple[str | None, str]] = field(default_factory=list)
+    seeded_count: int = 0  # contacts seeded by number (events, orders)
+    events: int = 0  # events the import must add (orders)
+    seeded_orders: list[tuple[str, int]] = field(default_factory=list)
 
 
 def write_files(path: Path, copy_path: Path, rows: int, seed: int = 7) -> Expected:
@@ -213,6 +216,10 @@ def write_files(path: Path, copy_path: Path, rows: int, seed: int = 7) -> Expect
 
 
 class Database:
+    @staticmethod
+    def connect(url: str) -> psycopg.Connection[Any]:
+        return psycopg.connect(libpq(url), autocommit=True)
+
     def __init__(self, url: str) -> None:
         self.base = make_url(url)
         self.admin = create_engine(self.base, isolation_level="AUTOCOMMIT")
