@@ -335,8 +335,8 @@ def test_a_large_load_keeps_the_planner_statistics_current(
     path = _people(tmp_path / "load.csv", 500)
     import_contacts(path, engine=engine, settings=Settings(import_batch_size=50))
     with engine.connect() as conn:
-        known = dict(
-            conn.execute(
+        known: dict[str, float] = dict(
+            conn.execute(  # type: ignore[arg-type]
                 text(
                     "SELECT relname, reltuples FROM pg_class "
                     "WHERE relname IN ('contacts', 'consents', 'consent_changes')"
