@@ -285,17 +285,19 @@ def seed_contacts(url: str, expected: Expected) -> None:
         conn.execute("ANALYZE")
 
 
-def run_cli(kind: str, path: Path, url: str) -> tuple[float, float, dict[str, Any]]:
-    """Seconds, peak RSS (MiB, largest process) and the JSON report of ``tidings KIND import``."""
+def run_cli(kind: str, path: Path, url: str) -> tuple[float, float, float, dict[str, Any]]:
+    """Seconds, CPU seconds of the importer and its workers (not of PostgreSQL), peak RSS
+    (MiB, largest process) and the JSON report of ``tidings KIND import``."""
     env = {**os.environ, "TIDINGS_DATABASE_URL": url}
     script = (
         "import resource, runpy, sys\n"
         "sys.argv = ['tidings', sys.argv[1], 'import', sys.argv[2], '--json']\n"
         "try:\n    runpy.run_module('tidings', run_name='__main__')\n"
         "except SystemExit:\n    pass\n"
-        "own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
-        "kids = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss\n"
-        "print('RSS', max(own, kids) / 1024)"
+        "own = resource.getrusage(resource.RUSAGE_SELF)\n"
+        "kids = resource.getrusage(resource.RUSAGE_CHILDREN)\n"
+        "cpu = own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime\n"
+        "print('CPU', cpu, 'RSS', max(own.ru_maxrss, kids.ru_maxrss) / 1024)"
     )
     start = time.perf_counter()
     done = subprocess.run(
@@ -309,8 +311,9 @@ def run_cli(kind: str, path: Path, url: str) -> tuple[float, float, dict[str, An
     out = done.stdout
     if "RSS" not in out:
         raise SystemExit(f"the import failed:\n{out}\n{done.stderr}")
-    body, rss = out.rsplit("RSS", 1)
-    return seconds, float(rss), json.loads(body)
+    body, usage = out.rsplit("CPU", 1)
+    cpu, rss = usage.split("RSS")
+    return seconds, float(cpu), float(rss), json.loads(body)
 
 
 def check(what: str, got: Any, want: Any) -> None:
@@ -373,6 +376,7 @@ class Result:
     rss: float
     again: float
     copy: float
+    cpu: float
 
     @property
     def rate(self) -> float:
@@ -424,10 +428,10 @@ def measure(
         expected = prepare(path, copy_path, rows)
         url = db.fresh()
         seed(url, expected)
-        seconds, rss, report = run_cli(kind, path, url)
+        seconds, cpu, rss, report = run_cli(kind, path, url)
         verify(url, report, expected)
         before = snapshot_for(kind, url)
-        again, _, second = run_cli(kind, path, url)
+        again, _, _, second = run_cli(kind, path, url)
         check("re-import: inserted", second["inserted"], 0)
         check("re-import: updated", second["updated"], 0)
         check("re-import: rejected", second["rejected"], expected.bad)
@@ -438,10 +442,11 @@ def measure(
             seed_baseline(url, expected)
         copy = copy_lines(url, table, columns, copy_path)
         db.drop(url)
-        result = Result(rows, seconds, rss, again, copy)
+        result = Result(rows, seconds, rss, again, copy, cpu)
         results.append(result)
         print(
-            f"{rows:>10,} rows: tidings {result.rate:>8,.0f} rows/s ({seconds:.1f} s, peak RSS "
+            f"{rows:>10,} rows: tidings {result.rate:>8,.0f} rows/s ({seconds:.1f} s, "
+            f"{cpu:.1f} CPU s in the importer and its workers, peak RSS "
             f"{rss:.0f} MiB; unchanged re-import {again:.1f} s); COPY of the accepted rows "
             f"{(rows - expected.bad) / copy:>8,.0f} rows/s ({copy:.1f} s); "
             f"ratio {result.ratio:.2f}",
