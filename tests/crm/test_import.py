@@ -346,3 +346,21 @@ def test_a_large_load_keeps_the_planner_statistics_current(
     assert known["contacts"] >= 250, known
     assert known["consents"] >= 500 and known["consent_changes"] >= 500, known
     engine.dispose()
+
+
+def test_a_rolled_back_batch_leaves_the_connection_usable(
+    postgres_url: str, tmp_path: Path
+) -> None:
+    """A staging table created in a transaction that rolls back (an API request refused
+    half-way) is created again by the next write on the same pooled connection."""
+    engine = make_engine(postgres_url, pool_size=1, max_overflow=0)
+    import_contacts(MESSY, engine=engine)
+    row = {"order_id": "O-9", "contact_id": 1, "total": Decimal("1.00"), "currency": "EUR"}
+    now = importer.utcnow()
+    row |= {"status": "placed", "placed_at": now, "updated_at": now, "attributes": {}}
+    with pytest.raises(RuntimeError), engine.begin() as conn:
+        bulk.upsert(conn, importer.orders_t, [row], key=("order_id",))
+        raise RuntimeError("refused")
+    with engine.begin() as conn:
+        assert bulk.upsert(conn, importer.orders_t, [row], key=("order_id",)) == 1
+    engine.dispose()

@@ -22,7 +22,7 @@ from datetime import datetime
 from typing import Any
 
 import orjson
-from sqlalchemy import Column, Connection, Table, any_, bindparam, text
+from sqlalchemy import Column, Connection, Table, any_, bindparam, event, text
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.sql.elements import ColumnElement
 from sqlalchemy.types import JSON
@@ -46,11 +46,22 @@ def among(conn: Connection, column: Column[Any] | ColumnElement[Any], values: It
     return column.in_(items)
 
 
+STAGES = "tidings_stages"  # key in a connection's info: the staging tables it has
+
+
+def _forget_stages(conn: Connection, *_: Any) -> None:
+    """A rollback may have undone the creation of a staging table: create them again."""
+    conn.info.pop(STAGES, None)
+
+
 def _stage(conn: Connection, table: Table, columns: Sequence[str]) -> str:
     """The staging table for ``columns`` of ``table`` on this connection (created once)."""
     digest = hashlib.sha1(",".join(columns).encode()).hexdigest()[:8]
     name = f"stage_{table.name}_{digest}"
-    cache: set[str] = conn.info.setdefault("tidings_stages", set())
+    if not event.contains(conn.engine, "rollback", _forget_stages):
+        event.listen(conn.engine, "rollback", _forget_stages)
+        event.listen(conn.engine, "rollback_savepoint", _forget_stages)
+    cache: set[str] = conn.info.setdefault(STAGES, set())
     if name not in cache:
         listed = ", ".join(f'"{c}"' for c in columns)
         conn.exec_driver_sql(
@@ -111,7 +122,8 @@ def upsert(
 ) -> int:
     """Insert ``rows`` (each with the same columns); on a conflict on ``key`` update the columns
     in ``update``, or leave the stored row as it is when ``update`` is empty. Without ``key``
-    a plain insert. Returns how many rows were inserted or updated.
+    a plain insert. Returns how many rows were inserted or updated. Columns left out get
+    their server default only (the models' Python defaults are not applied): give them all.
 
     PostgreSQL: COPY into the staging table, then one ``INSERT .. SELECT .. ON CONFLICT``.
     SQLite: one executemany (in process: no round trips to save)."""
