@@ -17,6 +17,7 @@ from tidings.crm.db import make_engine, upgrade
 from tidings.crm.importer import import_contacts, import_events, import_orders
 from tidings.crm.models import Consent, ConsentChange, Contact, Event, Order
 from tidings.crm.readers import read_records
+from tidings.crm.types import utcnow
 from tidings.errors import InputError
 
 DATA = Path(__file__).parent / "data"
@@ -356,7 +357,7 @@ def test_a_rolled_back_batch_leaves_the_connection_usable(
     engine = make_engine(postgres_url, pool_size=1, max_overflow=0)
     import_contacts(MESSY, engine=engine)
     row = {"order_id": "O-9", "contact_id": 1, "total": Decimal("1.00"), "currency": "EUR"}
-    now = importer.utcnow()
+    now = utcnow()
     row |= {"status": "placed", "placed_at": now, "updated_at": now, "attributes": {}}
     with pytest.raises(RuntimeError), engine.begin() as conn:
         bulk.upsert(conn, importer.orders_t, [row], key=("order_id",))
