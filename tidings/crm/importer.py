@@ -351,14 +351,14 @@ def _check_in_worker(checker: _Checker, chunk: list[tuple[int, dict[str, Any]]])
     ]
 
 
-def _screen(conn: Connection, kind: str, rows: list[Any], report: ImportReport) -> list[Any]:
+def screen_batch(conn: Connection, kind: str, rows: list[Any], report: ImportReport) -> list[Any]:
     """The one point where a batch of validated rows is filtered before it is written.
 
-    Every row of every import passes here, in its batch's transaction, before anything of the
-    batch is written: a rule that keeps rows out of the store (a suppression list of erased
-    people, say) goes here and reports what it dropped on ``report``. Rows carry their
-    identity (``external_id``, ``email``; contacts also ``values["phone"]``). Today every
-    validated row is written."""
+    Every row of every import (files, and ``POST /v1/contacts`` and ``/v1/orders``) passes
+    here, in its batch's transaction, before anything of the batch is written: a rule that
+    keeps rows out of the store (a suppression list of erased people, say) goes here and
+    reports what it dropped on ``report``. Rows carry their identity (``external_id``,
+    ``email``; contacts also ``values["phone"]``). Today every validated row is written."""
     return rows
 
 
@@ -391,7 +391,7 @@ def _run(
                     statistics = Statistics(conn, tables)
                 while (batch := batches.get()) is not None:
                     with conn.begin():
-                        apply(conn, _screen(conn, columns.kind, batch, written), written)
+                        apply(conn, screen_batch(conn, columns.kind, batch, written), written)
                     with conn.begin():  # keep the planner's row counts true as tables grow
                         statistics.wrote(conn, dict.fromkeys(tables, len(batch)))
         except BaseException as exc:  # handed to the reading thread, which raises it

@@ -42,6 +42,7 @@ from tidings.crm.importer import (
     _apply_orders,
     _parse_contact,
     _parse_order,
+    screen_batch,
 )
 from tidings.crm.readers import Record
 from tidings.crm.types import utcnow
@@ -362,7 +363,7 @@ def _write(
     if not report.errors:
         try:
             with state.db.begin() as conn:
-                apply(conn, rows, report)
+                apply(conn, screen_batch(conn, kind, rows, report), report)
                 if report.errors:
                     raise Rollback
         except Rollback:
