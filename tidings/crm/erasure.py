@@ -192,8 +192,14 @@ def export_contact(db: Engine, contact_id: int) -> dict[str, Any]:
         conversions = select(conversions_t.c.id).where(conversions_t.c.contact_id == contact_id)
         erasures = select(erasures_t.c.id).where(erasures_t.c.contact_id == contact_id)
 
-        def of(table: Table) -> Any:
-            return select(table).where(table.c.contact_id == contact_id).order_by(table.c.id)
+        def of(table: Table, named: tuple[Table, Any, str] | None = None) -> Any:
+            """The contact's rows of ``table``; ``named``: (table, key, label) whose ``name``
+            is added, e.g. the journey's name of an enrollment."""
+            query = select(table)
+            if named is not None:
+                other, key, label = named
+                query = select(table, other.c.name.label(label)).join(other, other.c.id == key)
+            return query.where(table.c.contact_id == contact_id).order_by(table.c.id)
 
         sections: dict[str, Any] = {
             "contacts": _rows(conn, select(contacts_t).where(cid)),
@@ -208,11 +214,7 @@ def export_contact(db: Engine, contact_id: int) -> dict[str, Any]:
             "events": _rows(conn, of(events_t)),
             "orders": _rows(conn, of(orders_t)),
             "enrollments": _rows(
-                conn,
-                select(enrollments_t, journeys_t.c.name.label("journey"))
-                .join(journeys_t, journeys_t.c.id == enrollments_t.c.journey_id)
-                .where(enrollments_t.c.contact_id == contact_id)
-                .order_by(enrollments_t.c.id),
+                conn, of(enrollments_t, (journeys_t, enrollments_t.c.journey_id, "journey"))
             ),
             "messages": _rows(conn, of(messages_t)),
             "message_events": _rows(
@@ -228,10 +230,7 @@ def export_contact(db: Engine, contact_id: int) -> dict[str, Any]:
             "test_sends": _rows(conn, of(test_sends_t)),
             "assignments": _rows(
                 conn,
-                select(assignments_t, experiments_t.c.name.label("experiment"))
-                .join(experiments_t, experiments_t.c.id == assignments_t.c.experiment_id)
-                .where(assignments_t.c.contact_id == contact_id)
-                .order_by(assignments_t.c.id),
+                of(assignments_t, (experiments_t, assignments_t.c.experiment_id, "experiment")),
             ),
             "conversions": _rows(conn, of(conversions_t)),
             "attributions": _rows(
