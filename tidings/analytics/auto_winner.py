@@ -67,6 +67,8 @@ def settle(
     by_time = auto.decide_after is not None and now >= as_utc(row.created_at) + timedelta(
         seconds=auto.decide_after
     )
+    if not by_time and auto.min_recipients is None:
+        return None  # not due, and no sample size to check: no report to compute
     report = experiment_report(conn, name, record=False, now=now)
     by_size = auto.min_recipients is not None and all(
         a.recipients >= auto.min_recipients for a in report.arms
