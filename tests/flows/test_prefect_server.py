@@ -151,6 +151,7 @@ def wait_for(env: dict[str, str], run_id: str, timeout: float = 240) -> dict[str
     pytest.fail(f"flow run {run_id} did not finish in {timeout} s")
 
 
+@pytest.mark.slow
 def test_deploy_all_trigger_each_and_the_schedule_runs(
     prefect_env: dict[str, str], tmp_path: Path, postgres_url: str
 ) -> None:
