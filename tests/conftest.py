@@ -16,6 +16,7 @@ import shutil
 import threading
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -49,6 +50,17 @@ def service_missing(name: str, error: Exception) -> None:
     if REQUIRE_SERVICES:
         pytest.fail(message, pytrace=False)
     pytest.skip(message)
+
+
+_BUSY = threading.Lock()  # held while a background thread creates or drops a database
+
+
+@contextmanager
+def background_paused() -> Iterator[None]:
+    """No test database is created or dropped in the background meanwhile: for a test that
+    measures the process's memory (tracemalloc counts the allocations of every thread)."""
+    with _BUSY:
+        yield
 
 
 class PostgresServer:
@@ -93,14 +105,16 @@ class PostgresServer:
     def _fill(self) -> None:
         while not self.stopping.is_set():
             try:
-                made: str | BaseException = self._create("tidings_t", self.template)
+                with _BUSY:
+                    made: str | BaseException = self._create("tidings_t", self.template)
             except Exception as error:
                 made = error
             self.ready.put(made)
 
     def _drop_doomed(self) -> None:
         while (name := self.doomed.get()) is not None:
-            self._drop_now(name)
+            with _BUSY:
+                self._drop_now(name)
 
     def new_database(self) -> str:
         made = self.ready.get(timeout=300)
