@@ -205,8 +205,10 @@ def test_events_import_is_idempotent(store: Engine, tmp_path: Path) -> None:
         (5, "name"),
         (6, "occurred_at"),
     }
+    assert len(first.touched) == 2  # C001 and dan: the contacts of the events stored
     again = import_events(events, engine=store)
     assert (again.inserted, again.unchanged) == (0, 3)
+    assert again.touched == set()  # nothing stored: no live segment needs a look
     with store.connect() as conn:
         stored = [
             tuple(row)
@@ -300,6 +302,24 @@ def _people(path: Path, count: int, start: int = 0, plan: str = "pro", sms: str 
         )
     )
     return path
+
+
+def test_keys_with_quotes_backslashes_and_commas_match(store: Engine, tmp_path: Path) -> None:
+    """Lookups send their keys as one array literal on PostgreSQL: a key that needs quoting
+    in it still finds its contact, and a second import changes nothing."""
+    path = tmp_path / "odd.csv"
+    path.write_text(
+        "external_id,email,plan\n"
+        '"A,1",a@example.com,x\n'
+        '"B""2",b@example.com,x\n'
+        "C\\3,c@example.com,x\n"
+        "{D4},d@example.com,x\n"
+    )
+    first = import_contacts(path, engine=store)
+    assert (first.inserted, first.rejected) == (4, 0)
+    again = import_contacts(path, engine=store)
+    assert (again.inserted, again.updated, again.unchanged) == (0, 0, 4)
+    assert set(_contacts(store)) == {"A,1", 'B"2', "C\\3", "{D4}"}
 
 
 def test_a_batch_is_the_same_few_statements_whatever_its_size(

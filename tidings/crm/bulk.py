@@ -18,12 +18,12 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterable, Mapping, Sequence
-from datetime import datetime
 from typing import Any
 
 import orjson
-from sqlalchemy import Column, Connection, Table, any_, bindparam, event, text
+from sqlalchemy import Column, Connection, Table, Text, any_, bindparam, cast, event, text
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.orm import Session
 from sqlalchemy.sql.elements import ColumnElement
 from sqlalchemy.types import JSON
 
@@ -37,13 +37,35 @@ def is_postgres(conn: Connection) -> bool:
     return conn.dialect.name == "postgresql"
 
 
-def among(conn: Connection, column: Column[Any] | ColumnElement[Any], values: Iterable[Any]) -> Any:
+def among(
+    conn: Connection | Session, column: Column[Any] | ColumnElement[Any], values: Iterable[Any]
+) -> Any:
     """``column IN values``: one array parameter on PostgreSQL (one plan, no 2,000-placeholder
-    statement to build and parse), an expanding IN on SQLite."""
+    statement to build and parse), an expanding IN on SQLite.
+
+    The array travels as one text literal cast on the server: psycopg adapts a list of
+    strings element by element (about 5 us each, 30 ms for a batch's 6,000 digests)."""
     items = list(values)
-    if is_postgres(conn):
-        return column == any_(bindparam(None, items, type_=postgresql.ARRAY(column.type)))
+    bind = conn.get_bind() if isinstance(conn, Session) else conn
+    if bind.dialect.name == "postgresql":
+        literal = bindparam(None, array_literal(items), type_=Text)
+        return column == any_(cast(literal, postgresql.ARRAY(column.type)))
     return column.in_(items)
+
+
+_QUOTES = str.maketrans({"\\": "\\\\", '"': '\\"'})
+
+
+def array_literal(values: Iterable[Any]) -> str:
+    """``values`` as a PostgreSQL array literal (``{"a","b"}``); ``None`` is NULL."""
+    return "{" + ",".join(["NULL" if v is None else _quoted(v) for v in values]) + "}"
+
+
+def _quoted(value: Any) -> str:
+    text_ = str(value)
+    if '"' in text_ or "\\" in text_:
+        text_ = text_.translate(_QUOTES)
+    return f'"{text_}"'
 
 
 STAGES = "tidings_stages"  # key in a connection's info: the staging tables it has
@@ -72,24 +94,8 @@ def _stage(conn: Connection, table: Table, columns: Sequence[str]) -> str:
     return name
 
 
-_ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
-
-
-def _copy_text(value: Any, json_column: bool) -> str:
-    """One value in COPY's text format."""
-    if value is None:
-        return "\\N"
-    if json_column:
-        text_ = orjson.dumps(value, default=str).decode()
-    elif isinstance(value, str):
-        text_ = value
-    elif isinstance(value, datetime):
-        return value.isoformat()
-    elif isinstance(value, bool):
-        return "t" if value else "f"
-    else:
-        return str(value)
-    return text_.translate(_ESCAPES)
+def _json_text(value: Any) -> str | None:
+    return None if value is None else orjson.dumps(value, default=str).decode()
 
 
 def copy_rows(
@@ -97,18 +103,24 @@ def copy_rows(
 ) -> str:
     """COPY ``rows`` (``columns`` of each) into the staging table of ``table``; returns its name.
 
-    PostgreSQL only. The table is empty at the start of each transaction. The rows are
-    written as one block of COPY text (no per-row driver call)."""
+    PostgreSQL only. The table is empty at the start of each transaction. Rows go through
+    psycopg's ``write_row`` (formatted and escaped in C); JSON columns as orjson text."""
     name = _stage(conn, table, columns)
-    kinds = [(c, isinstance(table.c[c].type, JSON)) for c in columns]
-    block = "".join(
-        "\t".join([_copy_text(row[c], is_json) for c, is_json in kinds]) + "\n" for row in rows
-    )
+    getters = [
+        (lambda row, c=c: _json_text(row[c])) if isinstance(table.c[c].type, JSON) else None
+        for c in columns
+    ]
+    pairs = list(zip(columns, getters, strict=True))
     listed = ", ".join(f'"{c}"' for c in columns)
     raw = conn.connection.driver_connection
     assert raw is not None
     with raw.cursor() as cursor, cursor.copy(f"COPY {name} ({listed}) FROM STDIN") as copy:
-        copy.write(block.encode())
+        if not any(getters):
+            for row in rows:
+                copy.write_row([row[c] for c in columns])
+        else:
+            for row in rows:
+                copy.write_row([row[c] if get is None else get(row) for c, get in pairs])
     return name
 
 
@@ -168,8 +180,24 @@ def _upsert(
             return [None] * int(conn.execute(stmt, list(rows)).rowcount)
         return list(conn.execute(stmt.returning(table.c[returning]), list(rows)).scalars())
     stage = copy_rows(conn, table, columns, rows)
+    return move(conn, stage, table, {c: c for c in columns}, key, update, returning)
+
+
+def move(
+    conn: Connection,
+    stage: str,
+    table: Table,
+    columns: Mapping[str, str],
+    key: Sequence[str] | None = None,
+    update: Sequence[str] = (),
+    returning: str | None = None,
+) -> list[Any]:
+    """One ``INSERT INTO table SELECT .. FROM stage [ON CONFLICT ..]`` (PostgreSQL): ``columns``
+    maps each column of ``table`` to the staging column it takes, so one staging table can
+    feed several tables. Returns what ``_upsert`` does."""
     listed = ", ".join(f'"{c}"' for c in columns)
-    sql = f"INSERT INTO {table.name} ({listed}) SELECT {listed} FROM {stage}"
+    sources = ", ".join(f'"{c}"' for c in columns.values())
+    sql = f"INSERT INTO {table.name} ({listed}) SELECT {sources} FROM {stage}"
     if key is not None:
         target = ", ".join(f'"{c}"' for c in key)
         if update:
@@ -187,15 +215,35 @@ def next_ids(conn: Connection, table: Table, count: int) -> list[int]:
     rows and the rows that refer to them can be written in one statement each."""
     if count == 0:
         return []
+    sequences: dict[str, str] = conn.info.setdefault("tidings_sequences", {})
+    if table.name not in sequences:  # looked up once, not once per id
+        sequences[table.name] = conn.execute(
+            text("SELECT pg_get_serial_sequence(:table, 'id')"), {"table": table.name}
+        ).scalar_one()
     return list(
         conn.execute(
-            text(
-                "SELECT nextval(pg_get_serial_sequence(:table, 'id')) "
-                "FROM generate_series(1, :n) ORDER BY 1"
-            ),
-            {"table": table.name, "n": count},
+            text("SELECT nextval(CAST(:seq AS regclass)) FROM generate_series(1, :n) ORDER BY 1"),
+            {"seq": sequences[table.name], "n": count},
         ).scalars()
     )
+
+
+def batch_commit(conn: Connection) -> None:
+    """Let the current transaction (one batch of a load) commit without waiting for its WAL
+    to reach the disk (PostgreSQL): a crash of the server can lose the last batches (well under
+    a second of them), never corrupt anything, and a load is idempotent: run it again.
+    ``durable`` at the end of the load makes every batch before it durable."""
+    if is_postgres(conn):
+        conn.exec_driver_sql("SET LOCAL synchronous_commit = off")
+
+
+def durable(conn: Connection) -> None:
+    """Wait until every transaction committed on this server so far is on disk: a transaction
+    with an id commits synchronously, which flushes the WAL up to its commit record."""
+    if is_postgres(conn):
+        with conn.begin():
+            conn.exec_driver_sql("SET LOCAL synchronous_commit = on")
+            conn.exec_driver_sql("SELECT txid_current()")
 
 
 class Statistics:

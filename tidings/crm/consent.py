@@ -19,7 +19,7 @@ from typing import Any
 from sqlalchemy import Connection, Table, select
 
 from tidings.config import Settings
-from tidings.crm.bulk import among, upsert
+from tidings.crm.bulk import among, copy_rows, is_postgres, move, upsert
 from tidings.crm.db import insert_ignore
 from tidings.crm.models import Consent, ConsentChange, Suppression
 from tidings.crm.suppression import erased_addresses
@@ -69,23 +69,13 @@ def set_consents(
             ).where(among(conn, consents_t.c.contact_id, {k[0] for k in wanted} - set(fresh)))
         )
     }
-    written, audit = [], []
+    audit = []
     changed: list[tuple[int, str, str]] = []
     for key, wish in wanted.items():
         existing = current.get(key)
         if existing and existing[1] == wish.status:
             continue
         changed.append(key)
-        written.append(
-            {
-                "contact_id": key[0],
-                "channel": key[1],
-                "purpose": key[2],
-                "status": wish.status,
-                "source": source,
-                "updated_at": now,
-            }
-        )
         audit.append(
             {
                 "contact_id": key[0],
@@ -99,16 +89,36 @@ def set_consents(
                 "detail": wish.detail,
             }
         )
-    # new and changed consents in one statement, the audit trail in another (crm.bulk)
-    upsert(
-        conn,
-        consents_t,
-        written,
-        key=("contact_id", "channel", "purpose"),
-        update=("status", "source", "updated_at"),
-    )
-    upsert(conn, changes_t, audit)
+    _write_changes(conn, audit)
     return {key[0] for key in changed}
+
+
+#: How a consent is written from its audit row (consents column -> consent_changes column).
+CONSENT_FROM_AUDIT = {
+    "contact_id": "contact_id",
+    "channel": "channel",
+    "purpose": "purpose",
+    "status": "status",
+    "source": "source",
+    "updated_at": "recorded_at",
+}
+CONSENT_KEY = ("contact_id", "channel", "purpose")
+CONSENT_UPDATE = ("status", "source", "updated_at")
+
+
+def _write_changes(conn: Connection, audit: list[dict[str, Any]]) -> None:
+    """New and changed consents, and their audit trail, from the audit rows: on PostgreSQL one
+    COPY into a staging table feeds both tables (one statement each); SQLite: executemany."""
+    if not audit:
+        return
+    if is_postgres(conn):
+        stage = copy_rows(conn, changes_t, list(audit[0]), audit)
+        move(conn, stage, consents_t, CONSENT_FROM_AUDIT, CONSENT_KEY, CONSENT_UPDATE)
+        move(conn, stage, changes_t, {c: c for c in audit[0]})
+        return
+    consents = [{c: row[a] for c, a in CONSENT_FROM_AUDIT.items()} for row in audit]
+    upsert(conn, consents_t, consents, key=CONSENT_KEY, update=CONSENT_UPDATE)
+    upsert(conn, changes_t, audit)
 
 
 def suppress(

@@ -46,7 +46,16 @@ from typing import Any, NamedTuple
 from sqlalchemy import Connection, Engine, Table, insert, select, union_all, update
 
 from tidings.config import Settings, get_settings
-from tidings.crm.bulk import Statistics, among, is_postgres, next_ids, upsert, upsert_returning
+from tidings.crm.bulk import (
+    Statistics,
+    among,
+    batch_commit,
+    durable,
+    is_postgres,
+    next_ids,
+    upsert,
+    upsert_returning,
+)
 from tidings.crm.columns import CONTACTS, EVENTS, ORDERS, Columns
 from tidings.crm.consent import ConsentWish
 from tidings.crm.db import update_rows
@@ -403,9 +412,11 @@ def _run(
                     statistics = Statistics(conn, tables)
                 while (batch := batches.get()) is not None:
                     with conn.begin():
+                        batch_commit(conn)
                         apply(conn, batch, written)
                     with conn.begin():  # keep the planner's row counts true as tables grow
                         statistics.wrote(conn, dict.fromkeys(tables, len(batch)))
+                durable(conn)  # all batches on disk before the report says they are written
         except BaseException as exc:  # handed to the reading thread, which raises it
             failure.append(exc)
             while batches.get() is not None:  # let the reader finish without blocking
@@ -666,8 +677,9 @@ def _apply_contacts(
             contacts_t,
             [{"id": t.id, **final, "updated_at": now} for t, final in changed],
         )
+    marketing = Purpose.MARKETING.value  # an enum member's value is a slow lookup
     wishes = [
-        ConsentWish(t.id, channel, Purpose.MARKETING.value, status)
+        ConsentWish(t.id, channel, marketing, status)
         for t in targets
         if t.id is not None
         for channel, status in t.consents.items()
