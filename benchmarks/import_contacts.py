@@ -467,26 +467,58 @@ def snapshot_for(kind: str, url: str) -> tuple[Any, ...]:
     )
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
-    parser.add_argument("--rows", type=int, default=1_000_000)
+def run(
+    kind: str,
+    *,
+    rows: int,
+    rate: int,
+    prepare: Callable[..., Expected],
+    seed: Callable[[str, Expected], None],
+    verify: Callable[[str, dict[str, Any], Expected], None],
+    table: str,
+    columns: str,
+    seed_baseline: Callable[[str, Expected], None] | None = None,
+    contacts: int | None = None,
+) -> None:
+    """The command line of an import benchmark: measure at --rows / 10 and --rows, exit 1 when
+    a goal is missed. With ``contacts`` (the default of --contacts), ``prepare`` also gets the
+    number of contacts the rows refer to."""
+    parser = argparse.ArgumentParser(description=f"{kind} import benchmark")
+    parser.add_argument("--rows", type=int, default=rows)
+    if contacts is not None:
+        parser.add_argument("--contacts", type=int, default=contacts)
     parser.add_argument("--url", default=DEFAULT_URL)
     args = parser.parse_args()
-    db = Database(args.url)
+
+    def prepared(path: Path, copy_path: Path, n: int) -> Expected:
+        if contacts is None:
+            return prepare(path, copy_path, n)
+        return prepare(path, copy_path, n, args.contacts)
+
     with tempfile.TemporaryDirectory() as tmp:
         results = measure(
             [args.rows // 10, args.rows],
-            db,
+            Database(args.url),
             Path(tmp),
-            kind="contacts",
-            prepare=write_files,
-            seed=seed_contacts,
-            verify=verify_contacts,
-            table="contacts",
-            columns=COPY_COLUMNS,
+            kind=kind,
+            prepare=prepared,
+            seed=seed,
+            verify=verify,
+            table=table,
+            columns=columns,
+            seed_baseline=seed_baseline,
         )
-    sys.exit(1 if goals(results, rate=25_000) else 0)
+    sys.exit(1 if goals(results, rate=rate) else 0)
 
 
 if __name__ == "__main__":
-    main()
+    run(
+        "contacts",
+        rows=1_000_000,
+        rate=25_000,
+        prepare=write_files,
+        seed=seed_contacts,
+        verify=verify_contacts,
+        table="contacts",
+        columns=COPY_COLUMNS,
+    )

@@ -18,11 +18,9 @@ of it, peak RSS < 500 MB; the last lines say which were missed (exit 1).
 
 from __future__ import annotations
 
-import argparse
 import json
 import random
 import sys
-import tempfile
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -33,14 +31,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.import_contacts import (
     COPY_COLUMNS,
-    DEFAULT_URL,
     Database,
     Expected,
     check,
     copy_lines,
     copy_text,
-    goals,
-    measure,
+    run,
     sql,
 )
 
@@ -117,28 +113,16 @@ def verify(url: str, report: dict[str, Any], expected: Expected) -> None:
     )
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
-    parser.add_argument("--rows", type=int, default=10_000_000)
-    parser.add_argument("--contacts", type=int, default=CONTACTS)
-    parser.add_argument("--url", default=DEFAULT_URL)
-    args = parser.parse_args()
-    db = Database(args.url)
-    with tempfile.TemporaryDirectory() as tmp:
-        results = measure(
-            [args.rows // 10, args.rows],
-            db,
-            Path(tmp),
-            kind="events",
-            prepare=lambda p, c, n: write_files(p, c, n, args.contacts),
-            seed=seed,
-            verify=verify,
-            table="events",
-            columns=EVENT_COLUMNS,
-            seed_baseline=seed,
-        )
-    sys.exit(1 if goals(results, rate=50_000) else 0)
-
-
 if __name__ == "__main__":
-    main()
+    run(
+        "events",
+        rows=10_000_000,
+        rate=50_000,
+        prepare=write_files,
+        seed=seed,
+        verify=verify,
+        table="events",
+        columns=EVENT_COLUMNS,
+        seed_baseline=seed,
+        contacts=CONTACTS,
+    )

@@ -19,10 +19,8 @@ of COPY at --rows, flat rows/s and peak RSS < 500 MB; the last lines say which w
 
 from __future__ import annotations
 
-import argparse
 import random
 import sys
-import tempfile
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -31,14 +29,12 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.import_contacts import (
-    DEFAULT_URL,
     Database,
     Expected,
     check,
     copy_lines,
     copy_text,
-    goals,
-    measure,
+    run,
     sql,
 )
 from benchmarks.import_events import CONTACTS
@@ -156,28 +152,16 @@ def _shipped_new(expected: Expected) -> int:
     )
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
-    parser.add_argument("--rows", type=int, default=1_000_000)
-    parser.add_argument("--contacts", type=int, default=CONTACTS)
-    parser.add_argument("--url", default=DEFAULT_URL)
-    args = parser.parse_args()
-    db = Database(args.url)
-    with tempfile.TemporaryDirectory() as tmp:
-        results = measure(
-            [args.rows // 10, args.rows],
-            db,
-            Path(tmp),
-            kind="orders",
-            prepare=lambda p, c, n: write_files(p, c, n, args.contacts),
-            seed=seed,
-            verify=verify,
-            table="orders",
-            columns=ORDER_COLUMNS,
-            seed_baseline=seed_baseline,
-        )
-    sys.exit(1 if goals(results, rate=25_000) else 0)
-
-
 if __name__ == "__main__":
-    main()
+    run(
+        "orders",
+        rows=1_000_000,
+        rate=25_000,
+        prepare=write_files,
+        seed=seed,
+        verify=verify,
+        table="orders",
+        columns=ORDER_COLUMNS,
+        seed_baseline=seed_baseline,
+        contacts=CONTACTS,
+    )
