@@ -63,8 +63,9 @@ class Settings(BaseSettings):
         0,
         ge=0,
         le=64,
-        description="Processes that check the rows of an imported file: 0 = one per CPU (at "
-        "most 4) for files of 8 MB or more, none for smaller ones; 1 = none.",
+        description="Processes that check the rows of an imported file: 0 = one per CPU beyond "
+        "two (at most 4) for files of 8 MB or more, none for smaller ones or on two cores; "
+        "1 = none.",
     )
     stale_days: int = Field(
         365, ge=1, description="Contacts not updated for this many days count as stale."

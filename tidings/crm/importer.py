@@ -320,11 +320,16 @@ class _Checker:
 
 
 def _workers(path: Path, settings: Settings) -> int:
-    """Validation processes for ``path``: 0 checks in this process."""
+    """Validation processes for ``path``: 0 checks in this process.
+
+    Auto: one per CPU beyond two, at most 4, for a large file. A worker costs IPC (a record is
+    pickled both ways) and a CPU that PostgreSQL and the writer also need: on two cores the
+    worker pipeline moved 100,000 contacts through validation in 6.5-7.6 s, the importing
+    process alone in 2.2 s (22 us a row, benchmarks/README.md)."""
     wanted = settings.import_workers
     if wanted == 0:
         large = path.is_file() and path.stat().st_size >= PARALLEL_FROM_BYTES
-        wanted = min(os.cpu_count() or 1, 4) if large else 1
+        wanted = min((os.cpu_count() or 1) - 2, 4) if large else 1
     return 0 if wanted <= 1 else wanted
 
 
