@@ -59,6 +59,14 @@ class Settings(BaseSettings):
     import_batch_size: int = Field(
         2000, ge=1, le=100_000, description="Rows per transaction when importing files."
     )
+    import_workers: int = Field(
+        0,
+        ge=0,
+        le=64,
+        description="Processes that check the rows of an imported file: 0 = one per CPU beyond "
+        "two (at most 4) for files of 8 MB or more, none for smaller ones or on two cores; "
+        "1 = none.",
+    )
     stale_days: int = Field(
         365, ge=1, description="Contacts not updated for this many days count as stale."
     )

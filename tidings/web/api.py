@@ -457,7 +457,7 @@ async def post_contacts(
     source = f"api:{who.name}"
 
     def parse(record: Record) -> Any:
-        row = _parse_contact(record, state.settings)
+        row = _parse_contact(record, state.settings.default_region)
         if models[record.line].reconsent and "granted" not in row.consents.values():
             raise RowRejected(
                 [("reconsent", "reconsent needs consent_email or consent_sms granted (yes)")]
@@ -502,7 +502,14 @@ async def post_orders(
 
         # an order also writes order.* events (crm.importer.order_events)
         change = Change(events=None, orders=True)
-        return _write(state, models, _parse_order, apply, "orders", change)
+        return _write(
+            state,
+            models,
+            lambda r: _parse_order(r, state.settings.default_region),
+            apply,
+            "orders",
+            change,
+        )
 
     return await idempotent(request, who, idem, compute)
 
