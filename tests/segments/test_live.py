@@ -5,6 +5,7 @@ and the ``wait_for_segment`` step, on SQLite and PostgreSQL."""
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -26,7 +27,7 @@ from tidings.journeys.running import tick_all
 from tidings.journeys.runtime import Runtime
 from tidings.segments import core as c
 from tidings.segments.inputs import Change, inputs
-from tidings.segments.live import sweep
+from tidings.segments.live import drain, pending, sweep
 from tidings.segments.live import update as live_update
 from tidings.segments.rules import Segment
 from tidings.web.apikeys import create_key
@@ -158,8 +159,18 @@ class Live:
         response = self.client.post("/v1/contacts", json={"external_id": "C1", **values})
         assert response.status_code == 200, response.text
 
+    def settle(self, timeout: float = 10.0) -> None:
+        """Wait until the app's live loop (its background thread, woken by the API's writes,
+        polling for the rest) has evaluated every queued change: the queue is empty once its
+        transaction committed."""
+        deadline = time.monotonic() + timeout
+        while pending(self.runtime.db):
+            assert time.monotonic() < deadline, "the live loop did not drain the queue"
+            time.sleep(0.02)
+
     def stays(self, segment: str) -> list[tuple[bool, bool]]:
-        """(entered, exited) per stay of C1, in order."""
+        """(entered, exited) per stay of C1, in order, once the live loop has caught up."""
+        self.settle()
         with Session(self.runtime.db) as session:
             rows = session.execute(
                 select(SegmentMembership.entered_at, SegmentMembership.exited_at)
@@ -194,6 +205,7 @@ def test_reentry_within_one_tick_is_seen_and_sends_twice(live: Live) -> None:
     live.contact(**BASE, attributes={"plan": "pro"})
     assert live.stays("pro") == [(True, False)]  # entered at once, not at the tick
     live.contact(attributes={"plan": "free"})
+    live.settle()  # the two writes a moment apart (within one batch of the loop they merge)
     live.contact(attributes={"plan": "pro"})
     assert live.stays("pro") == [(True, True), (True, False)]
     with Session(live.runtime.db) as session:  # each stay enrolled at its entry
@@ -244,6 +256,7 @@ def test_the_full_refresh_reports_what_the_live_path_missed(live: Live) -> None:
 
 def test_live_update_is_a_no_op_for_segments_it_cannot_affect(live: Live) -> None:
     live.contact(**BASE, attributes={"plan": "pro"})
+    live.settle()
     with live.runtime.db.connect() as conn:
         cid = conn.execute(select(Contact.id)).scalar_one()
     stats = live_update(live.runtime.engine, [cid], Change.event("page.viewed"))
@@ -300,6 +313,7 @@ def test_wait_for_segment_goes_on_at_once_when_the_contact_enters(
     assert enrollment.next_due_at is not None
     assert enrollment.next_due_at > datetime.now(UTC) + timedelta(days=2)
     live.contact(attributes={"plan": "pro"})  # woken by the live path
+    live.settle()
     enrollment, _ = nudge(live)
     assert enrollment.next_due_at is not None and enrollment.next_due_at <= datetime.now(UTC)
     results = {r["journey"]: r for r in tick_all(live.runtime)}
@@ -345,6 +359,7 @@ op = st.one_of(
     st.tuples(
         st.just("event"), st.integers(0, 2), st.sampled_from(["a", "b", "c"]), st.integers(0, 9)
     ),
+    st.tuples(st.just("drain"), st.integers(0, 2)),  # the loop runs here (else: when it can)
     st.tuples(
         st.just("order"),
         st.integers(0, 2),
@@ -381,6 +396,9 @@ def test_live_and_full_refresh_agree_on_random_streams(
             assert client.post("/v1/contacts", json=people).status_code == 200
             for n, step in enumerate(stream):
                 who = ext[step[1]]
+                if step[0] == "drain":
+                    drain(runtime.engine)
+                    continue
                 match step[0]:
                     case "attr":
                         body: Any = {"external_id": who, "attributes": {"plan": step[2]}}
@@ -412,6 +430,7 @@ def test_live_and_full_refresh_agree_on_random_streams(
                         }
                         response = client.post("/v1/orders", json=body)
                 assert response.status_code == 200, response.text
+        drain(runtime.engine)  # what the app's loop had not taken yet
         with Session(store) as session:
             ids = set(session.scalars(select(Contact.id).where(Contact.external_id.in_(ext))))
             for name in PROPERTY_SEGMENTS:
