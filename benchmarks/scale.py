@@ -39,7 +39,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -58,6 +57,7 @@ sys.path.insert(0, str(ROOT))
 
 from benchmarks.import_contacts import Database  # noqa: E402
 from benchmarks.journey import load  # noqa: E402
+from benchmarks.webapp import free_port  # noqa: E402
 
 PREFECT = str(Path(sys.executable).with_name("prefect"))
 FIXTURE = ROOT / "tests" / "fixtures" / "project"
@@ -192,12 +192,6 @@ sim = Counting(api_key="SG.bench", keep=False).start()
 print(sim.port, flush=True)
 sys.stdin.read()
 """
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def spawn(args: list[str], env: dict[str, str], cwd: Path, log: Path) -> subprocess.Popen[bytes]:
