@@ -33,6 +33,7 @@ import os
 import random
 import sys
 import tempfile
+import threading
 import time
 import uuid
 from datetime import UTC, datetime
@@ -182,6 +183,26 @@ def post_for(
     return sum(sent), elapsed
 
 
+class Maintenance:
+    """What autovacuum would do, every ``every`` seconds while the benchmark runs (this
+    server runs with ``autovacuum = off``): VACUUM the live queue, ANALYZE the tables the live
+    path reads and writes, whose statistics are otherwise those of before the run (an empty
+    ``segment_memberships``: the planner then scans a segment's stays per probe)."""
+
+    def __init__(self, url: str, every: float) -> None:
+        self.url, self.every = url, every
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self.run, daemon=True)
+
+    def run(self) -> None:
+        engine = create_engine(self.url, isolation_level="AUTOCOMMIT")
+        while not self.stop.wait(self.every):
+            with engine.connect() as conn:
+                conn.execute(text("VACUUM (ANALYZE) segment_changes"))
+                conn.execute(text("ANALYZE segment_memberships, events"))
+        engine.dispose()
+
+
 def wait_drained(engine: Any, timeout: float) -> float:
     """Seconds until the live loops have evaluated every queued change."""
     started = time.perf_counter()
@@ -229,6 +250,9 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--segments", type=int, default=20)
     parser.add_argument("--live-batch", type=int, default=5000, help="TIDINGS_LIVE_BATCH")
+    parser.add_argument(
+        "--analyze-every", type=float, default=20, help="seconds; 0: no stand-in for autovacuum"
+    )
     parser.add_argument("--url", default="postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
     parser.add_argument("--keep", action="store_true", help="keep the benchmark database")
     args = parser.parse_args()
@@ -256,6 +280,9 @@ def main() -> None:
             "TIDINGS_LIVE_BATCH": str(args.live_batch),
         }
         proc, port = start_app(env=env, cwd=project, workers=args.workers)
+        if args.analyze_every:
+            maintenance = Maintenance(url, args.analyze_every)
+            maintenance.thread.start()
         common: dict[str, Any] = {
             "clients": args.clients,
             "batch": args.batch,
@@ -280,6 +307,9 @@ def main() -> None:
         lag = wait_drained(engine, timeout=600)
         stop_app(proc)
         proc = None
+        if args.analyze_every:
+            maintenance.stop.set()
+            maintenance.thread.join()
 
         with engine.connect() as conn:
             stored = conn.execute(

@@ -62,7 +62,7 @@ from tidings.crm.models import Enrollment, SegmentChange, SegmentMembership
 from tidings.crm.types import utcnow
 from tidings.segments.inputs import Change, Inputs, inputs
 from tidings.segments.loader import Catalog
-from tidings.segments.membership import refresh_stays
+from tidings.segments.membership import lock_segment, refresh_stays
 
 if TYPE_CHECKING:
     from tidings.journeys.engine import JourneyEngine
@@ -70,6 +70,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("tidings.segments")
 CHUNK = 1000  # contacts per restricted evaluation (bound parameters stay few)
 changes_t: Table = SegmentChange.__table__  # type: ignore[assignment]
+LOOP_LOCK = "*live loop*"  # not a segment name (names are identifiers): the loops' turn
 
 
 @dataclass
@@ -260,10 +261,15 @@ def claim(session: Session, limit: int) -> list[tuple[int, Change]]:
 def step(
     engine: JourneyEngine, *, limit: int | None = None, now: datetime | None = None
 ) -> LiveStats:
-    """Take one batch of queued changes and evaluate them, all in one transaction."""
+    """Take one batch of queued changes and evaluate them, all in one transaction.
+
+    Loops take turns (a lock of their own, first): a loop that waited then takes everything
+    queued meanwhile in one batch, instead of splitting the queue with the other and waiting
+    for the segments' locks while holding its part."""
     limit = limit or engine.settings.live_batch
     current = plan(engine)
     with Session(engine.db) as session, session.begin():
+        lock_segment(session, LOOP_LOCK)
         claimed = claim(session, limit)
         stats = _evaluate(engine, session, current, claimed, now=now or utcnow())
         stats.changes = len(claimed)
