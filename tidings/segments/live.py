@@ -350,9 +350,9 @@ class Loop:
                     drain(self._engine())
             except Exception:  # the store may be away for a moment: the rows stay queued
                 log.exception("live segments: the loop failed; retrying")
-            woken = self._wake.wait(self.poll)
-            with self._lock:
-                if not woken and not self._persistent:
+            self._wake.wait(self.poll)
+            with self._lock:  # a nudge is seen under the lock: none is lost as this one ends
+                if not self._wake.is_set() and not self._persistent:
                     self._thread = None
                     return
 
