@@ -5,6 +5,7 @@ from __future__ import annotations
 import tracemalloc
 from pathlib import Path
 
+from tests.conftest import background_paused
 from tidings.config import Settings
 from tidings.crm.db import make_engine, upgrade
 from tidings.crm.importer import import_contacts
@@ -27,11 +28,12 @@ def _peak(tmp_path: Path, rows: int) -> int:
     upgrade(engine)
     settings = Settings(import_batch_size=500)
     import_contacts(path, engine=engine, settings=settings)  # warm caches (SQL compilation)
-    tracemalloc.start()
-    report = import_contacts(path, engine=engine, settings=settings)  # an unchanged re-import
-    path.write_text("")
-    _, peak = tracemalloc.get_traced_memory()
-    tracemalloc.stop()
+    with background_paused():
+        tracemalloc.start()
+        report = import_contacts(path, engine=engine, settings=settings)  # unchanged re-import
+        path.write_text("")
+        _, peak = tracemalloc.get_traced_memory()
+        tracemalloc.stop()
     engine.dispose()
     assert report.unchanged == rows
     return peak
