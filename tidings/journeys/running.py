@@ -164,6 +164,7 @@ def work(
     """A worker's loop for one journey: reconcile what a dead worker left in flight, then
     advance and send batch after batch. With ``until_idle`` it returns when nothing is due."""
     from tidings.journeys.reconcile import reconcile
+    from tidings.segments.live import drain
 
     out = report or Console()
     checked = reconcile(runtime, older_than=reconcile_after)
@@ -183,6 +184,8 @@ def work(
                 now = utcnow()
                 stats = runtime.engine.tick_batch(versions, now=now, batch_size=batch_size)
                 total.add(stats)
+                if stats.updated:  # update_contact steps queued changes: live segments follow
+                    drain(runtime.engine)
                 claimed = pipe.pump(now=now, limit=batch_size, journey_ids=set(versions))
                 if until_idle and stats.processed == 0 and claimed == 0:
                     break
