@@ -32,11 +32,14 @@ from tidings.crm.models import (
     Message,
     MessageEvent,
     OptInRequest,
+    SegmentChange,
     SegmentMembership,
     TestSend,
     TopicSubscription,
 )
 from tidings.crm.suppression import Hasher, Identity, check_identity, release
+from tidings.segments.inputs import Change
+from tidings.segments.live import encode
 
 UNTIL = datetime(2027, 1, 1, tzinfo=UTC)
 PHONE = "+14155550123"
@@ -161,6 +164,11 @@ def _fill_every_table(db: Engine, tmp_path: Path, cid: int, ext: str, email: str
                 contact_id=cid,
                 to_address="qa@shop.example",
                 subject=f"[TEST] Hello {NAME}",
+            )
+        )
+        conn.execute(  # a change a live segment has not evaluated yet
+            insert(SegmentChange).values(
+                contact_id=cid, change=encode(Change.contact(frozenset({"street"}))), recorded_at=T0
             )
         )
         conn.execute(

@@ -71,6 +71,7 @@ from tidings.crm.models import (
     MessageStatus,
     OptInRequest,
     Order,
+    SegmentChange,
     SegmentMembership,
     Suppression,
     TestSend,
@@ -98,6 +99,7 @@ assignments_t = _tables[Assignment.__tablename__]
 conversions_t = _tables[Conversion.__tablename__]
 attributions_t = _tables[Attribution.__tablename__]
 memberships_t = _tables[SegmentMembership.__tablename__]
+queued_t = _tables[SegmentChange.__tablename__]
 history_t = _tables[AttributeChange.__tablename__]
 topics_t = _tables[TopicSubscription.__tablename__]
 optins_t = _tables[OptInRequest.__tablename__]
@@ -124,6 +126,7 @@ POLICY: dict[str, str] = {
     "message_events": "anonymised: provider payload and link query removed (type, time, machine "
     "flag kept); events without a message naming the contact's email or phone deleted",
     "segment_memberships": "deleted",
+    "segment_changes": "deleted (changes queued for the live segments, not yet evaluated)",
     "attribute_changes": "deleted (past attribute values), after the contact is anonymised",
     "topic_subscriptions": "deleted",
     "optin_requests": "deleted",
@@ -224,6 +227,7 @@ def export_contact(db: Engine, contact_id: int) -> dict[str, Any]:
                 .order_by(message_events_t.c.id),
             ),
             "segment_memberships": _rows(conn, of(memberships_t)),
+            "segment_changes": _rows(conn, of(queued_t)),
             "attribute_changes": _rows(conn, of(history_t)),
             "topic_subscriptions": _rows(conn, of(topics_t)),
             "optin_requests": _rows(conn, of(optins_t)),
@@ -361,7 +365,15 @@ def erase_contact(
         _erase_enrollments(conn, contact_id, now, tally)
         _erase_messages(conn, contact, now, tally, settings)
         _erase_events_and_orders(conn, contact_id, tally)
-        for table in (consents_t, changes_t, memberships_t, topics_t, optins_t, test_sends_t):
+        for table in (
+            consents_t,
+            changes_t,
+            memberships_t,
+            queued_t,
+            topics_t,
+            optins_t,
+            test_sends_t,
+        ):
             tally.add(
                 table.name,
                 "deleted",
