@@ -35,11 +35,12 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from cronsim import CronSim
-from sqlalchemy import Table, or_, select
+from sqlalchemy import Table, select
 from sqlalchemy.orm import Session
 
 from tidings.crm.db import insert_ignore
-from tidings.crm.models import Contact, Enrollment, Event, Message
+from tidings.crm.lookup import Found
+from tidings.crm.models import Enrollment, Event, Message
 from tidings.crm.models import Journey as JourneyRow
 from tidings.crm.types import utcnow
 from tidings.errors import InputError
@@ -372,44 +373,26 @@ def _is_id(target: Target) -> bool:
 def resolve_targets(runtime: Runtime, targets: Sequence[Target]) -> list[int | None]:
     """The contact id of each target (None where none matches); an external id wins over an
     email when a ``by="any"`` ref matches both."""
-    ids = sorted({int(t.ref.strip().lstrip("#")) for t in targets if _is_id(t)})
-    refs = sorted({t.ref.strip() for t in targets if not _is_id(t)})
-    emails = sorted({r.lower() for r in refs})
-    by_id: set[int] = set()
-    by_ext: dict[str, int] = {}
-    by_email: dict[str, int] = {}
+    refs = {t.ref.strip() for t in targets if not _is_id(t)}
     with runtime.db.connect() as conn:
-        for start in range(0, max(len(ids), len(refs)), CHUNK):
-            rows = conn.execute(
-                select(Contact.id, Contact.external_id, Contact.email)
-                .where(
-                    or_(
-                        Contact.id.in_(ids[start : start + CHUNK]),
-                        Contact.external_id.in_(refs[start : start + CHUNK]),
-                        Contact.email.in_(emails[start : start + CHUNK]),
-                    ),
-                    Contact.erased_at.is_(None),  # erased: enters no journey
-                )
-                .order_by(Contact.id)
-            )
-            for cid, ext, email in rows:
-                by_id.add(cid)
-                if ext:
-                    by_ext[ext] = cid
-                if email:
-                    by_email.setdefault(email, cid)
+        got = Found.of(
+            conn,
+            ids={int(t.ref.strip().lstrip("#")) for t in targets if _is_id(t)},
+            external_ids=refs,
+            emails={r.lower() for r in refs},
+        )
     found: list[int | None] = []
     for t in targets:
         ref = t.ref.strip()
         if _is_id(t):
             cid = int(ref.lstrip("#"))
-            found.append(cid if cid in by_id else None)
+            found.append(cid if cid in got.ids else None)
         elif t.by == "external_id":
-            found.append(by_ext.get(ref))
+            found.append(got.by_external_id.get(ref))
         elif t.by == "email":
-            found.append(by_email.get(ref.lower()))
+            found.append(got.by_email.get(ref.lower()))
         else:
-            found.append(by_ext.get(ref) or by_email.get(ref.lower()))
+            found.append(got.by_external_id.get(ref) or got.by_email.get(ref.lower()))
     return found
 
 

@@ -18,9 +18,9 @@ from datetime import UTC, datetime
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
-from sqlalchemy import Engine, or_, select
+from sqlalchemy import Engine
 
-from tidings.crm.models import Contact
+from tidings.crm.lookup import Found
 from tidings.web.jsonsafe import StorableModel
 from tidings.web.store import EventPoster
 
@@ -101,39 +101,21 @@ def to_item(event: EventIn, *, now: datetime, key: str | None, source: str) -> d
 
 def resolve(db: Engine, items: list[dict[str, Any]]) -> list[int | None]:
     """The contact id of each item (None where no contact matches)."""
-    ids = {i["contact_id"] for i in items if i.get("contact_id")}
-    exts = {i["external_id"] for i in items if i.get("external_id")}
-    emails = {i["email"] for i in items if i.get("email")}
-    by_id: set[int] = set()
-    by_ext: dict[str, int] = {}
-    by_email: dict[str, int] = {}
     with db.connect() as conn:
-        rows = conn.execute(
-            select(Contact.id, Contact.external_id, Contact.email)
-            .where(
-                or_(
-                    Contact.id.in_(ids),
-                    Contact.external_id.in_(exts),
-                    Contact.email.in_(emails),
-                ),
-                Contact.erased_at.is_(None),  # an erased contact takes no more events
-            )
-            .order_by(Contact.id)
+        got = Found.of(
+            conn,
+            ids={i["contact_id"] for i in items if i.get("contact_id")},
+            external_ids={i["external_id"] for i in items if i.get("external_id")},
+            emails={i["email"] for i in items if i.get("email")},
         )
-        for cid, ext, email in rows:
-            by_id.add(cid)
-            if ext:
-                by_ext[ext] = cid
-            if email:
-                by_email.setdefault(email, cid)
     found: list[int | None] = []
     for item in items:
         if item.get("contact_id"):
-            found.append(item["contact_id"] if item["contact_id"] in by_id else None)
+            found.append(item["contact_id"] if item["contact_id"] in got.ids else None)
         elif item.get("external_id"):
-            found.append(by_ext.get(item["external_id"]))
+            found.append(got.by_external_id.get(item["external_id"]))
         else:
-            found.append(by_email.get(item.get("email") or ""))
+            found.append(got.by_email.get(item.get("email") or ""))
     return found
 
 
