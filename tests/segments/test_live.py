@@ -17,7 +17,7 @@ from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, given
 from hypothesis import settings as hsettings
 from hypothesis import strategies as st
-from sqlalchemy import select, update
+from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from tests.conftest import FIXTURE_PROJECT
@@ -722,3 +722,53 @@ def test_the_app_loop_follows_writes_without_help(live: Live) -> None:
     while live.stays("pro") != [(True, False)]:
         assert time.monotonic() < deadline
         time.sleep(0.05)
+
+
+def test_a_file_import_moves_live_segments_at_once(
+    live: Live, settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`tidings contacts import` / `orders import` commit batch by batch; the contacts they
+    touched are queued for the live segments and evaluated in the call, so the segment-triggered
+    journey enrols them at once and the tick's full refresh finds nothing missed."""
+    from typer.testing import CliRunner
+
+    from tidings.cli import app
+    from tidings.config import get_settings
+
+    stop_app_loop(live)  # only the command may evaluate the queue here
+    tick_all(live.runtime)  # registers pro_welcome: "pro" is live from here on
+    for name, value in settings.model_dump().items():
+        if value is not None and name in {"database_url", "project_dir", "outbox_dir"}:
+            monkeypatch.setenv(f"TIDINGS_{name.upper()}", str(value))
+    monkeypatch.setenv("TIDINGS_SECRET_KEY", "test-secret")
+    people = tmp_path / "people.csv"
+    people.write_text(
+        "external_id,email,consent_email,plan\n"
+        "C1,c1@example.com,yes,pro\nC2,c2@example.com,yes,free\nC3,c3@example.com,yes,pro\n"
+    )
+    orders = tmp_path / "orders.csv"
+    placed = datetime.now(UTC).isoformat()
+    orders.write_text(
+        "order_id,external_id,total,currency,status,placed_at\n"
+        f"O1,C2,10,EUR,placed,{placed}\nO2,C2,12,EUR,placed,{placed}\n"
+    )
+    get_settings.cache_clear()
+    try:
+        runner = CliRunner()
+        for kind, path in (("contacts", people), ("orders", orders)):
+            result = runner.invoke(app, [kind, "import", str(path)])
+            assert result.exit_code == 0, result.output
+    finally:
+        get_settings.cache_clear()
+    assert pending(live.runtime.db) == 0  # evaluated in the call, not left to a loop
+    with Session(live.runtime.db) as session:
+        members = session.execute(
+            select(SegmentMembership.segment, Contact.external_id)
+            .join(Contact, Contact.id == SegmentMembership.contact_id)
+            .where(SegmentMembership.exited_at.is_(None))
+            .order_by(SegmentMembership.segment, Contact.external_id)
+        ).all()
+        enrolled = session.scalar(select(func.count()).select_from(Enrollment))
+    assert [tuple(m) for m in members] == [("buyers", "C2"), ("pro", "C1"), ("pro", "C3")]
+    assert enrolled == 2  # pro_welcome, at the import
+    assert all(r.missed == 0 for r in sweep(live.runtime.engine))

@@ -73,10 +73,17 @@ def _import(kind: str, path: Path, fmt: str | None, as_json: bool, allow_extra: 
 
     # A header error (a misspelt or missing column) raises InputError: exit 2, nothing imported.
     report = IMPORTERS[kind](path, engine=make_engine(), fmt=fmt, allow_extra_columns=allow_extra)
-    if report.confirmations:  # double opt-in: the confirmation emails go out now
+    if report.touched or report.confirmations:
         from tidings.journeys.runtime import Runtime
+        from tidings.segments import live
+        from tidings.segments.inputs import IMPORTED
 
-        Runtime.from_settings().dispatcher.dispatch(only=report.confirmations)
+        runtime = Runtime.from_settings()
+        # the live segments that read what the import changed follow it now, as after any write
+        if live.record_apart(runtime.engine, report.touched, IMPORTED[kind]):
+            live.drain(runtime.engine)
+        if report.confirmations:  # double opt-in: the confirmation emails go out now
+            runtime.dispatcher.dispatch(only=report.confirmations)
     if as_json:
         typer.echo(json.dumps(report.to_dict(), indent=2))
     else:

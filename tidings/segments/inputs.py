@@ -57,6 +57,13 @@ class Change:
         )
 
 
+IMPORTED = {  # what an import of each kind changed for the contacts it touched
+    "contacts": Change.contact(),
+    "events": Change(events=None),
+    "orders": Change(events=None, orders=True),  # an order writes its order.* events too
+}
+
+
 @dataclass
 class Inputs:
     events: set[str] = field(default_factory=set)

@@ -242,6 +242,22 @@ def record(
     return len(rows)
 
 
+def record_apart(
+    engine: JourneyEngine, contact_ids: Iterable[int], change: Change, *, chunk: int = 5000
+) -> int:
+    """Queue the same change for many contacts, ``chunk`` to a transaction of its own: for a
+    write that committed in batches of its own (a file import). A crash between that write and
+    this leaves the change to the tick's full refresh. Returns how many were queued."""
+    current = plan(engine)
+    if not current.affected(change):
+        return 0
+    total = 0
+    for part in _chunks(sorted(contact_ids), chunk):
+        with Session(engine.db) as session, session.begin():
+            total += record(session, current, [(cid, change) for cid in part])
+    return total
+
+
 # -- the live loop: drain -----------------------------------------------------------------------
 
 

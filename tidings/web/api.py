@@ -55,7 +55,7 @@ from tidings.crm.readers import Record
 from tidings.crm.suppression import Identity, release, suppressed_rows
 from tidings.crm.types import utcnow
 from tidings.segments import live as live_segments
-from tidings.segments.inputs import Change
+from tidings.segments.inputs import IMPORTED, Change
 from tidings.web.apikeys import Principal, authenticate, request_hash
 from tidings.web.card import contact_card, find_contact_id
 from tidings.web.events import MAX_BATCH, ContactRef, EventIn, post_many, resolve, to_item
@@ -489,7 +489,7 @@ async def post_contacts(
         )
 
     def compute() -> tuple[int, dict[str, Any]]:
-        return _write(state, models, parse, apply, "contacts", Change.contact())
+        return _write(state, models, parse, apply, "contacts", IMPORTED["contacts"])
 
     return await idempotent(request, who, idem, compute)
 
@@ -508,7 +508,7 @@ async def post_orders(
             _apply_orders(conn, rows, rep, settings=state.settings)
 
         # an order also writes order.* events (crm.importer.order_events)
-        change = Change(events=None, orders=True)
+        change = IMPORTED["orders"]
         return _write(
             state,
             models,
