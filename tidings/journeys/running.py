@@ -6,6 +6,7 @@ These are the plain functions the CLI and the Prefect flows (``flows/journeys.py
 from __future__ import annotations
 
 import time
+import uuid
 from collections import defaultdict
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -21,7 +22,7 @@ from tidings.crm.models import Journey as JourneyRow
 from tidings.crm.types import utcnow
 from tidings.errors import InputError
 from tidings.journeys import schema as s
-from tidings.journeys.dispatch import DispatchStats
+from tidings.journeys.dispatch import Claim, DispatchStats
 from tidings.journeys.engine import TickStats, Version
 from tidings.journeys.failures import failure_report
 from tidings.journeys.runtime import Runtime
@@ -181,9 +182,17 @@ def work(
         with runtime.dispatcher.pipeline(sent) as pipe:
             while True:
                 now = utcnow()
-                stats = runtime.engine.tick_batch(versions, now=now, batch_size=batch_size)
+                # what the tick queues is written already claimed by this worker: one row
+                # version per message less than queuing it and claiming it after
+                token = uuid.uuid4().hex
+                stats = runtime.engine.tick_batch(
+                    versions, now=now, batch_size=batch_size, claim_token=token
+                )
                 total.add(stats)
-                claimed = pipe.pump(now=now, limit=batch_size, journey_ids=set(versions))
+                if stats.claimed:
+                    claimed = pipe.pump(claim=Claim(token, stats.claimed))
+                else:  # retries due, and whatever other processes queued
+                    claimed = pipe.pump(now=now, limit=batch_size, journey_ids=set(versions))
                 if until_idle and stats.processed == 0 and claimed == 0:
                     break
         if not until_idle or sent.lost == lost:
