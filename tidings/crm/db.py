@@ -109,8 +109,10 @@ def update_rows(
     key: str = "id",
     set_: SetClause | None = None,
     where: WhereClause | None = None,
-) -> None:
-    """Update many rows, each with its own values, by ``key``.
+    returning: Sequence[ColumnElement[Any]] = (),
+) -> list[Row[Any]]:
+    """Update many rows, each with its own values, by ``key``; with ``returning``, those
+    columns of the rows updated (PostgreSQL only).
 
     PostgreSQL: one statement, each column's values passed as one array parameter
     (``UPDATE .. FROM unnest(:ids, :statuses, ..) AS v``), so the SQL text is the same for any
@@ -126,10 +128,12 @@ def update_rows(
     >>> update_rows(session, messages_t, [{"id": 1, "status": "sent"}])  # doctest: +SKIP
     """
     if not rows:
-        return
+        return []
     names = list(rows[0])
     build = set_ or (lambda v: {name: v[name] for name in names if name != key})
     if _dialect(bind) != "postgresql":
+        if returning:
+            raise ValueError("update_rows(returning=...) is for PostgreSQL only")
         params = {n: bindparam(f"u_{n}", type_=table.c[n].type) for n in names}
         condition = table.c[key] == params[key]
         bind.execute(
@@ -138,14 +142,18 @@ def update_rows(
             .values(build(params)),
             [{f"u_{n}": row[n] for n in names} for row in rows],
         )
-        return
+        return []
     columns = _unnest(table, rows, names)
     condition = table.c[key] == columns[key]
-    bind.execute(
+    statement = (
         update(table)
         .where(condition if where is None else and_(condition, where(columns)))
         .values(build(columns))
     )
+    if not returning:
+        bind.execute(statement)
+        return []
+    return list(bind.execute(statement.returning(*returning)).all())
 
 
 def insert_rows(

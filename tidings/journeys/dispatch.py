@@ -452,29 +452,41 @@ class Dispatcher:
                 messages_t.c.status == MessageStatus.IN_FLIGHT.value,
                 messages_t.c.lease_until > now,
             )
-            query = select(messages_t.c.id).where(
-                among(self.db, messages_t.c.id, [int(m.message_id) for m in handed]), fence
-            )
+            rows = [
+                {
+                    "id": int(m.message_id),
+                    "handed_at": now,
+                    "lease_until": self.leases.until(now),
+                    "subject": m.subject if isinstance(m, OutboundEmail) else None,
+                    "locale": m.locale,
+                }
+                for m in handed
+            ]
             if self.db.dialect.name == "postgresql":
-                query = query.with_for_update()
-            owned = set(session.scalars(query))
-            mine = [m for m in handed if int(m.message_id) in owned]
-            update_rows(  # one statement, one new row version per message
-                session,
-                messages_t,
-                [
-                    {
-                        "id": int(m.message_id),
-                        "handed_at": now,
-                        "lease_until": self.leases.until(now),
-                        "subject": m.subject if isinstance(m, OutboundEmail) else None,
-                        "locale": m.locale,
-                    }
-                    for m in mine
-                ],
-                where=lambda _v: fence,
-            )
-        return mine
+                # one statement, one new row version per message: the fenced UPDATE locks and
+                # writes exactly the rows still ours, and names them
+                owned = {
+                    mid
+                    for (mid,) in update_rows(
+                        session,
+                        messages_t,
+                        rows,
+                        where=lambda _v: fence,
+                        returning=(messages_t.c.id,),
+                    )
+                }
+            else:  # (SQLite: one writer at a time; what the fence lets through, then those)
+                query = select(messages_t.c.id).where(
+                    among(self.db, messages_t.c.id, [r["id"] for r in rows]), fence
+                )
+                owned = set(session.scalars(query))
+                update_rows(
+                    session,
+                    messages_t,
+                    [r for r in rows if r["id"] in owned],
+                    where=lambda _v: fence,
+                )
+        return [m for m in handed if int(m.message_id) in owned]
 
     def render(
         self, message: Message | Row[Any], contact: Any, context: dict[str, Any]
