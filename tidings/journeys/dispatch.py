@@ -46,7 +46,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Engine, Row, Table, and_, or_, select, update
+from sqlalchemy import Engine, Row, and_, or_, select, update
 from sqlalchemy.orm import Session
 
 from tidings.channels.base import Channel
@@ -55,14 +55,12 @@ from tidings.channels.types import Outbound, OutboundEmail, OutboundSms, SendRes
 from tidings.config import Settings, get_settings
 from tidings.crm.db import among, update_rows
 from tidings.crm.erasure import ERASED_ERROR
-from tidings.crm.models import Contact, Enrollment, Message, MessageStatus
+from tidings.crm.models import Message, MessageStatus
 from tidings.crm.types import utcnow
 from tidings.errors import ConfigurationError, InputError, PermanentError
+from tidings.journeys.state import contacts_t, enrollments_t, messages_t
 from tidings.templates.render import CONTACT_FIELDS
 
-messages_t: Table = Message.__table__  # type: ignore[assignment]
-contacts_t: Table = Contact.__table__  # type: ignore[assignment]
-enrollments_t: Table = Enrollment.__table__  # type: ignore[assignment]
 # what rendering reads of a message and of its contact (``prepare``)
 _MESSAGE_FIELDS = (
     "id",
