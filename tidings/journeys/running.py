@@ -8,6 +8,7 @@ from __future__ import annotations
 import time
 import uuid
 from collections import defaultdict
+from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -178,16 +179,14 @@ def work(
     sent = DispatchStats()
     lost = 0
     while True:
-        # the sender thread sends batch k while this thread advances and renders batch k+1
-        with runtime.dispatcher.pipeline(sent) as pipe:
+        # three stages: the ticker thread advances batch k+2 (PostgreSQL's time) while this
+        # thread renders batch k+1 (the CPU's) and the sender thread sends batch k
+        with (
+            runtime.dispatcher.pipeline(sent) as pipe,
+            Ticker(runtime, versions, batch_size) as tick,
+        ):
             while True:
-                now = utcnow()
-                # what the tick queues is written already claimed by this worker: one row
-                # version per message less than queuing it and claiming it after
-                token = uuid.uuid4().hex
-                stats = runtime.engine.tick_batch(
-                    versions, now=now, batch_size=batch_size, claim_token=token
-                )
+                now, token, stats = tick.next()
                 total.add(stats)
                 if stats.claimed:
                     claimed = pipe.pump(claim=Claim(token, stats.claimed))
@@ -205,6 +204,55 @@ def work(
         reconcile(runtime, older_than=timedelta(0))
     runtime.dispatcher.send_seeds()
     return summary(name, total, sent, failures=failure_report(runtime.db, sent))
+
+
+class Ticker:
+    """A worker's ticks, one batch ahead, in a thread of their own (``work``).
+
+    Each tick writes the messages it queues already claimed by this worker (one row version
+    per message less than queuing them and claiming them after) and holds their lease from its
+    commit on. While the caller renders one batch, the next is advanced: the tick mostly waits
+    for PostgreSQL, rendering mostly uses the CPU. Leaving the block waits for a batch advanced
+    ahead and releases its claim unrendered (reconcile queues those rows again when the lease
+    runs out, as after a crash); nothing is advanced ahead after a tick that found nothing due.
+    """
+
+    def __init__(self, runtime: Runtime, versions: dict[int, Version], batch_size: int) -> None:
+        self.runtime = runtime
+        self.versions = versions
+        self.batch_size = batch_size
+        self._thread = ThreadPoolExecutor(1, thread_name_prefix="tick")
+        self._ahead: Future[tuple[datetime, str, TickStats]] | None = None
+
+    def __enter__(self) -> Ticker:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        ahead, self._ahead = self._ahead, None
+        try:
+            if ahead is not None:
+                _, token, _ = ahead.result()
+                self.runtime.dispatcher.leases.release(token)
+        finally:
+            self._thread.shutdown(wait=True)
+
+    def next(self) -> tuple[datetime, str, TickStats]:
+        """The next batch advanced: (its time, its claim token, what the tick did)."""
+        ahead, self._ahead = self._ahead, None
+        now, token, stats = (ahead or self._thread.submit(self._advance)).result()
+        if stats.processed:  # more may be due
+            self._ahead = self._thread.submit(self._advance)
+        return now, token, stats
+
+    def _advance(self) -> tuple[datetime, str, TickStats]:
+        now = utcnow()
+        token = uuid.uuid4().hex
+        stats = self.runtime.engine.tick_batch(
+            self.versions, now=now, batch_size=self.batch_size, claim_token=token
+        )
+        if stats.claimed:
+            self.runtime.dispatcher.leases.hold(Claim(token, stats.claimed))
+        return now, token, stats
 
 
 def journey_status(runtime: Runtime, name: str) -> dict[str, Any]:
