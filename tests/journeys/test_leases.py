@@ -297,3 +297,39 @@ def test_the_worker_loop_sends_what_its_ticks_claimed(store_url: str, tmp_path: 
     assert (summary["processed"], summary["sent"]) == (5, 7)
     assert statuses(a) == ["sent"] * 7
     assert len(list((tmp_path / "outbox").glob("*.eml"))) == 7
+
+
+def test_a_worker_that_fails_mid_loop_holds_no_lease_on_the_batch_ticked_ahead(
+    store_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The ticker advances one batch ahead; when rendering fails, ``work`` ends with the error
+    and lets go of the batch ahead (no heartbeat keeps it): its rows are claimed, never handed
+    over, and go back to the queue through reconcile once the lease runs out."""
+    from rich.console import Console
+
+    from tidings.journeys.running import work
+
+    a = worker(store_url, tmp_path / "outbox", 60)
+    ids = add_contacts(a.db, people(6))
+    version = a.engine.versions("lease")[-1]
+    a.engine.enroll_contacts(version, ids.values(), entry_key="k", now=T0)
+
+    def broken(*_args: object, **_kwargs: object) -> None:
+        raise RuntimeError("render broke")
+
+    monkeypatch.setattr(a.dispatcher, "prepare", broken)
+    with pytest.raises(RuntimeError, match="render broke"):
+        work(
+            a,
+            "lease",
+            reconcile_after=timedelta(minutes=5),
+            batch_size=2,
+            report=Console(quiet=True),
+        )
+    assert a.dispatcher.leases._held == {}
+    with Session(a.db) as session:
+        rows = session.execute(select(Message.status, Message.handed_at)).all()
+    assert rows and all(r.status == "in_flight" and r.handed_at is None for r in rows)
+    with Session(a.db) as session, session.begin():
+        session.execute(update(Message).values(lease_until=utcnow() - timedelta(seconds=1)))
+    assert reconcile(a, older_than=timedelta(0), now=utcnow()).requeued == len(rows)
