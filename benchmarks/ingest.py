@@ -21,11 +21,7 @@ from __future__ import annotations
 import argparse
 import base64
 import http.client
-import os
-import socket
-import subprocess
 import sys
-import threading
 import time
 import uuid
 from pathlib import Path
@@ -37,18 +33,15 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from sqlalchemy import create_engine, func, insert, select, text
 from sqlalchemy.engine import make_url
 
-from tidings.crm.db import make_engine, upgrade
-from tidings.crm.models import Contact, Message, MessageEvent
-
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from benchmarks.webapp import post, run_clients, start_app, stop_app  # noqa: E402
+from tidings.crm.db import make_engine, upgrade  # noqa: E402
+from tidings.crm.models import Contact, Message, MessageEvent  # noqa: E402
+
 BATCH = 100
 KINDS = ("processed", "delivered", "open", "click")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def make_batches(n_events: int, message_ids: list[int], run: str) -> list[list[dict[str, object]]]:
@@ -96,45 +89,16 @@ def seed(url: str) -> list[int]:
     return result
 
 
-def wait_ready(port: int, proc: subprocess.Popen[bytes]) -> None:
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise SystemExit("the web app exited: see its output above")
-        try:
-            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
-            conn.request("GET", "/readyz")
-            if conn.getresponse().status == 200:
-                return
-        except OSError:
-            time.sleep(0.1)
-    raise SystemExit("the web app did not become ready in 60 s")
-
-
 def run_load(port: int, bodies: list[tuple[bytes, dict[str, str]]], clients: int) -> float:
     chunks = [bodies[i::clients] for i in range(clients)]
-    errors: list[str] = []
 
-    def worker(mine: list[tuple[bytes, dict[str, str]]]) -> None:
-        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
-        for body, headers in mine:
-            conn.request("POST", "/webhooks/sendgrid", body=body, headers=headers)
-            response = conn.getresponse()
-            response.read()
-            if response.status != 200:
-                errors.append(f"{response.status}")
-        conn.close()
+    def work(n: int, conn: http.client.HTTPConnection) -> None:
+        for body, headers in chunks[n]:
+            status = post(conn, "/webhooks/sendgrid", body, headers)
+            if status != 200:
+                raise RuntimeError(f"HTTP {status}")
 
-    threads = [threading.Thread(target=worker, args=(c,)) for c in chunks]
-    started = time.perf_counter()
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    elapsed = time.perf_counter() - started
-    if errors:
-        raise SystemExit(f"{len(errors)} requests failed, e.g. HTTP {errors[0]}")
-    return elapsed
+    return run_clients(port, clients, work)
 
 
 def baseline(url: str, batches: list[list[dict[str, object]]], ids: list[int]) -> float:
@@ -209,34 +173,16 @@ def main() -> None:
                     },
                 )
             )
-        port = free_port()
-        env = {
-            **os.environ,
-            "TIDINGS_DATABASE_URL": url,
-            "TIDINGS_SENDGRID_WEBHOOK_PUBLIC_KEY": public,
-            "TIDINGS_WEBHOOK_MAX_AGE": "3600",
-            "TIDINGS_SECRET_KEY": "bench",
-        }
-        env.pop("TIDINGS_REDIS_URL", None)
-        proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "uvicorn",
-                "tidings.web.app:create_app",
-                "--factory",
-                "--port",
-                str(port),
-                "--workers",
-                str(args.workers),
-                "--log-level",
-                "warning",
-                "--no-access-log",
-            ],
+        proc, port = start_app(
+            env={
+                "TIDINGS_DATABASE_URL": url,
+                "TIDINGS_SENDGRID_WEBHOOK_PUBLIC_KEY": public,
+                "TIDINGS_WEBHOOK_MAX_AGE": "3600",
+                "TIDINGS_SECRET_KEY": "bench",
+            },
             cwd=ROOT,
-            env=env,
+            workers=args.workers,
         )
-        wait_ready(port, proc)
         warm = bodies[: max(1, len(bodies) // 50)]
         run_load(port, warm, args.clients)  # warm-up: connections, statement cache
         timed = bodies[len(warm) :]
@@ -247,14 +193,11 @@ def main() -> None:
             stored = conn.execute(select(func.count()).select_from(MessageEvent)).scalar_one()
         engine.dispose()
         assert stored == args.events, f"stored {stored} of {args.events} events"
-        proc.terminate()
-        proc.wait(30)
+        stop_app(proc)
         proc = None
         base = baseline(url, batches[len(warm) :], ids)
     finally:
-        if proc is not None:
-            proc.terminate()
-            proc.wait(30)
+        stop_app(proc)
         with admin.connect() as conn:
             conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
         admin.dispose()

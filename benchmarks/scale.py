@@ -36,10 +36,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -58,10 +55,19 @@ sys.path.insert(0, str(ROOT))
 
 from benchmarks.import_contacts import Database  # noqa: E402
 from benchmarks.journey import load  # noqa: E402
+from tests.prefect_ops import (  # noqa: E402
+    PREFECT,
+    api,
+    environment,
+    prefect,
+    run_id,
+    spawn,
+    start_server,
+    stop,
+    wait_for,
+)
 
-PREFECT = str(Path(sys.executable).with_name("prefect"))
 FIXTURE = ROOT / "tests" / "fixtures" / "project"
-TERMINAL = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
 JOURNEY = "bench_broadcast"
 
 SEGMENT_YAML = """\
@@ -194,51 +200,6 @@ sys.stdin.read()
 """
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def spawn(args: list[str], env: dict[str, str], cwd: Path, log: Path) -> subprocess.Popen[bytes]:
-    with log.open("ab") as out:
-        return subprocess.Popen(
-            args, env=env, cwd=cwd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
-        )
-
-
-def stop(process: subprocess.Popen[Any]) -> None:
-    """SIGINT to the process group (a Prefect worker then stops its runs), SIGKILL if stuck."""
-    if process.poll() is None:
-        os.killpg(process.pid, signal.SIGINT)
-        try:
-            process.wait(20)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait(20)
-
-
-def prefect(env: dict[str, str], *args: str, cwd: Path) -> str:
-    done = subprocess.run(
-        [PREFECT, "--no-prompt", *args],
-        env=env,
-        cwd=cwd,
-        stdin=subprocess.DEVNULL,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert done.returncode == 0, f"prefect {' '.join(args)}:\n{done.stdout}\n{done.stderr}"
-    return done.stdout + done.stderr
-
-
-def api(env: dict[str, str], path: str, body: dict[str, Any] | None = None) -> Any:
-    url = env["PREFECT_API_URL"] + path
-    response = httpx.post(url, json=body) if body is not None else httpx.get(url)
-    response.raise_for_status()
-    return response.json()
-
-
 def make_project(base: Path, threads: int) -> Path:
     """A copy of the fixture project with the bench journey, its flows and no schedules."""
     project = base / "shop"
@@ -252,22 +213,6 @@ def make_project(base: Path, threads: int) -> Path:
     spec["deployments"] += DEPLOYMENTS
     (project / "prefect.yaml").write_text(yaml.safe_dump(spec, sort_keys=False))
     return project
-
-
-def start_server(env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
-    port = env["PREFECT_API_URL"].split(":")[-1].split("/")[0]
-    args = [PREFECT, "server", "start", "--host", "127.0.0.1", "--port", port]
-    server = spawn(args, env, log.parent, log)
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        assert server.poll() is None, log.read_text()
-        try:
-            if httpx.get(f"{env['PREFECT_API_URL']}/health", timeout=2).status_code == 200:
-                return server
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.5)
-    raise SystemExit("the Prefect server did not answer /api/health within 120 s")
 
 
 def start_simulator() -> tuple[subprocess.Popen[str], int]:
@@ -406,16 +351,6 @@ def store_counts(url: str) -> tuple[int, dict[str, int]]:
     return int(eligible), statuses
 
 
-def wait_for(env: dict[str, str], run_id: str, timeout: float) -> dict[str, Any]:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        run: dict[str, Any] = api(env, f"/flow_runs/{run_id}")
-        if run["state_type"] in TERMINAL:
-            return run
-        time.sleep(0.5)
-    raise SystemExit(f"flow run {run_id} did not finish in {timeout} s")
-
-
 def wait_workers(env: dict[str, str], names: list[str]) -> None:
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
@@ -483,9 +418,7 @@ def run_once(
         out = prefect(
             env, "deployment", "run", deployment, "--params", json.dumps(params), cwd=project
         )
-        found = re.search(r"UUID:\s*([0-9a-f-]{36})", out)
-        assert found, out
-        run = wait_for(env, found.group(1), timeout=4 * 3600)
+        run = wait_for(env, run_id(out), timeout=4 * 3600)
         seconds = time.perf_counter() - start
         cores = sampler.stop()
         if stock and run["state_type"] != "COMPLETED":  # seen at 300k: the pool runs dry
@@ -578,17 +511,10 @@ def main() -> None:
     args = parser.parse_args()
 
     base = Path(tempfile.mkdtemp(prefix="tidings-scale-"))
-    port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "TIDINGS_"))}
-    env.update(
-        PREFECT_HOME=str(base / "prefect-home"),
-        PREFECT_API_URL=f"http://127.0.0.1:{port}/api",
-        PREFECT_SERVER_ANALYTICS_ENABLED="false",
-        PREFECT_UI_ENABLED="false",
-        PREFECT_WORKER_QUERY_SECONDS="2",
-        PREFECT_WORKER_PREFETCH_SECONDS="5",
+    env = environment(
+        os.environ,
+        home=base / "prefect-home",
         PREFECT_LOGGING_LEVEL="WARNING",
-        DO_NOT_TRACK="1",
         TIDINGS_REDIS_URL=args.redis,
         TIDINGS_RATE_LIMITS=json.dumps({"sendgrid": args.rate_limit}),
         TIDINGS_EMAIL_CHANNEL="sendgrid",

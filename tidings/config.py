@@ -59,6 +59,14 @@ class Settings(BaseSettings):
     import_batch_size: int = Field(
         2000, ge=1, le=100_000, description="Rows per transaction when importing files."
     )
+    import_workers: int = Field(
+        0,
+        ge=0,
+        le=64,
+        description="Processes that check the rows of an imported file: 0 = one per CPU beyond "
+        "two (at most 4) for files of 8 MB or more, none for smaller ones or on two cores; "
+        "1 = none.",
+    )
     stale_days: int = Field(
         365, ge=1, description="Contacts not updated for this many days count as stale."
     )
@@ -264,6 +272,26 @@ class Settings(BaseSettings):
         description="PostgreSQL work_mem (SET LOCAL) in the transaction that evaluates or "
         "refreshes a segment, e.g. 64MB; empty: the server's. That transaction also sets "
         "jit = off (docs/segments.md).",
+    )
+    live_loop: bool = Field(
+        True,
+        description="The web app runs the live segments' loop in a background thread (each "
+        "process): it evaluates the changes the writes recorded (docs/segments.md).",
+    )
+    live_batch: int = Field(
+        5000, ge=1, le=100_000, description="Recorded changes the live loop takes per transaction."
+    )
+    live_poll_seconds: float = Field(
+        1.0,
+        gt=0,
+        description="How often the live loop looks for changes other processes recorded (its "
+        "own process's writes wake it at once).",
+    )
+    live_plan_seconds: float = Field(
+        10.0,
+        ge=0,
+        description="Seconds a process reuses its list of live segments before reading the "
+        "journeys again: a journey activated elsewhere makes its segments live within this.",
     )
     # consent (channels/email.yaml double_opt_in:, channels/topics.yaml; docs/web.md)
     double_opt_in_sources: list[str] = Field(

@@ -8,13 +8,16 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import Engine, func, select
+from sqlalchemy import Engine, event, func, select, text
 from sqlalchemy.orm import Session
 
 from tidings.config import Settings
+from tidings.crm import bulk, importer
+from tidings.crm.db import make_engine, upgrade
 from tidings.crm.importer import import_contacts, import_events, import_orders
 from tidings.crm.models import Consent, ConsentChange, Contact, Event, Order
 from tidings.crm.readers import read_records
+from tidings.crm.types import utcnow
 from tidings.errors import InputError
 
 DATA = Path(__file__).parent / "data"
@@ -143,8 +146,6 @@ def test_batch_size_does_not_change_the_result(store: Engine, tmp_path: Path) ->
     import_contacts(MESSY, engine=store, settings=Settings(import_batch_size=2))
     batched = _contacts(store)
     consents = _consents(store)
-    from tidings.crm.db import make_engine, upgrade
-
     reference = make_engine(f"sqlite:///{tmp_path / 'ref.db'}")
     upgrade(reference)
     import_contacts(MESSY, engine=reference)
@@ -204,8 +205,10 @@ def test_events_import_is_idempotent(store: Engine, tmp_path: Path) -> None:
         (5, "name"),
         (6, "occurred_at"),
     }
+    assert len(first.touched) == 2  # C001 and dan: the contacts of the events stored
     again = import_events(events, engine=store)
     assert (again.inserted, again.unchanged) == (0, 3)
+    assert again.touched == set()  # nothing stored: no live segment needs a look
     with store.connect() as conn:
         stored = [
             tuple(row)
@@ -255,3 +258,130 @@ def test_file_level_errors_name_the_file(tmp_path: Path) -> None:
     records = list(read_records(bad_bytes))
     assert records[0].values == {"__error__": "is not valid UTF-8 (save the file as UTF-8)"}
     assert records[1].values == {"email": "b@example.com", "first_name": "Bo"}
+
+
+def test_validation_in_worker_processes_gives_the_same_result(
+    store: Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The messy file checked by two worker processes, two records a chunk (so chunks come
+    back out of step), written in batches of three: the same report and the same store as
+    checked in process."""
+    monkeypatch.setattr(importer, "CHUNK", 2)
+    parallel = Settings(import_workers=2, import_batch_size=3)
+    assert importer._workers(MESSY, parallel) == 2
+    report = import_contacts(MESSY, engine=store, settings=parallel)
+
+    reference = make_engine(f"sqlite:///{tmp_path / 'ref.db'}")
+    upgrade(reference)
+    in_process = Settings(import_workers=1, import_batch_size=3)
+    expected = import_contacts(MESSY, engine=reference, settings=in_process)
+    assert importer._workers(MESSY, Settings(import_workers=1)) == 0
+    assert report.to_dict() == expected.to_dict()
+    assert _contacts(store) == _contacts(reference)
+    assert _consents(store) == _consents(reference)
+
+
+def _statements(engine: Engine) -> list[tuple[str, int]]:
+    """(SQL, number of parameters) of every statement ``engine`` sends from now on."""
+    seen: list[tuple[str, int]] = []
+
+    def record(conn: Any, cursor: Any, statement: str, parameters: Any, *_: Any) -> None:
+        rows = parameters if isinstance(parameters, list) else [parameters]
+        seen.append((statement, max((len(p or ()) for p in rows), default=0)))
+
+    event.listen(engine, "before_cursor_execute", record)
+    return seen
+
+
+def _people(path: Path, count: int, start: int = 0, plan: str = "pro", sms: str = "no") -> Path:
+    path.write_text(
+        "external_id,email,phone,consent_email,consent_sms,plan\n"
+        + "".join(
+            f"P{n},p{n}@example.com,+1415555{n % 10000:04d},yes,{sms},{plan}\n"
+            for n in range(start, start + count)
+        )
+    )
+    return path
+
+
+def test_keys_with_quotes_backslashes_and_commas_match(store: Engine, tmp_path: Path) -> None:
+    """Lookups send their keys as one array literal on PostgreSQL: a key that needs quoting
+    in it still finds its contact, and a second import changes nothing."""
+    path = tmp_path / "odd.csv"
+    path.write_text(
+        "external_id,email,plan\n"
+        '"A,1",a@example.com,x\n'
+        '"B""2",b@example.com,x\n'
+        "C\\3,c@example.com,x\n"
+        "{D4},d@example.com,x\n"
+    )
+    first = import_contacts(path, engine=store)
+    assert (first.inserted, first.rejected) == (4, 0)
+    again = import_contacts(path, engine=store)
+    assert (again.inserted, again.updated, again.unchanged) == (0, 0, 4)
+    assert set(_contacts(store)) == {"A,1", 'B"2', "C\\3", "{D4}"}
+
+
+def test_a_batch_is_the_same_few_statements_whatever_its_size(
+    postgres_url: str, tmp_path: Path
+) -> None:
+    """PostgreSQL: rows travel by COPY and keys as one array, so a batch of 400 contacts (half
+    of them updates) sends the same statements as a batch of 4, none with more than a few
+    parameters (no 2,000-value IN list to build, parse and plan)."""
+    engine = make_engine(postgres_url)
+    import_contacts(_people(tmp_path / "first.csv", 200), engine=engine)
+    counts = []
+    for name, size in (("small.csv", 4), ("large.csv", 400)):
+        seen = _statements(engine)
+        plan = name.removesuffix(".csv")
+        path = _people(tmp_path / name, size, start=200 - size // 2, plan=plan, sms="yes")
+        report = import_contacts(path, engine=engine)
+        assert report.inserted + report.updated == size  # new ones, and changed plans
+        assert min(report.inserted, report.updated) >= size // 2 - 2
+        counts.append(len(seen))
+        assert max(n for _, n in seen) <= 8, [s for s in seen if s[1] > 8][:1]
+    assert counts[0] == counts[1]
+    engine.dispose()
+
+
+def test_a_large_load_keeps_the_planner_statistics_current(
+    postgres_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A table loaded from empty is ANALYZEd as it grows (here from 100 rows on), so
+    PostgreSQL never plans a batch's lookups for the empty table it last saw."""
+    monkeypatch.setattr(bulk, "ANALYZE_FIRST", 100)
+    engine = make_engine(postgres_url)
+    with engine.connect() as conn:
+        assert conn.scalar(text("SELECT reltuples FROM pg_class WHERE relname = 'contacts'")) < 0
+    path = _people(tmp_path / "load.csv", 500)
+    import_contacts(path, engine=engine, settings=Settings(import_batch_size=50))
+    with engine.connect() as conn:
+        known: dict[str, float] = dict(
+            conn.execute(  # type: ignore[arg-type]
+                text(
+                    "SELECT relname, reltuples FROM pg_class "
+                    "WHERE relname IN ('contacts', 'consents', 'consent_changes')"
+                )
+            ).all()
+        )
+    assert known["contacts"] >= 250, known
+    assert known["consents"] >= 500 and known["consent_changes"] >= 500, known
+    engine.dispose()
+
+
+def test_a_rolled_back_batch_leaves_the_connection_usable(
+    postgres_url: str, tmp_path: Path
+) -> None:
+    """A staging table created in a transaction that rolls back (an API request refused
+    half-way) is created again by the next write on the same pooled connection."""
+    engine = make_engine(postgres_url, pool_size=1, max_overflow=0)
+    import_contacts(MESSY, engine=engine)
+    row = {"order_id": "O-9", "contact_id": 1, "total": Decimal("1.00"), "currency": "EUR"}
+    now = utcnow()
+    row |= {"status": "placed", "placed_at": now, "updated_at": now, "attributes": {}}
+    with pytest.raises(RuntimeError), engine.begin() as conn:
+        bulk.upsert(conn, importer.orders_t, [row], key=("order_id",))
+        raise RuntimeError("refused")
+    with engine.begin() as conn:
+        assert bulk.upsert(conn, importer.orders_t, [row], key=("order_id",)) == 1
+    engine.dispose()

@@ -107,6 +107,7 @@ def wait_ready(worker: subprocess.Popen[str], log: io.StringIO) -> None:
     raise AssertionError(f"worker ended before it was ready:\n{log.getvalue()}")
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(1500)
 def test_broadcast_survives_kill_9(
     postgres_url: str, simulator: SendGridSimulator, tmp_path: Path

@@ -49,6 +49,7 @@ def relay_has(relay: SmtpSimulator, message_id: int) -> bool:
     return any(str(r.message["Message-ID"]).startswith(f"<tidings.{message_id}.") for r in received)
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(600)
 def test_smtp_kill_9_leaves_at_most_one_in_doubt(postgres_url: str, relay: SmtpSimulator) -> None:
     eligible = load_contacts(postgres_url, CONTACTS)

@@ -5,6 +5,7 @@ and the ``wait_for_segment`` step, on SQLite and PostgreSQL."""
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -26,7 +27,7 @@ from tidings.journeys.running import tick_all
 from tidings.journeys.runtime import Runtime
 from tidings.segments import core as c
 from tidings.segments.inputs import Change, inputs
-from tidings.segments.live import sweep
+from tidings.segments.live import drain, pending, sweep
 from tidings.segments.live import update as live_update
 from tidings.segments.rules import Segment
 from tidings.web.apikeys import create_key
@@ -158,8 +159,18 @@ class Live:
         response = self.client.post("/v1/contacts", json={"external_id": "C1", **values})
         assert response.status_code == 200, response.text
 
+    def settle(self, timeout: float = 10.0) -> None:
+        """Wait until the app's live loop (its background thread, woken by the API's writes,
+        polling for the rest) has evaluated every queued change: the queue is empty once its
+        transaction committed."""
+        deadline = time.monotonic() + timeout
+        while pending(self.runtime.db):
+            assert time.monotonic() < deadline, "the live loop did not drain the queue"
+            time.sleep(0.02)
+
     def stays(self, segment: str) -> list[tuple[bool, bool]]:
-        """(entered, exited) per stay of C1, in order."""
+        """(entered, exited) per stay of C1, in order, once the live loop has caught up."""
+        self.settle()
         with Session(self.runtime.db) as session:
             rows = session.execute(
                 select(SegmentMembership.entered_at, SegmentMembership.exited_at)
@@ -194,6 +205,7 @@ def test_reentry_within_one_tick_is_seen_and_sends_twice(live: Live) -> None:
     live.contact(**BASE, attributes={"plan": "pro"})
     assert live.stays("pro") == [(True, False)]  # entered at once, not at the tick
     live.contact(attributes={"plan": "free"})
+    live.settle()  # the two writes a moment apart (within one batch of the loop they merge)
     live.contact(attributes={"plan": "pro"})
     assert live.stays("pro") == [(True, True), (True, False)]
     with Session(live.runtime.db) as session:  # each stay enrolled at its entry
@@ -244,6 +256,7 @@ def test_the_full_refresh_reports_what_the_live_path_missed(live: Live) -> None:
 
 def test_live_update_is_a_no_op_for_segments_it_cannot_affect(live: Live) -> None:
     live.contact(**BASE, attributes={"plan": "pro"})
+    live.settle()
     with live.runtime.db.connect() as conn:
         cid = conn.execute(select(Contact.id)).scalar_one()
     stats = live_update(live.runtime.engine, [cid], Change.event("page.viewed"))
@@ -300,6 +313,7 @@ def test_wait_for_segment_goes_on_at_once_when_the_contact_enters(
     assert enrollment.next_due_at is not None
     assert enrollment.next_due_at > datetime.now(UTC) + timedelta(days=2)
     live.contact(attributes={"plan": "pro"})  # woken by the live path
+    live.settle()
     enrollment, _ = nudge(live)
     assert enrollment.next_due_at is not None and enrollment.next_due_at <= datetime.now(UTC)
     results = {r["journey"]: r for r in tick_all(live.runtime)}
@@ -345,6 +359,7 @@ op = st.one_of(
     st.tuples(
         st.just("event"), st.integers(0, 2), st.sampled_from(["a", "b", "c"]), st.integers(0, 9)
     ),
+    st.tuples(st.just("drain"), st.integers(0, 2)),  # the loop runs here (else: when it can)
     st.tuples(
         st.just("order"),
         st.integers(0, 2),
@@ -381,6 +396,9 @@ def test_live_and_full_refresh_agree_on_random_streams(
             assert client.post("/v1/contacts", json=people).status_code == 200
             for n, step in enumerate(stream):
                 who = ext[step[1]]
+                if step[0] == "drain":
+                    drain(runtime.engine)
+                    continue
                 match step[0]:
                     case "attr":
                         body: Any = {"external_id": who, "attributes": {"plan": step[2]}}
@@ -412,6 +430,7 @@ def test_live_and_full_refresh_agree_on_random_streams(
                         }
                         response = client.post("/v1/orders", json=body)
                 assert response.status_code == 200, response.text
+        drain(runtime.engine)  # what the app's loop had not taken yet
         with Session(store) as session:
             ids = set(session.scalars(select(Contact.id).where(Contact.external_id.in_(ext))))
             for name in PROPERTY_SEGMENTS:
@@ -575,3 +594,131 @@ def test_an_update_contact_step_moves_live_segments(live: Live, project: Path) -
     assert trigger_journey(live.runtime, "upgrade", [Target("C1")]).enrolled == 1
     assert live.stays("pro") == [(True, False)]  # in the call, not at the next tick
     assert [r.missed for r in sweep(live.runtime.engine) if r.segment == "pro"] == [0]
+
+
+# -- the queue: exactly once, several loops, the plan off the hot path ---------------------------
+
+
+def stop_app_loop(live: Live) -> None:
+    state = live.client.app.state.web  # type: ignore[attr-defined]
+    state.live.stop()
+    state.live = None  # writes wake no loop now
+
+
+def test_a_change_survives_a_failed_evaluation(live: Live, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A loop that fails after taking changes (its transaction rolls back) leaves them
+    queued: the next loop evaluates them, once."""
+    from tidings.segments import live as live_module
+
+    assert live.runtime.settings.live_loop
+    stop_app_loop(live)  # this test plays the loop itself
+    live.contact(**BASE, attributes={"plan": "pro"})
+    assert pending(live.runtime.db) == 1
+
+    def crash(*args: Any, **kwargs: Any) -> Any:
+        raise RuntimeError("the worker died here")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(live_module, "refresh_stays", crash)
+        with pytest.raises(RuntimeError):
+            drain(live.runtime.engine)
+    assert pending(live.runtime.db) == 1  # not lost
+    stats = drain(live.runtime.engine)
+    assert (stats.changes, stats.entered, stats.enrolled) == (1, 1, 1)
+    assert pending(live.runtime.db) == 0
+    assert drain(live.runtime.engine).changes == 0  # not repeated
+    assert live.stays("pro") == [(True, False)]
+
+
+def test_a_rolled_back_write_queues_nothing(live: Live) -> None:
+    from tidings.segments.live import plan, record
+
+    live.contact(**BASE)
+    live.settle()
+    current = plan(live.runtime.engine)
+    with pytest.raises(RuntimeError), Session(live.runtime.db) as session, session.begin():
+        assert record(session, current, [(1, Change.contact(frozenset({"plan"})))]) == 1
+        raise RuntimeError("the write failed")
+    assert pending(live.runtime.db) == 0
+    with Session(live.runtime.db) as session, session.begin():  # nothing live reads it
+        assert record(session, current, [(1, Change.event("page.viewed"))]) == 0
+
+
+def test_loops_side_by_side_take_each_change_once(live: Live) -> None:
+    """Four threads drain one queue of 400 changes at once (PostgreSQL: SKIP LOCKED; SQLite:
+    one writer at a time): every change evaluated once, the stays exactly a full evaluation's."""
+    import threading
+
+    from sqlalchemy import insert
+
+    from tidings.segments.live import plan, record
+    from tidings.segments.membership import current_members, evaluate
+
+    stop_app_loop(live)
+    with live.runtime.db.begin() as conn:
+        conn.execute(
+            insert(Contact),
+            [
+                {"email": f"q{i}@example.com", "attributes": {"plan": "pro" if i % 3 else "free"}}
+                for i in range(400)
+            ],
+        )
+        ids = list(conn.execute(select(Contact.id)).scalars())
+    current = plan(live.runtime.engine)
+    with Session(live.runtime.db) as session, session.begin():
+        for cid in ids:  # one row each: 400 rows to share
+            record(session, current, [(cid, Change.contact(frozenset({"plan"})))])
+    taken: list[int] = []
+    errors: list[BaseException] = []
+
+    def worker() -> None:
+        try:
+            taken.append(drain(live.runtime.engine, limit=25).changes)
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=worker) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    assert sum(taken) == len(ids) and pending(live.runtime.db) == 0
+    catalog = live.runtime.engine._catalog()
+    with Session(live.runtime.db) as session:
+        members = current_members("pro", session=session)
+        assert sorted(members) == evaluate("pro", session=session, catalog=catalog)
+        assert len(members) == len(set(members))
+
+
+def test_the_plan_is_not_read_per_write(live: Live, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Within ``live_plan_seconds`` the live plan is reused: an API write reads no journeys
+    for it; registering a journey in this process makes it read them again at once."""
+    from tidings.segments.live import plan
+
+    engine = live.runtime.engine
+    plan(engine, fresh=True)
+    calls: list[int] = []
+    real = type(engine).versions
+
+    def counted(self: Any, name: str | None = None) -> Any:
+        calls.append(1)
+        return real(self, name)
+
+    monkeypatch.setattr(type(engine), "versions", counted)
+    before = plan(engine)
+    assert plan(engine) is before and calls == []
+    engine.set_status("pro_welcome", "paused")
+    paused = plan(engine)
+    assert calls == [1] and "pro" not in paused.triggers
+    engine.set_status("pro_welcome", "active")
+    assert "pro" in plan(engine).triggers
+
+
+def test_the_app_loop_follows_writes_without_help(live: Live) -> None:
+    """No drain called: the web app's own background loop, woken by the write."""
+    live.contact(**BASE, attributes={"plan": "pro"})
+    deadline = time.monotonic() + 10
+    while live.stays("pro") != [(True, False)]:
+        assert time.monotonic() < deadline
+        time.sleep(0.05)

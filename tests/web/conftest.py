@@ -1,24 +1,33 @@
-"""Fixtures for the web edge: a signing key, settings, the app on a real store, seed rows."""
+"""Fixtures for the web edge: a signing key, settings, the app on a real store, seed rows, the
+app behind a real server on loopback and a real browser."""
 
 from __future__ import annotations
 
 import base64
+import os
+import shutil
+import socket
+import threading
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import pytest
+import uvicorn
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from fastapi.testclient import TestClient
 from sqlalchemy import Engine, insert
 
+from tests.conftest import REQUIRE_SERVICES
 from tidings.config import Settings
 from tidings.crm.db import make_engine, upgrade
 from tidings.crm.models import Base, Consent, Contact, Message
 from tidings.web.app import create_app
 
+CHROMIUM = os.environ.get("TIDINGS_CHROMIUM", "/usr/bin/chromium")
 TWILIO_TOKEN = "twilio-test-auth-token"
 PUBLIC_URL = "https://hooks.example.com"
 
@@ -162,3 +171,51 @@ def seed(db: Engine) -> dict[str, int]:
 @pytest.fixture
 def seeded(store: Engine) -> dict[str, int]:
     return seed(store)
+
+
+@contextmanager
+def serving(app: Any) -> Iterator[str]:
+    """The app behind a real uvicorn server on a free loopback port; yields its base URL."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 20
+    while not server.started:
+        if time.monotonic() > deadline:
+            pytest.fail("the web app did not start within 20 s")
+        time.sleep(0.05)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(10)
+
+
+def _missing(what: str) -> None:
+    message = f"{what}; install it: apt-get install -y chromium && pip install playwright"
+    if REQUIRE_SERVICES:
+        pytest.fail(message, pytrace=False)
+    pytest.skip(message)
+
+
+@pytest.fixture
+def browser() -> Iterator[Any]:
+    """Headless Chromium (Debian's binary, never a download) driven by Playwright; missing:
+    skipped outside CI, failed in CI."""
+    if not (os.path.exists(CHROMIUM) or shutil.which("chromium")):
+        _missing(f"Chromium is not installed at {CHROMIUM}")
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        _missing("Playwright for Python is not installed")
+    with sync_playwright() as p:
+        launched = p.chromium.launch(
+            executable_path=CHROMIUM, headless=True, args=["--no-sandbox", "--disable-gpu"]
+        )
+        try:
+            yield launched
+        finally:
+            launched.close()

@@ -2,15 +2,11 @@
 
 from __future__ import annotations
 
-import socket
-import threading
-
 import httpx
 import orjson
-import uvicorn
 from typer.testing import CliRunner
 
-from tests.web.conftest import seed
+from tests.web.conftest import seed, serving
 from tidings.cli import app
 from tidings.web.apikeys import authenticate
 from tidings.web.app import create_app
@@ -47,37 +43,20 @@ def test_apikey_create_revoke_and_contacts_show(store, store_url, monkeypatch) -
 
 def test_signed_webhook_through_a_real_server(settings, store, signer) -> None:
     ids = seed(store)
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    server = uvicorn.Server(
-        uvicorn.Config(create_app(settings, db=store), port=port, log_level="warning")
-    )
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    try:
-        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=10) as client:
-            for _ in range(200):  # until the socket accepts
-                try:
-                    client.get("/healthz")
-                    break
-                except httpx.ConnectError:
-                    threading.Event().wait(0.02)
-            events = [
-                {
-                    "event": "delivered",
-                    "sg_event_id": "real-1",
-                    "timestamp": 1767225600,
-                    "tidings_message_id": str(ids["ann_email"]),
-                }
-            ]
-            body = orjson.dumps(events)
-            ok = client.post("/webhooks/sendgrid", content=body, headers=signer.headers(body))
-            assert ok.status_code == 200, ok.text
-            chunks = (b"[" + b"{}," * 100_000 for _ in range(10))  # chunked, 3 MB > limit
-            big = client.post("/webhooks/sendgrid", content=chunks, headers=signer.headers(body))
-            assert big.status_code == 413
-            assert client.get("/readyz").json()["ready"] is True
-    finally:
-        server.should_exit = True
-        thread.join(10)
+    web = create_app(settings, db=store)
+    with serving(web) as base, httpx.Client(base_url=base, timeout=10) as client:
+        events = [
+            {
+                "event": "delivered",
+                "sg_event_id": "real-1",
+                "timestamp": 1767225600,
+                "tidings_message_id": str(ids["ann_email"]),
+            }
+        ]
+        body = orjson.dumps(events)
+        ok = client.post("/webhooks/sendgrid", content=body, headers=signer.headers(body))
+        assert ok.status_code == 200, ok.text
+        chunks = (b"[" + b"{}," * 100_000 for _ in range(10))  # chunked, 3 MB > limit
+        big = client.post("/webhooks/sendgrid", content=chunks, headers=signer.headers(body))
+        assert big.status_code == 413
+        assert client.get("/readyz").json()["ready"] is True

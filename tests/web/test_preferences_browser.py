@@ -6,21 +6,16 @@ test_reports_browser.py (Debian's binary; missing: skipped outside CI, failed in
 
 from __future__ import annotations
 
-import os
 import shutil
-import socket
-import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
-import uvicorn
 from sqlalchemy import Engine, insert, select
 
 from tests.conftest import FIXTURE_PROJECT
-from tests.web.conftest import make_settings
-from tests.web.test_reports_browser import CHROMIUM, _missing
+from tests.web.conftest import make_settings, serving
 from tidings.config import Settings
 from tidings.crm.models import Consent, ConsentChange, Contact, Message, TopicSubscription
 from tidings.templates.tracking import sign_token
@@ -37,24 +32,8 @@ def project(tmp_path: Path) -> Path:
 @pytest.fixture
 def live(project: Path, store_url: str, store: Engine, signer, tmp_path: Path) -> Iterator[str]:
     settings: Settings = make_settings(store_url, signer, tmp_path, project_dir=project)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    server = uvicorn.Server(
-        uvicorn.Config(
-            create_app(settings, db=store), host="127.0.0.1", port=port, log_level="warning"
-        )
-    )
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not server.started:
-        if time.monotonic() > deadline:
-            pytest.fail("the web app did not start within 20 s")
-        time.sleep(0.05)
-    yield f"http://127.0.0.1:{port}"
-    server.should_exit = True
-    thread.join(10)
+    with serving(create_app(settings, db=store)) as url:
+        yield url
 
 
 def _person(store: Engine, name: str, locale: str) -> tuple[int, str]:
@@ -119,78 +98,65 @@ def _topic_audit(store: Engine, cid: int) -> list[tuple[str, str, str | None, st
         )
 
 
-def test_preference_page_in_two_languages(live: str, store: Engine) -> None:
-    if not (os.path.exists(CHROMIUM) or shutil.which("chromium")):
-        _missing(f"Chromium is not installed at {CHROMIUM}")
-    try:
-        from playwright.sync_api import sync_playwright
-    except ImportError:
-        _missing("Playwright for Python is not installed")
+def test_preference_page_in_two_languages(live: str, store: Engine, browser: Any) -> None:
     ann, ann_token = _person(store, "ann", "en_GB")
     jan, jan_token = _person(store, "jan", "de_AT")  # de_AT -> de
-    with sync_playwright() as p:
-        browser = p.chromium.launch(
-            executable_path=CHROMIUM, headless=True, args=["--no-sandbox", "--disable-gpu"]
-        )
-        try:
-            page = browser.new_page()
-            # English: the topics of each channel, with their defaults
-            page.goto(f"{live}/u/{ann_token}")
-            assert page.locator("html").get_attribute("lang") == "en"
-            assert page.locator("h1").inner_text() == "Your subscriptions"
-            email = page.locator('fieldset[data-channel="email"]')
-            assert email.get_by_text("Monthly newsletter").is_visible()
-            assert email.get_by_text("Product updates").is_visible()
-            assert email.get_by_text("Sales and discount codes, at most weekly.").is_visible()
-            newsletter = page.get_by_label("Monthly newsletter")
-            offers = email.get_by_label("Offers and discounts")
-            assert newsletter.is_checked()  # opt-out: in until they leave
-            assert not offers.is_checked()  # opt-in: out until they choose it
-            sms = page.locator('fieldset[data-channel="sms"]')
-            assert sms.get_by_label("Offers and discounts").is_visible()
-            assert sms.get_by_text("Monthly newsletter").count() == 0  # email only
-            assert page.get_by_role("button", name="Unsubscribe from “Monthly newsletter”")
-            # a change, saved
-            newsletter.uncheck()
-            offers.check()
-            page.get_by_role("button", name="Save my choices").click()
-            page.wait_for_load_state()
-            assert "Your choices are saved." in page.locator("body").inner_text()
-            assert _topics(store, ann) == {"email:newsletter": "revoked", "email:offers": "granted"}
-            assert _topic_audit(store, ann) == [
-                ("email:newsletter", "revoked", "granted", "unsubscribe:preferences"),
-                ("email:offers", "granted", None, "unsubscribe:preferences"),
-            ]
-            # shown as saved
-            page.goto(f"{live}/u/{ann_token}")
-            assert not page.get_by_label("Monthly newsletter").is_checked()
-            assert (
-                page.locator('fieldset[data-channel="email"]')
-                .get_by_label("Offers and discounts")
-                .is_checked()
-            )
+    page = browser.new_page()
+    # English: the topics of each channel, with their defaults
+    page.goto(f"{live}/u/{ann_token}")
+    assert page.locator("html").get_attribute("lang") == "en"
+    assert page.locator("h1").inner_text() == "Your subscriptions"
+    email = page.locator('fieldset[data-channel="email"]')
+    assert email.get_by_text("Monthly newsletter").is_visible()
+    assert email.get_by_text("Product updates").is_visible()
+    assert email.get_by_text("Sales and discount codes, at most weekly.").is_visible()
+    newsletter = page.get_by_label("Monthly newsletter")
+    offers = email.get_by_label("Offers and discounts")
+    assert newsletter.is_checked()  # opt-out: in until they leave
+    assert not offers.is_checked()  # opt-in: out until they choose it
+    sms = page.locator('fieldset[data-channel="sms"]')
+    assert sms.get_by_label("Offers and discounts").is_visible()
+    assert sms.get_by_text("Monthly newsletter").count() == 0  # email only
+    assert page.get_by_role("button", name="Unsubscribe from “Monthly newsletter”")
+    # a change, saved
+    newsletter.uncheck()
+    offers.check()
+    page.get_by_role("button", name="Save my choices").click()
+    page.wait_for_load_state()
+    assert "Your choices are saved." in page.locator("body").inner_text()
+    assert _topics(store, ann) == {"email:newsletter": "revoked", "email:offers": "granted"}
+    assert _topic_audit(store, ann) == [
+        ("email:newsletter", "revoked", "granted", "unsubscribe:preferences"),
+        ("email:offers", "granted", None, "unsubscribe:preferences"),
+    ]
+    # shown as saved
+    page.goto(f"{live}/u/{ann_token}")
+    assert not page.get_by_label("Monthly newsletter").is_checked()
+    assert (
+        page.locator('fieldset[data-channel="email"]')
+        .get_by_label("Offers and discounts")
+        .is_checked()
+    )
 
-            # German: the same page in the contact's language
-            page.goto(f"{live}/u/{jan_token}")
-            assert page.locator("html").get_attribute("lang") == "de"
-            assert page.locator("h1").inner_text() == "Ihre Abonnements"
-            assert page.get_by_label("Monatlicher Newsletter").is_checked()
-            assert (
-                page.locator('fieldset[data-channel="email"]')
-                .get_by_text("Neuigkeiten und Angebote")
-                .is_visible()
-            )
-            page.get_by_label("Produktneuheiten").uncheck()
-            page.get_by_role("button", name="Auswahl speichern").click()
-            page.wait_for_load_state()
-            assert "Ihre Auswahl ist gespeichert." in page.locator("body").inner_text()
-            assert _topics(store, jan) == {"email:product_updates": "revoked"}
-            page.goto(f"{live}/u/{jan_token}")
-            page.get_by_role("button", name="Von allem abmelden").click()
-            page.wait_for_load_state()
-            assert "Sie sind von allem abgemeldet." in page.locator("body").inner_text()
-        finally:
-            browser.close()
+    # German: the same page in the contact's language
+    page.goto(f"{live}/u/{jan_token}")
+    assert page.locator("html").get_attribute("lang") == "de"
+    assert page.locator("h1").inner_text() == "Ihre Abonnements"
+    assert page.get_by_label("Monatlicher Newsletter").is_checked()
+    assert (
+        page.locator('fieldset[data-channel="email"]')
+        .get_by_text("Neuigkeiten und Angebote")
+        .is_visible()
+    )
+    page.get_by_label("Produktneuheiten").uncheck()
+    page.get_by_role("button", name="Auswahl speichern").click()
+    page.wait_for_load_state()
+    assert "Ihre Auswahl ist gespeichert." in page.locator("body").inner_text()
+    assert _topics(store, jan) == {"email:product_updates": "revoked"}
+    page.goto(f"{live}/u/{jan_token}")
+    page.get_by_role("button", name="Von allem abmelden").click()
+    page.wait_for_load_state()
+    assert "Sie sind von allem abgemeldet." in page.locator("body").inner_text()
     with store.connect() as conn:
         left = {
             (r.channel, r.purpose): r.status

@@ -530,6 +530,7 @@ def trigger(
     """Fire a `type: api` journey for contacts now: enrol them and send at once."""
     from tidings.errors import InputError
     from tidings.journeys.triggers import Target, segment_targets, trigger_journey
+    from tidings.segments.live import drain
 
     err = Console(stderr=True)
     sources = [given for given in (contact, segment, file) if given]
@@ -552,6 +553,7 @@ def trigger(
         outcome = trigger_journey(
             runtime, name, targets, data=common, key=key, source="cli", now=moment
         )
+        drain(runtime.engine, now=moment)  # live segments moved by update_contact steps
     except InputError as exc:
         err.print(f"[red]error:[/] {exc}", highlight=False, soft_wrap=True)
         raise typer.Exit(2) from None

@@ -11,14 +11,15 @@ the state it already has writes nothing, so a replayed webhook changes nothing.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, Table, bindparam, insert, select, update
+from sqlalchemy import Connection, Table, select
 
 from tidings.config import Settings
+from tidings.crm.bulk import among, copy_rows, is_postgres, move, upsert
 from tidings.crm.db import insert_ignore
 from tidings.crm.models import Consent, ConsentChange, Suppression
 from tidings.crm.suppression import erased_addresses
@@ -45,9 +46,11 @@ def set_consents(
     source: str,
     now: datetime | None = None,
     occurred_at: datetime | None = None,
+    fresh: Collection[int] = (),
 ) -> set[int]:
     """Bring consents to the wished status; returns the contacts whose consent changed (each
-    change audited)."""
+    change audited). ``fresh``: contacts known to have no consent yet (created in this
+    transaction), not looked up."""
     now = now or utcnow()
     wanted: dict[tuple[int, str, str], ConsentWish] = {}
     for wish in wishes:
@@ -63,21 +66,16 @@ def set_consents(
                 consents_t.c.channel,
                 consents_t.c.purpose,
                 consents_t.c.status,
-            ).where(consents_t.c.contact_id.in_({k[0] for k in wanted}))
+            ).where(among(conn, consents_t.c.contact_id, {k[0] for k in wanted} - set(fresh)))
         )
     }
-    inserts, updates, audit = [], [], []
+    audit = []
     changed: list[tuple[int, str, str]] = []
     for key, wish in wanted.items():
         existing = current.get(key)
         if existing and existing[1] == wish.status:
             continue
         changed.append(key)
-        values = {"status": wish.status, "source": source, "updated_at": now}
-        if existing:
-            updates.append({"_id": existing[0], **values})
-        else:
-            inserts.append({"contact_id": key[0], "channel": key[1], "purpose": key[2], **values})
         audit.append(
             {
                 "contact_id": key[0],
@@ -91,22 +89,36 @@ def set_consents(
                 "detail": wish.detail,
             }
         )
-    if inserts:
-        conn.execute(insert_ignore(conn, consents_t), inserts)
-    if updates:
-        conn.execute(
-            update(consents_t)
-            .where(consents_t.c.id == bindparam("_id"))
-            .values(
-                status=bindparam("status"),
-                source=bindparam("source"),
-                updated_at=bindparam("updated_at"),
-            ),
-            updates,
-        )
-    if audit:
-        conn.execute(insert(changes_t), audit)
+    _write_changes(conn, audit)
     return {key[0] for key in changed}
+
+
+#: How a consent is written from its audit row (consents column -> consent_changes column).
+CONSENT_FROM_AUDIT = {
+    "contact_id": "contact_id",
+    "channel": "channel",
+    "purpose": "purpose",
+    "status": "status",
+    "source": "source",
+    "updated_at": "recorded_at",
+}
+CONSENT_KEY = ("contact_id", "channel", "purpose")
+CONSENT_UPDATE = ("status", "source", "updated_at")
+
+
+def _write_changes(conn: Connection, audit: list[dict[str, Any]]) -> None:
+    """New and changed consents, and their audit trail, from the audit rows: on PostgreSQL one
+    COPY into a staging table feeds both tables (one statement each); SQLite: executemany."""
+    if not audit:
+        return
+    if is_postgres(conn):
+        stage = copy_rows(conn, changes_t, list(audit[0]), audit)
+        move(conn, stage, consents_t, CONSENT_FROM_AUDIT, CONSENT_KEY, CONSENT_UPDATE)
+        move(conn, stage, changes_t, {c: c for c in audit[0]})
+        return
+    consents = [{c: row[a] for c, a in CONSENT_FROM_AUDIT.items()} for row in audit]
+    upsert(conn, consents_t, consents, key=CONSENT_KEY, update=CONSENT_UPDATE)
+    upsert(conn, changes_t, audit)
 
 
 def suppress(

@@ -528,6 +528,19 @@ class SegmentMembership(Base):
     exited_at: Mapped[datetime | None]
 
 
+class SegmentChange(Base):
+    """A change to a contact that live segments may read, waiting for the live loop
+    (``segments.live``): written in the transaction of the write that made it, deleted in the
+    transaction that evaluates it. ``change``: ``segments.inputs.Change`` as JSON."""
+
+    __tablename__ = "segment_changes"
+
+    id: Mapped[int] = _id()
+    contact_id: Mapped[int] = mapped_column(IdType)  # no foreign key: a queue, kept cheap
+    change: Mapped[dict[str, Any]] = mapped_column()
+    recorded_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
 class ApiKey(Base):
     """A key for the event API (web/): only its SHA-256 is stored; ``prefix`` finds the row."""
 

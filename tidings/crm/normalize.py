@@ -14,6 +14,7 @@ reason a person can act on.
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from decimal import Decimal, InvalidOperation
 from functools import lru_cache
@@ -68,8 +69,123 @@ def normalize_email(value: str) -> str:
     return result.normalized.lower()
 
 
+_E164 = re.compile(r"\+([1-9]\d{6,14})")
+
+
+@dataclass(slots=True, eq=False)
+class _Region:
+    """What validity of a national number takes in one region, compiled once: the general
+    pattern and, per length, one alternation of the patterns of every number type."""
+
+    leading: re.Pattern[str] | None
+    lengths: frozenset[int]
+    general: re.Pattern[str] | None
+    types: tuple[tuple[frozenset[int], str], ...]
+    by_length: dict[int, re.Pattern[str] | None] = field(default_factory=dict)
+
+    @classmethod
+    def of(cls, region: str) -> _Region | None:
+        meta = phonenumbers.PhoneMetadata.metadata_for_region(region, None)
+        if meta is None:
+            return None
+        descs = [
+            meta.premium_rate,
+            meta.toll_free,
+            meta.shared_cost,
+            meta.voip,
+            meta.personal_number,
+            meta.pager,
+            meta.uan,
+            meta.voicemail,
+            meta.fixed_line,
+        ]
+        if not meta.same_mobile_and_fixed_line_pattern:
+            descs.append(meta.mobile)
+        general = meta.general_desc
+        return cls(
+            leading=re.compile(meta.leading_digits) if meta.leading_digits else None,
+            lengths=frozenset(general.possible_length or ()) if general else frozenset(),
+            general=_pattern(general.national_number_pattern) if general else None,
+            types=tuple(
+                (frozenset(d.possible_length or ()), d.national_number_pattern)
+                for d in descs
+                if d is not None and d.national_number_pattern
+            ),
+        )
+
+    def valid(self, national: str) -> bool:
+        """``phonenumbers``' type of the number is not UNKNOWN (``_number_type_helper``)."""
+        size = len(national)
+        if self.general is None or (self.lengths and size not in self.lengths):
+            return False
+        if not self.general.fullmatch(national):
+            return False
+        if size not in self.by_length:
+            patterns = [p for lengths, p in self.types if not lengths or size in lengths]
+            self.by_length[size] = (
+                re.compile("|".join(f"(?:{p})" for p in patterns)) if patterns else None
+            )
+        combined = self.by_length[size]
+        return combined is not None and combined.fullmatch(national) is not None
+
+
+def _pattern(text: str | None) -> re.Pattern[str] | None:
+    return re.compile(text) if text else None
+
+
+@lru_cache(maxsize=512)
+def _calling_code(code: int) -> tuple[re.Pattern[str] | None, tuple[_Region, ...]] | None:
+    """The national prefix ``phonenumbers.parse`` may strip after ``+code``, and the regions
+    of ``code`` in ``phonenumbers``' order; ``None`` for codes without geographic regions."""
+    regions = []
+    for name in phonenumbers.COUNTRY_CODE_TO_REGION_CODE.get(code, ()):
+        region = _Region.of(name)
+        if region is None:
+            return None
+        regions.append(region)
+    main = phonenumbers.PhoneMetadata.metadata_for_region(
+        phonenumbers.region_code_for_country_code(code), None
+    )
+    if main is None or not regions:
+        return None
+    prefix = main.national_prefix_for_parsing
+    return (re.compile(prefix) if prefix else None), tuple(regions)
+
+
+def _e164(text: str) -> str | None:
+    """Fast path: a number already in E.164 form (``+14155552671``) that is valid is returned
+    as it is, without ``phonenumbers.parse`` and with the validity rules of ``phonenumbers``
+    compiled once per region; ``None`` sends anything else down the full path (so do numbers
+    that could start with a national prefix, which parsing strips). A property test keeps it
+    equal to the full path."""
+    if not _E164.fullmatch(text):
+        return None
+    digits = text[1:]
+    for size in (1, 2, 3):  # country calling codes are prefix-free
+        code = int(digits[:size])
+        if code in phonenumbers.COUNTRY_CODE_TO_REGION_CODE:
+            national = digits[size:]
+            known = _calling_code(code)
+            if known is None or not national or national[0] == "0":
+                return None
+            prefix, regions = known
+            if prefix is not None and prefix.match(national):
+                return None
+            # the number's region, as phonenumbers.region_code_for_number finds it
+            for region in regions:
+                if len(regions) == 1 or (region.leading and region.leading.match(national)):
+                    return text if region.valid(national) else None
+                if region.leading is None and region.valid(national):
+                    return text  # found as valid for this region
+            return None
+    return None
+
+
 def normalize_phone(value: str, *, region: str) -> str:
     text = value.strip()
+    fast = _e164(text)
+    if fast is not None:
+        return fast
     if text.startswith("00"):
         text = "+" + text[2:]
     try:

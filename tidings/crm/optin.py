@@ -24,7 +24,7 @@ a journey can be triggered by. A request already open and unexpired is not sent 
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from fnmatch import fnmatchcase
@@ -107,9 +107,11 @@ def apply_consents(
     source: str,
     policy: OptInPolicy | None,
     now: datetime | None = None,
+    fresh: Collection[int] = (),
 ) -> ConsentOutcome:
     """``set_consents``, except that a grant the policy requires to be confirmed becomes
-    ``pending`` with an opt-in request and a queued confirmation email."""
+    ``pending`` with an opt-in request and a queued confirmation email. ``fresh``: contacts
+    created in this transaction (they have no consent to look up)."""
     now = now or utcnow()
     wishes = list(wishes)
     outcome = ConsentOutcome()
@@ -125,7 +127,7 @@ def apply_consents(
         assert policy is not None
         pending = _request(conn, asked, source=source, policy=policy, now=now, into=outcome)
         direct += pending
-    outcome.changed = set_consents(conn, direct, source=source, now=now)
+    outcome.changed = set_consents(conn, direct, source=source, now=now, fresh=fresh)
     return outcome
 
 

@@ -64,6 +64,8 @@ from tidings.journeys.state import (
     messages_t,
 )
 from tidings.journeys.steps import StepRunner
+from tidings.segments.inputs import Change
+from tidings.segments.live import drain, forget, plan, record
 
 journeys_t: Table = JourneyRow.__table__  # type: ignore[assignment]
 
@@ -119,6 +121,7 @@ class JourneyEngine(StepRunner):
             ).one()
             version = Version(row.id, journey.name, digest, journey, row.status)
         self._versions[version.id] = version
+        self._journeys_changed()
         return version
 
     def versions(self, name: str | None = None) -> list[Version]:
@@ -163,7 +166,11 @@ class JourneyEngine(StepRunner):
             result = session.execute(
                 update(JourneyRow).where(JourneyRow.name == name).values(status=status)
             )
+        self._journeys_changed()
         return _rowcount(result)
+
+    def _journeys_changed(self) -> None:
+        forget(self)  # this process's live plan is read again at once
 
     # -- enrollment ----------------------------------------------------------------------
     def _enroll(
@@ -342,10 +349,14 @@ class JourneyEngine(StepRunner):
             return total
         total.exited += self.convert(list(versions.values()), now=now or self.clock())[1]
         self.settle_experiments(list(versions.values()), now=now or self.clock())
+        moved = False
         while True:
             stats = self.tick_batch(versions, now=now or self.clock(), batch_size=batch_size)
             total.add(stats)
+            moved |= bool(stats.updated)
             if stats.processed < batch_size:
+                if moved:  # update_contact steps queued changes: the live segments follow now
+                    drain(self, now=now or self.clock())
                 return total
 
     def settle_experiments(self, versions: list[Version], *, now: datetime) -> list[Settled]:
@@ -404,6 +415,7 @@ class JourneyEngine(StepRunner):
         leaves them as a crashed claim does: reconcile queues them again (docs/journeys.md)."""
         due_by = now + IN_CALL_GRACE if in_call else now
         stats = TickStats()
+        live = plan(self)  # read before the transaction (SQLite: one writer, no second reader)
         with Session(self.db) as session, session.begin():
             claim = (
                 select(
@@ -473,20 +485,14 @@ class JourneyEngine(StepRunner):
                     for i in items
                 ],
             )
-        stats.completed = sum(1 for i in items if i.status == "completed")
-        stats.exited = sum(1 for i in items if i.status == "exited")
-        if stats.updated:  # committed: attributes set by update_contact move live segments
-            from tidings.segments.inputs import Change
-            from tidings.segments.live import update_many
-
-            update_many(
-                self,
-                [
+            if stats.updated:  # attributes set by update_contact: queued for live segments
+                changes = [
                     (cid, Change.contact(frozenset(keys), consents=False))
                     for cid, keys in stats.updated.items()
-                ],
-                now=now,
-            )
+                ]
+                record(session, live, changes, now=now)
+        stats.completed = sum(1 for i in items if i.status == "completed")
+        stats.exited = sum(1 for i in items if i.status == "exited")
         return stats
 
     def _insert_claimed(

@@ -252,6 +252,10 @@ class Ticker:
         )
         if stats.claimed:
             self.runtime.dispatcher.leases.hold(Claim(token, stats.claimed))
+        if stats.updated:  # update_contact steps queued changes: live segments follow
+            from tidings.segments.live import drain
+
+            drain(self.runtime.engine)
         return now, token, stats
 
 

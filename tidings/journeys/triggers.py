@@ -49,6 +49,8 @@ from tidings.journeys.engine import Version, wake_waiting
 from tidings.journeys.failures import failure_report
 from tidings.journeys.runtime import Runtime
 from tidings.journeys.state import matches
+from tidings.segments.inputs import Change
+from tidings.segments.live import drain, plan, record
 
 SCHEDULE_LOOKBACK = timedelta(days=35)
 CHUNK = 1000  # enrollments advanced and sent per step of a trigger
@@ -95,12 +97,15 @@ def post_event(
     now: datetime | None = None,
     live: bool = True,
 ) -> EventOutcome:
-    """Store the event and do what it starts (module docstring); ``live``: bring the live
-    segments that read it up to date now (``post_many`` does that once for a batch)."""
+    """Store the event and do what it starts (module docstring). The change is queued for the
+    live segments that read it with the event (``segments.live.record``); ``live``: drain that
+    queue in this call too (a command's caller sees the memberships at once; the web app's
+    loop does it for the API)."""
     now = now or utcnow()
     occurred_at = occurred_at or now
     properties = properties or {}
     key = idempotency_key or event_key(contact_id, name, occurred_at, properties)
+    live_plan = plan(runtime.engine)  # before the transaction (SQLite: one connection at a time)
     with Session(runtime.db) as session, session.begin():
         stored = session.execute(
             insert_ignore(session, events_t)
@@ -115,6 +120,8 @@ def post_event(
             )
             .returning(Event.id)
         ).scalar()
+        if stored is not None:
+            record(session, live_plan, [(contact_id, Change.event(name))], now=now)
     if stored is None:  # seen before: a retried POST must not enrol or send again
         return EventOutcome(event_id=None, duplicate=True)
     outcome = EventOutcome(event_id=stored, duplicate=False)
@@ -151,10 +158,7 @@ def post_event(
             now=now,
         )
     if live:
-        from tidings.segments.inputs import Change
-        from tidings.segments.live import update
-
-        update(runtime.engine, [contact_id], Change.event(name), now=now)
+        drain(runtime.engine, now=now)
     goals = [v for v in every if v.journey.settings.goal and v.journey.settings.goal.event == name]
     if goals:  # converted at once, whether the contact is waiting, finished or exited
         outcome.converted = runtime.engine.convert(goals, now=now, contact_id=contact_id)[0]
@@ -182,9 +186,10 @@ def store_events(
     runtime: Runtime, events: list[dict[str, Any]], *, versions: list[Version], now: datetime
 ) -> list[int | None]:
     """Store events that start nothing (``starts_something`` is false for each) in one
-    statement, and wake the enrollments waiting for them: what ``post_event`` does for such an
-    event, for a whole batch. Each event: ``contact_id``, ``name``, ``properties``,
-    ``occurred_at``, ``idempotency_key`` (None: derived as ``post_event`` does), ``source``.
+    statement, queue them for the live segments and wake the enrollments waiting for them: what
+    ``post_event`` (with ``live=False``) does for such an event, for a whole batch. Each event:
+    ``contact_id``, ``name``, ``properties``, ``occurred_at``, ``idempotency_key`` (None:
+    derived as ``post_event`` does), ``source``.
     Returns each event's new id, None for one stored before (or twice in the batch)."""
     rows = []
     for event in events:
@@ -213,6 +218,7 @@ def store_events(
         for step in v.journey.steps
         if isinstance(step, s.WaitForEventStep)
     }
+    live_plan = plan(runtime.engine)
     with Session(runtime.db) as session, session.begin():
         stored = {
             key: event_id
@@ -221,9 +227,9 @@ def store_events(
                 rows,
             )
         }
-        for contact_id, name in sorted(
-            {(r["contact_id"], r["name"]) for r in rows if r["idempotency_key"] in stored}
-        ):
+        new = sorted({(r["contact_id"], r["name"]) for r in rows if r["idempotency_key"] in stored})
+        record(session, live_plan, [(cid, Change.event(name)) for cid, name in new], now=now)
+        for contact_id, name in new:
             if name in awaited:
                 wake_waiting(
                     session,

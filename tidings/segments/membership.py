@@ -153,12 +153,11 @@ def refresh_stays(
     statement = segment_statement(segment, catalog=catalog, dialect=dialect, now=now)
     some = sorted(set(contact_ids)) if contact_ids is not None else None
     if some is not None:
-        statement = statement.where(contacts.c.id.in_(some))
+        return _refresh_some(session, name, statement.where(contacts.c.id.in_(some)), some, now)
     members = statement.subquery()
     m = memberships
     lock_segment(session, name)
-    if some is None:  # a few contacts need neither more work_mem nor the guard against JIT
-        tune_for_segments(session)
+    tune_for_segments(session)
     connection = session.connection()  # Core execution: exact rowcounts on both dialects
     stays = Stays()
     leave = (
@@ -172,12 +171,7 @@ def refresh_stays(
         )
         .values(exited_at=now)
     )
-    if some is not None:
-        leave = leave.where(m.c.contact_id.in_(some))
-        stays.left = list(connection.execute(leave.returning(m.c.contact_id)).scalars())
-        stays.exited = len(stays.left)
-    else:
-        stays.exited = int(connection.execute(leave).rowcount)
+    stays.exited = int(connection.execute(leave).rowcount)
     is_open = exists(
         select(literal(1)).where(
             and_(m.c.segment == name, m.c.contact_id == members.c.id, m.c.exited_at.is_(None))
@@ -185,22 +179,51 @@ def refresh_stays(
     )
     new = select(literal(name), members.c.id, literal(now, m.c.entered_at.type)).where(~is_open)
     columns = ["segment", "contact_id", "entered_at"]
-    if some is not None:
-        # The live path's hot statement: a plain INSERT, which SQLAlchemy caches compiled (an
-        # ON CONFLICT clause with index_where is compiled anew every time). Under the
-        # segment's lock no other writer can open the stay meanwhile; the unique index stays
-        # the backstop.
-        enter = sql_insert(m).from_select(columns, new)
-        rows = connection.execute(enter.returning(m.c.id, m.c.contact_id))
+    insert: Any = postgresql.insert(m) if dialect == "postgresql" else sqlite.insert(m)
+    enter = insert.from_select(columns, new).on_conflict_do_nothing(
+        index_elements=["segment", "contact_id"], index_where=m.c.exited_at.is_(None)
+    )
+    result = connection.execute(enter.execution_options(preserve_rowcount=True))
+    stays.entered = int(result.rowcount)
+    return stays
+
+
+def _refresh_some(
+    session: Session, name: str, statement: Select[tuple[int]], some: list[int], now: datetime
+) -> Stays:
+    """The live path's refresh of a few contacts (``some``, up to about 1,000): the segment's
+    statement runs once for them, their open stays are read by the unique index, and the
+    differences are written by id (an UPDATE of the exits, one INSERT of the entries). Under
+    the segment's lock no other writer changes these stays meanwhile; the unique index stays
+    the backstop. A few contacts need neither more work_mem nor the guard against JIT."""
+    m = memberships
+    lock_segment(session, name)
+    connection = session.connection()
+    inside = set(connection.execute(statement).scalars())
+    open_now = set(
+        connection.execute(
+            select(m.c.contact_id).where(
+                m.c.segment == name, m.c.exited_at.is_(None), m.c.contact_id.in_(some)
+            )
+        ).scalars()
+    )
+    stays = Stays()
+    leaving = sorted(open_now - inside)
+    if leaving:
+        connection.execute(
+            update(m)
+            .where(m.c.segment == name, m.c.exited_at.is_(None), m.c.contact_id.in_(leaving))
+            .values(exited_at=now)
+        )
+        stays.left, stays.exited = leaving, len(leaving)
+    entering = sorted(inside - open_now)
+    if entering:
+        rows = connection.execute(
+            sql_insert(m).returning(m.c.id, m.c.contact_id, sort_by_parameter_order=True),
+            [{"segment": name, "contact_id": cid, "entered_at": now} for cid in entering],
+        )
         stays.new = [(int(i), int(cid)) for i, cid in rows]
         stays.entered = len(stays.new)
-    else:
-        insert: Any = postgresql.insert(m) if dialect == "postgresql" else sqlite.insert(m)
-        enter = insert.from_select(columns, new).on_conflict_do_nothing(
-            index_elements=["segment", "contact_id"], index_where=m.c.exited_at.is_(None)
-        )
-        result = connection.execute(enter.execution_options(preserve_rowcount=True))
-        stays.entered = int(result.rowcount)
     return stays
 
 

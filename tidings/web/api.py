@@ -54,6 +54,7 @@ from tidings.crm.optin import OptInPolicy
 from tidings.crm.readers import Record
 from tidings.crm.suppression import Identity, release, suppressed_rows
 from tidings.crm.types import utcnow
+from tidings.segments import live as live_segments
 from tidings.segments.inputs import Change
 from tidings.web.apikeys import Principal, authenticate, request_hash
 from tidings.web.card import contact_card, find_contact_id
@@ -160,7 +161,9 @@ async def post_events(
         unknown = _unknown(state, items, resolve(state.db, items))
         if unknown:
             return 422, unknown
-        return 200, {"results": post_many(state.runtime(), items)}
+        results = post_many(state.runtime(), items)
+        state.changed()  # the live loop takes what these events queued
+        return 200, {"results": results}
 
     return await idempotent(request, who, idem, compute)
 
@@ -196,6 +199,7 @@ def _post_buffered(state: Any, items: list[dict[str, Any]]) -> tuple[int, dict[s
     except (OperationalError, InterfaceError):  # the store went away meanwhile
         queue([items[i] for i in now])
         return 202, {"status": "queued", "count": len(items)}
+    state.changed()
     results = [{**result, "index": index} for index, result in zip(now, posted, strict=True)]
     results += [{"index": i, "status": "queued"} for i in later]
     return 200, {"results": sorted(results, key=lambda r: int(r["index"]))}
@@ -307,6 +311,7 @@ async def trigger_journey(
                 key=f"{who.prefix}:{idem}" if idem else None,
                 source=f"api:{who.name}",
             )
+            state.changed()  # update_contact steps run in the call may have queued changes
         except UnknownContacts as exc:
             with state.db.connect() as conn:
                 hits = suppressed_rows(
@@ -412,11 +417,15 @@ def _write(
         pass
 
     if not report.errors:
+        live = live_segments.plan(state.runtime().engine)  # before the write's transaction
         try:
             with state.db.begin() as conn:
                 apply(conn, rows, report)
                 if report.errors:
                     raise Rollback
+                if report.touched:  # queued for the live segments with the write itself
+                    touched = [(cid, change) for cid in sorted(report.touched)]
+                    live_segments.record(conn, live, touched)
         except Rollback:
             pass
     if report.errors:
@@ -429,10 +438,8 @@ def _write(
         ]
         if report.suppressed == report.read:  # nothing of the request was stored
             return 409, counts
-    if report.touched:  # committed: the live segments follow at once
-        from tidings.segments.live import update
-
-        update(state.runtime().engine, report.touched, change)
+    if report.touched:  # committed: the live loop takes it now
+        state.changed()
     if report.confirmations:  # double opt-in emails, committed in the outbox: send them now
         counts["confirmations"] = len(report.confirmations)
         try:
@@ -457,7 +464,7 @@ async def post_contacts(
     source = f"api:{who.name}"
 
     def parse(record: Record) -> Any:
-        row = _parse_contact(record, state.settings)
+        row = _parse_contact(record, state.settings.default_region)
         if models[record.line].reconsent and "granted" not in row.consents.values():
             raise RowRejected(
                 [("reconsent", "reconsent needs consent_email or consent_sms granted (yes)")]
@@ -502,7 +509,14 @@ async def post_orders(
 
         # an order also writes order.* events (crm.importer.order_events)
         change = Change(events=None, orders=True)
-        return _write(state, models, _parse_order, apply, "orders", change)
+        return _write(
+            state,
+            models,
+            lambda r: _parse_order(r, state.settings.default_region),
+            apply,
+            "orders",
+            change,
+        )
 
     return await idempotent(request, who, idem, compute)
 

@@ -15,7 +15,8 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -25,6 +26,7 @@ from sqlalchemy import Engine, text
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from tidings.config import Settings, get_settings
+from tidings.segments.live import Loop
 from tidings.templates.tracking import signing_key
 from tidings.web.apikeys import IdempotencyStore, RedisIdempotencyStore
 from tidings.web.buffer import Sink, make_sink
@@ -187,6 +189,16 @@ class WebState:
         else:
             self.idempotency = IdempotencyStore(self.db, ttl_hours=settings.idempotency_ttl_hours)
         self.auth_cache: dict[str, tuple[Any, float]] = {}
+        self.live: Loop | None = None
+        if settings.live_loop:
+            self.live = Loop(
+                lambda: self.runtime().engine, db=self.db, poll=settings.live_poll_seconds
+            )
+
+    def changed(self) -> None:
+        """A write committed changes for the live segments: wake this process's loop."""
+        if self.live is not None:
+            self.live.nudge()
 
     def runtime(self) -> Any:
         with self._lock:
@@ -202,7 +214,7 @@ class WebState:
     def event_poster(self) -> EventPoster:
         from tidings.web.events import make_poster
 
-        return make_poster(self.runtime())
+        return make_poster(self.runtime(), settle=self.changed)
 
 
 def create_app(
@@ -216,7 +228,17 @@ def create_app(
 
     settings = settings or get_settings()
     state = WebState(settings, db=db, runtime_factory=runtime_factory)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        if state.live is not None:  # the live segments' loop, in every server process
+            state.live.start()
+        yield
+        if state.live is not None:
+            state.live.stop()
+
     app = FastAPI(
+        lifespan=lifespan,
         title="tidings web",
         version="1",
         description="Provider webhooks, tracking, unsubscribe and the event API of tidings.",

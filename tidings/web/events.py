@@ -13,6 +13,7 @@ transactional journey (``order.shipped`` -> SMS) at once.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -139,18 +140,16 @@ def resolve(db: Engine, items: list[dict[str, Any]]) -> list[int | None]:
 def post_many(runtime: Any, items: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Post events; one result per item, in order. An event that may start a journey or
     convert goes through ``post_event`` (enrol, transactional send); the others are stored in
-    one statement (``store_events``). Then the live segments that read these events are
-    brought up to date for their contacts, once for the batch."""
+    one statement (``store_events``). Either way the change is queued for the live segments
+    that read it, in the event's transaction; the live loop evaluates it
+    (``segments.live``)."""
     from tidings.crm.types import utcnow
     from tidings.journeys.triggers import post_event, starts_something, store_events
-    from tidings.segments.inputs import Change
-    from tidings.segments.live import update_many
 
     now = utcnow()
     versions = runtime.engine.versions()
     results: list[dict[str, Any] | None] = [None] * len(items)
     quiet: list[tuple[int, dict[str, Any]]] = []
-    changed: set[tuple[int, Change]] = set()
     for index, (item, contact_id) in enumerate(zip(items, resolve(runtime.db, items), strict=True)):
         if contact_id is None:
             results[index] = {"index": index, "status": "rejected", "error": "no such contact"}
@@ -167,8 +166,6 @@ def post_many(runtime: Any, items: list[dict[str, Any]]) -> list[dict[str, Any]]
             quiet.append((index, event))
             continue
         outcome = post_event(runtime, **event, now=now, live=False)
-        if not outcome.duplicate:
-            changed.add((contact_id, Change.event(item["name"])))
         results[index] = {
             "index": index,
             "status": "duplicate" if outcome.duplicate else "stored",
@@ -180,9 +177,7 @@ def post_many(runtime: Any, items: list[dict[str, Any]]) -> list[dict[str, Any]]
             "enrollments": {k: len(v) for k, v in outcome.enrollments.items()},
         }
     ids = store_events(runtime, [e for _, e in quiet], versions=versions, now=now)
-    for (index, event), event_id in zip(quiet, ids, strict=True):
-        if event_id is not None:
-            changed.add((event["contact_id"], Change.event(event["name"])))
+    for (index, _), event_id in zip(quiet, ids, strict=True):
         results[index] = {
             "index": index,
             "status": "stored" if event_id is not None else "duplicate",
@@ -193,12 +188,13 @@ def post_many(runtime: Any, items: list[dict[str, Any]]) -> list[dict[str, Any]]
             "failures": [],
             "enrollments": {},
         }
-    update_many(runtime.engine, changed, now=now)  # the live segments that read these events
     return [r for r in results if r is not None]
 
 
-def make_poster(runtime: Any) -> EventPoster:
-    """What the consumer calls for buffered events; unknown contacts are logged and dropped."""
+def make_poster(runtime: Any, *, settle: Callable[[], Any] | None = None) -> EventPoster:
+    """What the consumer calls for buffered events; unknown contacts are logged and dropped.
+    After each batch ``settle`` runs (default: the live loop drained in this process, as
+    ``tidings ingest`` runs no other; the web app passes its loop's nudge)."""
 
     def post(items: list[dict[str, Any]]) -> int:
         results = post_many(runtime, items)
@@ -207,6 +203,12 @@ def make_poster(runtime: Any) -> EventPoster:
                 log.warning(
                     "event dropped: %s", result["error"], extra={"kind": "event", "count": 1}
                 )
+        if settle is not None:
+            settle()
+        else:
+            from tidings.segments.live import drain
+
+            drain(runtime.engine)
         return sum(1 for r in results if r["status"] == "stored")
 
     return post

@@ -139,6 +139,8 @@ def _post_confirmed(state: Any, outcome: Any) -> None:
             },
             idempotency_key=f"optin:{outcome.request_id}:confirmed",
             source="optin",
+            live=False,
         )
+        state.changed()  # the live loop takes the queued change
     except Exception:
         log.exception("consent.confirmed for opt-in request %s was not posted", outcome.request_id)
