@@ -212,3 +212,124 @@ def test_an_erasure_after_the_hand_over_records_the_result_without_personal_data
     again = a.dispatcher.dispatch(now=T0)
     assert (again.sent, again.render_failed) == (0, 1)
     assert statuses(a) == ["failed"]
+
+
+def born_claimed(runtime: Runtime, n: int, token: str) -> list[int]:
+    """n contacts enrolled and advanced by a worker's tick that writes its messages already
+    claimed under ``token`` (``running.work``); the message ids it claimed."""
+    ids = add_contacts(runtime.db, people(n))
+    version = runtime.engine.versions("lease")[-1]
+    runtime.engine.enroll_contacts(version, ids.values(), entry_key="k", now=T0)
+    stats = runtime.engine.tick_batch(
+        {version.id: version}, now=T0, batch_size=100, claim_token=token
+    )
+    assert stats.messages == n
+    return stats.claimed
+
+
+def test_a_tick_writes_its_messages_claimed_and_a_crash_there_is_reconciled(
+    store_url: str, tmp_path: Path, sendgrid_sim: SendGridSimulator
+) -> None:
+    """The tick's messages are born in flight under the worker's token (no handed_at): the
+    same state a claim leaves. The worker dies before the hand-over; once the lease has run
+    out, reconcile queues them without asking anyone, and another worker sends each once."""
+    a = worker(store_url, tmp_path / "outbox", 3600, sendgrid_sim)
+    b = worker(store_url, tmp_path / "outbox", 3600, sendgrid_sim)
+    mids = born_claimed(a, 4, "a" * 32)
+    with Session(a.db) as session:
+        rows = session.execute(
+            select(Message.status, Message.claim_token, Message.handed_at, Message.lease_until)
+        ).all()
+    assert [(r.status, r.claim_token, r.handed_at) for r in rows] == [
+        ("in_flight", "a" * 32, None)
+    ] * 4
+    assert all(r.lease_until > utcnow() + timedelta(minutes=30) for r in rows)
+    assert b.dispatcher.claim(now=T0, limit=10).ids == []  # not anyone else's to take
+    assert reconcile(b, older_than=timedelta(0), now=utcnow()).checked == 0  # lease alive
+    with Session(a.db) as session, session.begin():  # A is dead: its lease runs out
+        session.execute(update(Message).values(lease_until=utcnow() - timedelta(seconds=1)))
+    assert reconcile(b, older_than=timedelta(0), now=utcnow()).requeued == 4
+    assert b.dispatcher.dispatch(now=T0).sent == 4
+    assert sorted(p.custom_args["tidings_message_id"] for p in sendgrid_sim.processed) == sorted(
+        str(m) for m in mids
+    )
+    assert statuses(a) == ["sent"] * 4
+
+
+def test_a_born_claimed_batch_is_fenced_like_a_claimed_one(
+    store_url: str, tmp_path: Path, sendgrid_sim: SendGridSimulator
+) -> None:
+    """The worker that wrote them pauses past its lease; B takes them over and sends them; A
+    reaches the hand-over with its token gone and sends none."""
+    from tidings.journeys.dispatch import Claim
+
+    a = worker(store_url, tmp_path / "outbox", 3600, sendgrid_sim)
+    b = worker(store_url, tmp_path / "outbox", 3600, sendgrid_sim)
+    mids = born_claimed(a, 3, "a" * 32)
+    stats_a = DispatchStats()
+    prepared = a.dispatcher.prepare(Claim("a" * 32, mids), stats_a)
+    with Session(a.db) as session, session.begin():
+        session.execute(update(Message).values(lease_until=utcnow() - timedelta(seconds=1)))
+    assert reconcile(b, older_than=timedelta(0), now=utcnow()).requeued == 3
+    assert b.dispatcher.dispatch(now=T0).sent == 3
+    a.dispatcher.deliver(prepared, stats_a)
+    assert (stats_a.sent, stats_a.lost) == (0, 3)
+    assert len(sendgrid_sim.processed) == 3
+    assert statuses(a) == ["sent"] * 3
+
+
+def test_the_worker_loop_sends_what_its_ticks_claimed(store_url: str, tmp_path: Path) -> None:
+    """``work``: tick after tick writes claimed rows and sends them in the same worker; a
+    message queued by someone else (a retry, another process) is still claimed and sent."""
+    from rich.console import Console
+
+    from tidings.journeys.running import work
+
+    a = worker(store_url, tmp_path / "outbox", 60)
+    ids = add_contacts(a.db, people(7))
+    version = a.engine.versions("lease")[-1]
+    a.engine.enroll_contacts(version, list(ids.values())[:2], entry_key="k", now=T0)
+    a.engine.tick("lease", now=T0)  # 2 queued the ordinary way
+    a.engine.enroll_contacts(version, list(ids.values())[2:], entry_key="k", now=T0)
+    summary = work(
+        a, "lease", reconcile_after=timedelta(minutes=5), batch_size=2, report=Console(quiet=True)
+    )
+    assert (summary["processed"], summary["sent"]) == (5, 7)
+    assert statuses(a) == ["sent"] * 7
+    assert len(list((tmp_path / "outbox").glob("*.eml"))) == 7
+
+
+def test_a_worker_that_fails_mid_loop_holds_no_lease_on_the_batch_ticked_ahead(
+    store_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The ticker advances one batch ahead; when rendering fails, ``work`` ends with the error
+    and lets go of the batch ahead (no heartbeat keeps it): its rows are claimed, never handed
+    over, and go back to the queue through reconcile once the lease runs out."""
+    from rich.console import Console
+
+    from tidings.journeys.running import work
+
+    a = worker(store_url, tmp_path / "outbox", 60)
+    ids = add_contacts(a.db, people(6))
+    version = a.engine.versions("lease")[-1]
+    a.engine.enroll_contacts(version, ids.values(), entry_key="k", now=T0)
+
+    def broken(*_args: object, **_kwargs: object) -> None:
+        raise RuntimeError("render broke")
+
+    monkeypatch.setattr(a.dispatcher, "prepare", broken)
+    with pytest.raises(RuntimeError, match="render broke"):
+        work(
+            a,
+            "lease",
+            reconcile_after=timedelta(minutes=5),
+            batch_size=2,
+            report=Console(quiet=True),
+        )
+    assert a.dispatcher.leases._held == {}
+    with Session(a.db) as session:
+        rows = session.execute(select(Message.status, Message.handed_at)).all()
+    assert rows and all(r.status == "in_flight" and r.handed_at is None for r in rows)
+    with Session(a.db) as session, session.begin():
+        session.execute(update(Message).values(lease_until=utcnow() - timedelta(seconds=1)))
+    assert reconcile(a, older_than=timedelta(0), now=utcnow()).requeued == len(rows)

@@ -9,11 +9,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
+import orjson
 from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
@@ -21,8 +23,11 @@ from alembic.script import ScriptDirectory
 from sqlalchemy import (
     Connection,
     Engine,
+    Row,
     Table,
+    Text,
     and_,
+    any_,
     bindparam,
     cast,
     column,
@@ -33,8 +38,10 @@ from sqlalchemy import (
     text,
     update,
 )
+from sqlalchemy import types as sqltypes
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.orm import QueryableAttribute, Session, sessionmaker
 from sqlalchemy.pool import StaticPool
 from sqlalchemy.sql.elements import ColumnElement
 
@@ -102,8 +109,10 @@ def update_rows(
     key: str = "id",
     set_: SetClause | None = None,
     where: WhereClause | None = None,
-) -> None:
-    """Update many rows, each with its own values, by ``key``.
+    returning: Sequence[ColumnElement[Any]] = (),
+) -> list[Row[Any]]:
+    """Update many rows, each with its own values, by ``key``; with ``returning``, those
+    columns of the rows updated (PostgreSQL only).
 
     PostgreSQL: one statement, each column's values passed as one array parameter
     (``UPDATE .. FROM unnest(:ids, :statuses, ..) AS v``), so the SQL text is the same for any
@@ -119,10 +128,12 @@ def update_rows(
     >>> update_rows(session, messages_t, [{"id": 1, "status": "sent"}])  # doctest: +SKIP
     """
     if not rows:
-        return
+        return []
     names = list(rows[0])
     build = set_ or (lambda v: {name: v[name] for name in names if name != key})
     if _dialect(bind) != "postgresql":
+        if returning:
+            raise ValueError("update_rows(returning=...) is for PostgreSQL only")
         params = {n: bindparam(f"u_{n}", type_=table.c[n].type) for n in names}
         condition = table.c[key] == params[key]
         bind.execute(
@@ -131,52 +142,112 @@ def update_rows(
             .values(build(params)),
             [{f"u_{n}": row[n] for n in names} for row in rows],
         )
-        return
+        return []
     columns = _unnest(table, rows, names)
     condition = table.c[key] == columns[key]
-    bind.execute(
+    statement = (
         update(table)
         .where(condition if where is None else and_(condition, where(columns)))
         .values(build(columns))
     )
+    if not returning:
+        bind.execute(statement)
+        return []
+    return list(bind.execute(statement.returning(*returning)).all())
 
 
 def insert_rows(
-    bind: Connection | Session, table: Table, rows: Sequence[Mapping[str, Any]]
-) -> None:
+    bind: Connection | Session,
+    table: Table,
+    rows: Sequence[Mapping[str, Any]],
+    *,
+    returning: Sequence[ColumnElement[Any]] = (),
+) -> list[Row[Any]]:
     """``insert_ignore`` many rows (each with the same column names): one statement with one
-    array parameter per column on PostgreSQL, an executemany on SQLite."""
+    array parameter per column on PostgreSQL, an executemany on SQLite. With ``returning``:
+    those columns of the rows actually inserted (not of those a conflict skipped)."""
     if not rows:
-        return
+        return []
     if _dialect(bind) != "postgresql":
-        bind.execute(insert_ignore(bind, table), list(rows))
-        return
+        statement = insert_ignore(bind, table)
+        if not returning:
+            bind.execute(statement, list(rows))
+            return []
+        return list(bind.execute(statement.returning(*returning), list(rows)).all())
     names = list(rows[0])
     columns = _unnest(table, rows, names)
-    bind.execute(
+    statement = (
         postgresql.insert(table)
         .from_select(names, select(*columns.values()))
         .on_conflict_do_nothing()
+    )
+    if not returning:
+        bind.execute(statement)
+        return []
+    return list(bind.execute(statement.returning(*returning)).all())
+
+
+def among(
+    bind: Connection | Session | Engine,
+    col: ColumnElement[Any] | QueryableAttribute[Any],
+    values: Iterable[Any],
+) -> ColumnElement[bool]:
+    """``col IN values`` for a batch of hundreds or thousands of values.
+
+    PostgreSQL: ``col = ANY(ARRAY(SELECT jsonb_array_elements_text(:values)))``, one parameter
+    and a short SQL text that psycopg parses once (an IN list of 1,000 placeholders cost ~25 ms
+    of client time per statement to build and split, every time); an index on ``col`` is still
+    used. SQLite: a plain IN.
+
+    >>> session.scalars(select(Message.id).where(among(session, Message.id, ids)))  # doctest: +SKIP
+    """
+    given = list(values)
+    name = bind.dialect.name if isinstance(bind, Connection | Engine) else _dialect(bind)
+    if name != "postgresql":
+        return col.in_(given)
+    document = orjson.dumps(given, default=_json_default).decode()
+    elements = func.jsonb_array_elements_text(
+        cast(bindparam(None, document, type_=Text()), JSONB())
+    )
+    return col == any_(
+        func.array(select(cast(elements.column_valued(), col.type)).scalar_subquery())
     )
 
 
 def _unnest(
     table: Table, rows: Sequence[Mapping[str, Any]], names: list[str]
 ) -> dict[str, ColumnElement[Any]]:
-    """PostgreSQL ``unnest(:a, :b, ..) AS v(a, b, ..)``: the rows as one array per column."""
-    arrays = [
-        cast(
-            bindparam(f"u_{n}", [row[n] for row in rows], type_=postgresql.ARRAY(table.c[n].type)),
-            postgresql.ARRAY(table.c[n].type),
-        )
-        for n in names
-    ]
+    """PostgreSQL ``jsonb_to_recordset(:rows) AS v(a type, b type, ..)``: the rows as one JSON
+    document (orjson, in C) that the server turns back into typed columns. Per column arrays
+    (``unnest(:a, :b, ..)``) cost psycopg ~4 us per value to dump in Python: for the 17
+    columns of 1,000 outbox rows, 5-10x what this costs client and server together."""
+    dialect = postgresql.dialect()  # type: ignore[no-untyped-call]
+    plain: list[tuple[str, Callable[[Any], Any] | None]] = []
+    for n in names:
+        kind = table.c[n].type
+        # JSON columns nest as they are; the others go through their bind processing (e.g.
+        # UTCDateTime refuses naive times) before orjson writes them
+        nested = isinstance(kind.dialect_impl(dialect), sqltypes.JSON)
+        plain.append((n, None if nested else kind._cached_bind_processor(dialect)))
+    document = orjson.dumps(
+        [
+            {n: (v if (v := row[n]) is None or proc is None else proc(v)) for n, proc in plain}
+            for row in rows
+        ],
+        default=_json_default,
+    ).decode()
     given = (
-        func.unnest(*arrays)
+        func.jsonb_to_recordset(cast(bindparam("u_rows", document, type_=Text()), JSONB()))
         .table_valued(*(column(n, table.c[n].type) for n in names), name="v")
-        .render_derived()
+        .render_derived(with_types=True)
     )
     return {n: given.c[n] for n in names}
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, Decimal):
+        return str(value)  # numeric columns read the exact digits back
+    raise TypeError(f"cannot write {type(value).__name__} {value!r} as a column value")
 
 
 def _sqlite_begin(connection: Any) -> None:

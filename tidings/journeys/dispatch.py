@@ -46,20 +46,34 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Engine, Table, and_, or_, select, update
+from sqlalchemy import Engine, Row, and_, or_, select, update
 from sqlalchemy.orm import Session
 
 from tidings.channels.base import Channel
 from tidings.channels.record import record_results
 from tidings.channels.types import Outbound, OutboundEmail, OutboundSms, SendResult
 from tidings.config import Settings, get_settings
-from tidings.crm.db import update_rows
+from tidings.crm.db import among, update_rows
 from tidings.crm.erasure import ERASED_ERROR
-from tidings.crm.models import Contact, Enrollment, Message, MessageStatus
+from tidings.crm.models import Message, MessageStatus
 from tidings.crm.types import utcnow
 from tidings.errors import ConfigurationError, InputError, PermanentError
+from tidings.journeys.state import contacts_t, enrollments_t, messages_t
+from tidings.templates.render import CONTACT_FIELDS
 
-messages_t: Table = Message.__table__  # type: ignore[assignment]
+# what rendering reads of a message and of its contact (``prepare``)
+_MESSAGE_FIELDS = (
+    "id",
+    "idempotency_key",
+    "channel",
+    "template",
+    "variant",
+    "step_id",
+    "to_address",
+    "meta",
+    "erased_at",
+)
+_CONTACT_FIELDS = (*CONTACT_FIELDS, "attributes")
 log = logging.getLogger(__name__)
 
 
@@ -169,7 +183,7 @@ class Leases:
         for token, ids in held:
             now = utcnow()
             mine = select(messages_t.c.id).where(
-                messages_t.c.id.in_(ids),
+                among(self.db, messages_t.c.id, ids),
                 messages_t.c.claim_token == token,
                 messages_t.c.status == MessageStatus.IN_FLIGHT.value,
             )
@@ -250,7 +264,7 @@ class Dispatcher:
             if ids:
                 session.execute(
                     update(messages_t)
-                    .where(messages_t.c.id.in_(ids))
+                    .where(among(self.db, messages_t.c.id, ids))
                     .values(
                         status=MessageStatus.IN_FLIGHT.value,
                         handed_at=None,
@@ -308,20 +322,29 @@ class Dispatcher:
         ids = claim.ids
         stats.claimed += len(ids)
         prepared = Prepared(claim.token)
-        with Session(self.db) as session:
-            rows = session.execute(
-                select(Message, Contact, Enrollment.context)
-                .join(Contact, Contact.id == Message.contact_id)
-                .outerjoin(Enrollment, Enrollment.id == Message.enrollment_id)
-                .where(Message.id.in_(ids))
-                .order_by(Message.id)
+        # plain rows, not ORM objects: building two objects per message cost as much as the
+        # query; the renderer reads the contact as a mapping, the message by attribute
+        with self.db.connect() as conn:
+            rows = conn.execute(
+                select(
+                    *(messages_t.c[name] for name in _MESSAGE_FIELDS),
+                    contacts_t.c.erased_at.label("contact_erased_at"),
+                    enrollments_t.c.context,
+                    *(contacts_t.c[name].label(f"contact_{name}") for name in _CONTACT_FIELDS),
+                )
+                .join(contacts_t, contacts_t.c.id == messages_t.c.contact_id)
+                .outerjoin(enrollments_t, enrollments_t.c.id == messages_t.c.enrollment_id)
+                .where(among(self.db, messages_t.c.id, ids))
+                .order_by(messages_t.c.id)
             ).all()
-        for message, contact, context in rows:
+        for message in rows:
             try:
-                if contact.erased_at is not None or message.erased_at is not None:
+                if message.contact_erased_at is not None or message.erased_at is not None:
                     # (reconcile may queue again a message that was in doubt at the erasure)
                     raise PermanentError(ERASED_ERROR)
-                item = self.render(message, contact, context or {})
+                values = message._mapping
+                contact = {name: values[f"contact_{name}"] for name in _CONTACT_FIELDS}
+                item = self.render(message, contact, message.context or {})
             except (PermanentError, InputError) as exc:
                 stats.render_failed += 1
                 prepared.failures.append(
@@ -427,31 +450,47 @@ class Dispatcher:
                 messages_t.c.status == MessageStatus.IN_FLIGHT.value,
                 messages_t.c.lease_until > now,
             )
-            query = select(messages_t.c.id).where(
-                messages_t.c.id.in_([int(m.message_id) for m in handed]), fence
-            )
+            rows = [
+                {
+                    "id": int(m.message_id),
+                    "handed_at": now,
+                    "lease_until": self.leases.until(now),
+                    "subject": m.subject if isinstance(m, OutboundEmail) else None,
+                    "locale": m.locale,
+                }
+                for m in handed
+            ]
             if self.db.dialect.name == "postgresql":
-                query = query.with_for_update()
-            owned = set(session.scalars(query))
-            mine = [m for m in handed if int(m.message_id) in owned]
-            update_rows(  # one statement, one new row version per message
-                session,
-                messages_t,
-                [
-                    {
-                        "id": int(m.message_id),
-                        "handed_at": now,
-                        "lease_until": self.leases.until(now),
-                        "subject": m.subject if isinstance(m, OutboundEmail) else None,
-                        "locale": m.locale,
-                    }
-                    for m in mine
-                ],
-                where=lambda _v: fence,
-            )
-        return mine
+                # one statement, one new row version per message: the fenced UPDATE locks and
+                # writes exactly the rows still ours, and names them
+                owned = {
+                    mid
+                    for (mid,) in update_rows(
+                        session,
+                        messages_t,
+                        rows,
+                        where=lambda _v: fence,
+                        returning=(messages_t.c.id,),
+                    )
+                }
+            else:  # (SQLite: one writer at a time; what the fence lets through, then those)
+                query = select(messages_t.c.id).where(
+                    among(self.db, messages_t.c.id, [r["id"] for r in rows]), fence
+                )
+                owned = set(session.scalars(query))
+                update_rows(
+                    session,
+                    messages_t,
+                    [r for r in rows if r["id"] in owned],
+                    where=lambda _v: fence,
+                )
+        return [m for m in handed if int(m.message_id) in owned]
 
-    def render(self, message: Message, contact: Contact, context: dict[str, Any]) -> Outbound:
+    def render(
+        self, message: Message | Row[Any], contact: Any, context: dict[str, Any]
+    ) -> Outbound:
+        """``message``: its row or object (its id, key, channel, template, variant, step, address
+        and meta); ``contact``: a ``Contact`` or a mapping of its fields."""
         return render_outbound(
             self.renderer,
             self.settings,
@@ -577,10 +616,16 @@ class Pipeline:
         limit: int = 1000,
         journey_ids: set[int] | None = None,
         only: list[int] | None = None,
+        claim: Claim | None = None,
     ) -> int:
-        claim = self.dispatcher.claim(
-            now=now or utcnow(), limit=limit, journey_ids=journey_ids, only=only
-        )
+        """``claim``: rows already claimed (written so by the tick, ``tick_batch(claim_token=
+        ...)``): their lease is held from here on, and nothing else is claimed."""
+        if claim is None:
+            claim = self.dispatcher.claim(
+                now=now or utcnow(), limit=limit, journey_ids=journey_ids, only=only
+            )
+        elif claim.ids:
+            self.dispatcher.leases.hold(claim)
         try:
             prepared = self.dispatcher.prepare(claim, self.stats) if claim.ids else None
             self.wait()

@@ -402,9 +402,17 @@ class JourneyEngine(StepRunner):
         batch_size: int,
         only: Iterable[int] | None = None,
         in_call: bool = False,
+        claim_token: str | None = None,
     ) -> TickStats:
         """One transaction: claim up to ``batch_size`` due enrollments (or just ``only``;
-        ``in_call``: those enrolled ``in_call``, still inside their grace)."""
+        ``in_call``: those enrolled ``in_call``, still inside their grace).
+
+        With ``claim_token`` (a worker that renders and sends what it advances, ``running.work``)
+        the messages it queues are written already claimed: ``in_flight`` under that token with
+        a fresh lease and no ``handed_at``, exactly what ``Dispatcher.claim`` would make of them
+        a moment later, without a second row version. Their ids are ``stats.claimed``; the
+        caller holds the lease (``Pipeline.pump(claim=...)``). A crash before the hand-over
+        leaves them as a crashed claim does: reconcile queues them again (docs/journeys.md)."""
         due_by = now + IN_CALL_GRACE if in_call else now
         stats = TickStats()
         live = plan(self)  # read before the transaction (SQLite: one writer, no second reader)
@@ -455,8 +463,11 @@ class JourneyEngine(StepRunner):
                 active = [i for i in active if not i.parked]
             for item in active:  # a loop that did not reach a wait in MAX_WAVES steps
                 item.park(now + timedelta(minutes=1))
-            insert_rows(session, messages_t, messages)
             stats.messages = sum(1 for m in messages if m["status"] == MessageStatus.QUEUED.value)
+            if claim_token is None or not stats.messages:
+                insert_rows(session, messages_t, messages)
+            else:
+                stats.claimed = self._insert_claimed(session, messages, claim_token)
             update_rows(
                 session,
                 enrollments_t,
@@ -483,6 +494,23 @@ class JourneyEngine(StepRunner):
         stats.completed = sum(1 for i in items if i.status == "completed")
         stats.exited = sum(1 for i in items if i.status == "exited")
         return stats
+
+    def _insert_claimed(
+        self, session: Session, messages: list[dict[str, Any]], token: str
+    ) -> list[int]:
+        """Insert the tick's messages, the queued ones as claimed by ``token``; the ids of
+        those claimed (a message whose key already existed is not inserted, nor claimed)."""
+        lease = utcnow() + timedelta(seconds=self.settings.lease_seconds)
+        queued = MessageStatus.QUEUED.value
+        for m in messages:
+            mine = m["status"] == queued
+            m["status"] = MessageStatus.IN_FLIGHT.value if mine else m["status"]
+            m["claim_token"] = token if mine else None
+            m["lease_until"] = lease if mine else None
+        rows = insert_rows(
+            session, messages_t, messages, returning=(messages_t.c.id, messages_t.c.claim_token)
+        )
+        return sorted(mid for mid, owner in rows if owner is not None)
 
 
 def wake_waiting(

@@ -34,6 +34,7 @@ from zoneinfo import ZoneInfo
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
+from tidings.crm.db import among
 from tidings.crm.models import Consent as ConsentRow
 from tidings.crm.models import ConsentStatus, Message, MessageStatus, Purpose, Suppression
 from tidings.crm.topics import Topics, choices, subscribed
@@ -119,7 +120,7 @@ def gate(
         for channel, address in session.execute(
             select(Suppression.channel, Suppression.address).where(
                 Suppression.channel.in_(channels),
-                Suppression.address.in_({c.address for c in candidates if c.address}),
+                among(session, Suppression.address, {c.address for c in candidates if c.address}),
             )
         )
     }
@@ -128,7 +129,7 @@ def gate(
         for cid, channel, purpose, status in session.execute(
             select(
                 ConsentRow.contact_id, ConsentRow.channel, ConsentRow.purpose, ConsentRow.status
-            ).where(ConsentRow.contact_id.in_(contact_ids))
+            ).where(among(session, ConsentRow.contact_id, contact_ids))
         )
     }
     topical = {c.contact_id for c in candidates if c.topic and c.purpose == "marketing"}
@@ -141,7 +142,7 @@ def gate(
         rows = session.execute(
             select(Message.contact_id, func.count())
             .where(
-                Message.contact_id.in_(contact_ids),
+                among(session, Message.contact_id, contact_ids),
                 Message.purpose == Purpose.MARKETING.value,
                 Message.status.in_(COUNTED),
                 Message.created_at >= since,

@@ -6,7 +6,9 @@ These are the plain functions the CLI and the Prefect flows (``flows/journeys.py
 from __future__ import annotations
 
 import time
+import uuid
 from collections import defaultdict
+from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -21,7 +23,7 @@ from tidings.crm.models import Journey as JourneyRow
 from tidings.crm.types import utcnow
 from tidings.errors import InputError
 from tidings.journeys import schema as s
-from tidings.journeys.dispatch import DispatchStats
+from tidings.journeys.dispatch import Claim, DispatchStats
 from tidings.journeys.engine import TickStats, Version
 from tidings.journeys.failures import failure_report
 from tidings.journeys.runtime import Runtime
@@ -164,7 +166,6 @@ def work(
     """A worker's loop for one journey: reconcile what a dead worker left in flight, then
     advance and send batch after batch. With ``until_idle`` it returns when nothing is due."""
     from tidings.journeys.reconcile import reconcile
-    from tidings.segments.live import drain
 
     out = report or Console()
     checked = reconcile(runtime, older_than=reconcile_after)
@@ -178,15 +179,19 @@ def work(
     sent = DispatchStats()
     lost = 0
     while True:
-        # the sender thread sends batch k while this thread advances and renders batch k+1
-        with runtime.dispatcher.pipeline(sent) as pipe:
+        # three stages: the ticker thread advances batch k+2 (PostgreSQL's time) while this
+        # thread renders batch k+1 (the CPU's) and the sender thread sends batch k
+        with (
+            runtime.dispatcher.pipeline(sent) as pipe,
+            Ticker(runtime, versions, batch_size) as tick,
+        ):
             while True:
-                now = utcnow()
-                stats = runtime.engine.tick_batch(versions, now=now, batch_size=batch_size)
+                now, token, stats = tick.next()
                 total.add(stats)
-                if stats.updated:  # update_contact steps queued changes: live segments follow
-                    drain(runtime.engine)
-                claimed = pipe.pump(now=now, limit=batch_size, journey_ids=set(versions))
+                if stats.claimed:
+                    claimed = pipe.pump(claim=Claim(token, stats.claimed))
+                else:  # retries due, and whatever other processes queued
+                    claimed = pipe.pump(now=now, limit=batch_size, journey_ids=set(versions))
                 if until_idle and stats.processed == 0 and claimed == 0:
                     break
         if not until_idle or sent.lost == lost:
@@ -199,6 +204,59 @@ def work(
         reconcile(runtime, older_than=timedelta(0))
     runtime.dispatcher.send_seeds()
     return summary(name, total, sent, failures=failure_report(runtime.db, sent))
+
+
+class Ticker:
+    """A worker's ticks, one batch ahead, in a thread of their own (``work``).
+
+    Each tick writes the messages it queues already claimed by this worker (one row version
+    per message less than queuing them and claiming them after) and holds their lease from its
+    commit on. While the caller renders one batch, the next is advanced: the tick mostly waits
+    for PostgreSQL, rendering mostly uses the CPU. Leaving the block waits for a batch advanced
+    ahead and releases its claim unrendered (reconcile queues those rows again when the lease
+    runs out, as after a crash); nothing is advanced ahead after a tick that found nothing due.
+    """
+
+    def __init__(self, runtime: Runtime, versions: dict[int, Version], batch_size: int) -> None:
+        self.runtime = runtime
+        self.versions = versions
+        self.batch_size = batch_size
+        self._thread = ThreadPoolExecutor(1, thread_name_prefix="tick")
+        self._ahead: Future[tuple[datetime, str, TickStats]] | None = None
+
+    def __enter__(self) -> Ticker:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        ahead, self._ahead = self._ahead, None
+        try:
+            if ahead is not None:
+                _, token, _ = ahead.result()
+                self.runtime.dispatcher.leases.release(token)
+        finally:
+            self._thread.shutdown(wait=True)
+
+    def next(self) -> tuple[datetime, str, TickStats]:
+        """The next batch advanced: (its time, its claim token, what the tick did)."""
+        ahead, self._ahead = self._ahead, None
+        now, token, stats = (ahead or self._thread.submit(self._advance)).result()
+        if stats.processed:  # more may be due
+            self._ahead = self._thread.submit(self._advance)
+        return now, token, stats
+
+    def _advance(self) -> tuple[datetime, str, TickStats]:
+        now = utcnow()
+        token = uuid.uuid4().hex
+        stats = self.runtime.engine.tick_batch(
+            self.versions, now=now, batch_size=self.batch_size, claim_token=token
+        )
+        if stats.claimed:
+            self.runtime.dispatcher.leases.hold(Claim(token, stats.claimed))
+        if stats.updated:  # update_contact steps queued changes: live segments follow
+            from tidings.segments.live import drain
+
+            drain(self.runtime.engine)
+        return now, token, stats
 
 
 def journey_status(runtime: Runtime, name: str) -> dict[str, Any]:

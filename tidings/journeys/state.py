@@ -107,6 +107,9 @@ class TickStats:
     # contact -> attribute keys an update_contact step set in this tick (for the live
     # segments, after the commit; like ``ids``, not collected by ``add``)
     updated: dict[int, set[str]] = field(default_factory=dict)
+    # the messages this tick wrote already claimed (``tick_batch(claim_token=...)``); like
+    # ``ids``, not collected by ``add``
+    claimed: list[int] = field(default_factory=list)
 
     def add(self, other: TickStats) -> None:
         self.processed += other.processed

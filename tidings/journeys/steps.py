@@ -21,7 +21,7 @@ from sqlalchemy import (
 from sqlalchemy.orm import Session
 
 from tidings.config import Settings
-from tidings.crm.db import insert_rows
+from tidings.crm.db import among, insert_rows
 from tidings.crm.models import (
     Assignment,
     Event,
@@ -328,7 +328,7 @@ class StepRunner:
                 contacts_t.c.last_name,
                 contacts_t.c.external_id,
                 contacts_t.c.attributes,
-            ).where(contacts_t.c.id.in_(ids))
+            ).where(among(session, contacts_t.c.id, ids))
         ).mappings()
         return {row["id"]: dict(row) for row in rows}
 
