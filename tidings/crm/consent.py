@@ -19,8 +19,8 @@ from typing import Any
 from sqlalchemy import Connection, Table, select
 
 from tidings.config import Settings
-from tidings.crm.bulk import among, copy_rows, is_postgres, move, upsert
-from tidings.crm.db import insert_ignore
+from tidings.crm.bulk import copy_rows, is_postgres, move, upsert
+from tidings.crm.db import among, insert_ignore
 from tidings.crm.models import Consent, ConsentChange, Suppression
 from tidings.crm.suppression import erased_addresses
 from tidings.crm.types import utcnow

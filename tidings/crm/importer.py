@@ -48,7 +48,6 @@ from sqlalchemy import Connection, Engine, Table, insert, select, union_all, upd
 from tidings.config import Settings, get_settings
 from tidings.crm.bulk import (
     Statistics,
-    among,
     batch_commit,
     durable,
     is_postgres,
@@ -58,7 +57,7 @@ from tidings.crm.bulk import (
 )
 from tidings.crm.columns import CONTACTS, EVENTS, ORDERS, Columns
 from tidings.crm.consent import ConsentWish
-from tidings.crm.db import update_rows
+from tidings.crm.db import among, update_rows
 from tidings.crm.models import Channel, Contact, Event, Order, Purpose
 from tidings.crm.normalize import (
     FieldError,

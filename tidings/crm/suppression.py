@@ -32,7 +32,7 @@ from sqlalchemy import Connection, Table, insert, select, update
 from sqlalchemy.orm import Session
 
 from tidings.config import Settings, get_settings
-from tidings.crm.bulk import among
+from tidings.crm.db import among
 from tidings.crm.models import Erasure, ErasureSuppression
 from tidings.crm.types import utcnow
 
