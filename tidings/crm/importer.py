@@ -58,6 +58,7 @@ from tidings.crm.bulk import (
 from tidings.crm.columns import CONTACTS, EVENTS, ORDERS, Columns
 from tidings.crm.consent import ConsentWish
 from tidings.crm.db import among, update_rows
+from tidings.crm.lookup import Found
 from tidings.crm.models import Channel, Contact, Event, Order, Purpose
 from tidings.crm.normalize import (
     FieldError,
@@ -762,26 +763,18 @@ def _resolve_contacts(
 ) -> list[tuple[_Owned, int]]:
     """Pair each row with its contact id; rows naming no known contact are rejected, or
     reported as suppressed when they name an erased person."""
-    ext_ids = {r.external_id for r in rows if r.external_id}
-    emails = {r.email for r in rows if r.email and not r.external_id}
-    by_ext: dict[str, int] = {}
-    by_email: dict[str, int] = {}
-    columns = (contacts_t.c.id, contacts_t.c.external_id, contacts_t.c.email)
-    lookups = []
-    if ext_ids:
-        lookups.append(select(*columns).where(among(conn, contacts_t.c.external_id, ext_ids)))
-    if emails:
-        lookups.append(select(*columns).where(among(conn, contacts_t.c.email, emails)))
-    found = set(conn.execute(union_all(*lookups)).tuples()) if lookups else set()
-    for cid, ext, email in sorted(found):
-        if ext:
-            by_ext[ext] = cid
-        if email:
-            by_email.setdefault(email, cid)
+    found = Found.of(
+        conn,
+        external_ids={r.external_id for r in rows if r.external_id},
+        emails={r.email for r in rows if r.email and not r.external_id},
+    )
     resolved = []
     unknown: list[_Owned] = []
     for row in rows:
-        cid = by_ext.get(row.external_id) if row.external_id else by_email.get(row.email or "")
+        if row.external_id:
+            cid = found.by_external_id.get(row.external_id)
+        else:
+            cid = found.by_email.get(row.email or "")
         if cid is None:
             unknown.append(row)
         else:
