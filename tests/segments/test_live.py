@@ -750,6 +750,39 @@ def test_a_large_batch_is_one_statement_per_segment(live: Live) -> None:
     assert all(r.missed == 0 for r in sweep(live.runtime.engine))
 
 
+def test_drain_takes_larger_batches_behind_a_backlog(
+    live: Live, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Full batches double the next one, up to BACKLOG_FACTOR times the setting; every change
+    is still taken once."""
+    from sqlalchemy import insert
+
+    from tidings.segments import live as live_module
+    from tidings.segments.live import BACKLOG_FACTOR, plan, record
+
+    stop_app_loop(live)
+    with live.runtime.db.begin() as conn:
+        conn.execute(insert(Contact), [{"email": f"d{i}@example.com"} for i in range(150)])
+        ids = list(conn.execute(select(Contact.id)).scalars())
+    current = plan(live.runtime.engine)
+    with Session(live.runtime.db) as session, session.begin():
+        record(session, current, [(cid, Change.contact(frozenset({"plan"}))) for cid in ids])
+    sizes: list[int] = []
+    real_step = live_module.step
+
+    def counted(engine: Any, *, limit: int | None = None, now: Any = None) -> Any:
+        sizes.append(limit or 0)
+        return real_step(engine, limit=limit, now=now)
+
+    monkeypatch.setattr(live_module, "step", counted)
+    got = drain(live.runtime.engine, limit=10)
+    assert BACKLOG_FACTOR == 4
+    assert sizes[:4] == [10, 20, 40, 40] and all(s == 40 for s in sizes[3:])
+    assert got.changes == len(ids) and pending(live.runtime.db) == 0
+    sizes.clear()
+    assert drain(live.runtime.engine, limit=10).changes == 0 and sizes == [10]
+
+
 def test_the_plan_is_not_read_per_write(live: Live, monkeypatch: pytest.MonkeyPatch) -> None:
     """Within ``live_plan_seconds`` the live plan is reused: an API write reads no journeys
     for it; registering a journey in this process makes it read them again at once."""

