@@ -279,7 +279,11 @@ class Settings(BaseSettings):
         "process): it evaluates the changes the writes recorded (docs/segments.md).",
     )
     live_batch: int = Field(
-        5000, ge=1, le=100_000, description="Recorded changes the live loop takes per transaction."
+        5000,
+        ge=1,
+        le=100_000,
+        description="Recorded changes the live loop takes per transaction (behind a backlog, "
+        "up to four times as many).",
     )
     live_poll_seconds: float = Field(
         1.0,

@@ -691,6 +691,98 @@ def test_loops_side_by_side_take_each_change_once(live: Live) -> None:
         assert len(members) == len(set(members))
 
 
+def test_a_large_batch_is_one_statement_per_segment(live: Live) -> None:
+    """A batch of thousands of changes (more than SQLite's chunk): the stays follow exactly,
+    entries and exits; on PostgreSQL each segment's evaluation and writes are one statement
+    (the contacts as one array parameter), however many contacts."""
+    from sqlalchemy import event, insert
+
+    from tidings.segments.live import CHUNK, plan, record, step
+    from tidings.segments.membership import current_members, evaluate
+
+    stop_app_loop(live)
+    db = live.runtime.db
+    n = CHUNK * 2 + 500
+    with db.begin() as conn:
+        conn.execute(
+            insert(Contact),
+            [
+                {"email": f"b{i}@example.com", "attributes": {"plan": "pro" if i % 3 else "free"}}
+                for i in range(n)
+            ],
+        )
+        ids = list(conn.execute(select(Contact.id).order_by(Contact.id)).scalars())
+    current = plan(live.runtime.engine)
+    plan_change = Change.contact(frozenset({"plan"}))
+    writes: list[str] = []
+
+    def seen(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        if "segment_memberships" in statement and "enrollments" not in statement:
+            writes.append(statement)  # (the journey "pro" triggers enrolls the entries apart)
+
+    def one_step() -> Any:
+        with Session(db) as session, session.begin():
+            record(session, current, [(cid, plan_change) for cid in ids])
+        event.listen(db, "before_cursor_execute", seen)
+        try:
+            return step(live.runtime.engine, limit=n)
+        finally:
+            event.remove(db, "before_cursor_execute", seen)
+
+    got = one_step()
+    assert (got.changes, got.segments, got.entered, got.exited) == (n, 1, n - len(ids[::3]), 0)
+    if db.dialect.name == "postgresql":
+        assert len(writes) == 1
+    with db.begin() as conn:  # a third leave, a third (the free ones) come in
+        conn.execute(update(Contact).where(Contact.id.in_(ids)).values(attributes={"plan": "pro"}))
+        conn.execute(
+            update(Contact).where(Contact.id.in_(ids[1::3])).values(attributes={"plan": "free"})
+        )
+    writes.clear()
+    got = one_step()
+    assert (got.changes, got.entered, got.exited) == (n, len(ids[::3]), len(ids[1::3]))
+    if db.dialect.name == "postgresql":
+        assert len(writes) == 1
+    with Session(db) as session:
+        members = current_members("pro", session=session)
+        catalog = live.runtime.engine._catalog()
+        assert members == evaluate("pro", session=session, catalog=catalog)
+    assert all(r.missed == 0 for r in sweep(live.runtime.engine))
+
+
+def test_drain_takes_larger_batches_behind_a_backlog(
+    live: Live, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Full batches double the next one, up to BACKLOG_FACTOR times the setting; every change
+    is still taken once."""
+    from sqlalchemy import insert
+
+    from tidings.segments import live as live_module
+    from tidings.segments.live import BACKLOG_FACTOR, plan, record
+
+    stop_app_loop(live)
+    with live.runtime.db.begin() as conn:
+        conn.execute(insert(Contact), [{"email": f"d{i}@example.com"} for i in range(150)])
+        ids = list(conn.execute(select(Contact.id)).scalars())
+    current = plan(live.runtime.engine)
+    with Session(live.runtime.db) as session, session.begin():
+        record(session, current, [(cid, Change.contact(frozenset({"plan"}))) for cid in ids])
+    sizes: list[int] = []
+    real_step = live_module.step
+
+    def counted(engine: Any, *, limit: int | None = None, now: Any = None) -> Any:
+        sizes.append(limit or 0)
+        return real_step(engine, limit=limit, now=now)
+
+    monkeypatch.setattr(live_module, "step", counted)
+    got = drain(live.runtime.engine, limit=10)
+    assert BACKLOG_FACTOR == 4
+    assert sizes[:4] == [10, 20, 40, 40] and all(s == 40 for s in sizes[3:])
+    assert got.changes == len(ids) and pending(live.runtime.db) == 0
+    sizes.clear()
+    assert drain(live.runtime.engine, limit=10).changes == 0 and sizes == [10]
+
+
 def test_the_plan_is_not_read_per_write(live: Live, monkeypatch: pytest.MonkeyPatch) -> None:
     """Within ``live_plan_seconds`` the live plan is reused: an API write reads no journeys
     for it; registering a journey in this process makes it read them again at once."""

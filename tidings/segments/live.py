@@ -54,22 +54,37 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import String, Table, cast, delete, exists, func, insert, literal, select
+from sqlalchemy import (
+    BigInteger,
+    String,
+    Table,
+    any_,
+    bindparam,
+    cast,
+    delete,
+    exists,
+    func,
+    insert,
+    literal,
+    select,
+)
 from sqlalchemy import update as sql_update
+from sqlalchemy.dialects.postgresql import ARRAY, JSONB
 from sqlalchemy.orm import Session
 
 from tidings.crm.models import Enrollment, SegmentChange, SegmentMembership
 from tidings.crm.types import utcnow
 from tidings.segments.inputs import Change, Inputs, inputs
 from tidings.segments.loader import Catalog
-from tidings.segments.membership import lock_segment, refresh_stays
+from tidings.segments.membership import lock_segment, lock_segments, refresh_stays
 
 if TYPE_CHECKING:
     from tidings.journeys.engine import JourneyEngine
 
 log = logging.getLogger("tidings.segments")
-CHUNK = 1000  # contacts per restricted evaluation (bound parameters stay few)
+CHUNK = 1000  # SQLite: contacts per restricted evaluation (bound parameters stay few)
 changes_t: Table = SegmentChange.__table__  # type: ignore[assignment]
+BACKLOG_FACTOR = 4  # behind a backlog a step takes up to this many times the batch (drain)
 LOOP_LOCK = "*live loop*"  # not a segment name (names are identifiers): the loops' turn
 
 
@@ -261,17 +276,28 @@ def record_apart(
 # -- the live loop: drain -----------------------------------------------------------------------
 
 
-def claim(session: Session, limit: int) -> list[tuple[int, Change]]:
+def claim(session: Session, limit: int) -> list[tuple[Change, list[int]]]:
     """Delete up to ``limit`` queued changes, oldest first, in the session's transaction
-    (PostgreSQL: rows another loop holds are skipped); they come back if it rolls back."""
+    (PostgreSQL: rows another loop holds are skipped); they come back if it rolls back.
+    Returns each distinct change with the contacts it was recorded for (PostgreSQL groups
+    them in the statement: a few rows, not one per change)."""
     t = changes_t
     pick = select(t.c.id).order_by(t.c.id).limit(limit)
     if session.get_bind().dialect.name == "postgresql":
         pick = pick.with_for_update(skip_locked=True)
-    rows = session.execute(
-        delete(t).where(t.c.id.in_(pick.scalar_subquery())).returning(t.c.contact_id, t.c.change)
-    )
-    return [(int(cid), decode(change)) for cid, change in rows]
+    taken = delete(t).where(t.c.id.in_(pick.scalar_subquery()))
+    if session.get_bind().dialect.name == "postgresql":
+        rows = taken.returning(t.c.contact_id, t.c.change).cte("gone")
+        key = cast(rows.c.change, JSONB)
+        grouped = select(key, func.array_agg(rows.c.contact_id)).group_by(key)
+        return [(decode(change), [int(c) for c in ids]) for change, ids in session.execute(grouped)]
+    by_change: dict[str, tuple[Change, list[int]]] = {}
+    for cid, change in session.execute(taken.returning(t.c.contact_id, t.c.change)):
+        key_text = repr(sorted(change.items()))
+        if key_text not in by_change:
+            by_change[key_text] = (decode(change), [])
+        by_change[key_text][1].append(int(cid))
+    return list(by_change.values())
 
 
 def step(
@@ -288,21 +314,30 @@ def step(
         lock_segment(session, LOOP_LOCK)
         claimed = claim(session, limit)
         stats = _evaluate(engine, session, current, claimed, now=now or utcnow())
-        stats.changes = len(claimed)
+        stats.changes = sum(len(ids) for _, ids in claimed)
     return stats
 
 
 def drain(
     engine: JourneyEngine, *, limit: int | None = None, now: datetime | None = None
 ) -> LiveStats:
-    """Evaluate queued changes until the queue is empty (as far as this loop can see)."""
+    """Evaluate queued changes until the queue is empty (as far as this loop can see).
+
+    Behind a backlog (a step took a full batch) each next step takes twice as many, up to
+    ``BACKLOG_FACTOR`` times ``limit``: a larger batch costs less per change (the fixed
+    work of a step: the locks, the claim, one statement per segment; at 1,000,000 contacts a
+    step of 20,000 changes took 2.5 times less client CPU per change than one of 5,000) and
+    the backlog, not the batch, is then what the latest change waits for. Back to ``limit``
+    once a step finds less than a full batch."""
     limit = limit or engine.settings.live_batch
     total = LiveStats()
+    size = limit
     while True:
-        got = step(engine, limit=limit, now=now)
+        got = step(engine, limit=size, now=now)
         total.add(got)
-        if got.changes < limit:
+        if got.changes < size:
             return total
+        size = min(size * 2, limit * BACKLOG_FACTOR)
 
 
 def pending(db: Any) -> int:
@@ -393,31 +428,42 @@ def update_many(
     if not changes:
         return LiveStats()
     current = plan(engine)
+    grouped: dict[Change, list[int]] = {}
+    for cid, change in changes:
+        grouped.setdefault(change, []).append(cid)
     with Session(engine.db) as session, session.begin():
-        return _evaluate(engine, session, current, changes, now=now or utcnow())
+        return _evaluate(engine, session, current, list(grouped.items()), now=now or utcnow())
 
 
 def _evaluate(
     engine: JourneyEngine,
     session: Session,
     current: Plan,
-    changes: list[tuple[int, Change]],
+    changes: list[tuple[Change, list[int]]],
     *,
     now: datetime,
 ) -> LiveStats:
     """Each live segment the changes can affect, evaluated once for the contacts whose change
-    it reads, in name order (the order every loop takes the segments' locks in)."""
+    it reads (``changes``: each distinct change with its contacts; a segment a contact's
+    merged change affects is one some change of it affects, so no merge per contact is
+    needed). The segments' locks are taken first, in name order (the order every loop takes
+    them in), in one round trip."""
     stats = LiveStats()
     wanted: dict[str, set[int]] = {}
-    for cid, change in merged(changes).items():
+    for change, ids in changes:
         for name in current.affected(change):
-            wanted.setdefault(name, set()).add(cid)
+            wanted.setdefault(name, set()).update(ids)
     if not wanted:
         return stats
     catalog = engine._catalog()
-    for name in sorted(wanted):
+    names = sorted(wanted)
+    lock_segments(session, names)
+    postgres = session.get_bind().dialect.name == "postgresql"
+    for name in names:
         stats.segments += 1
-        for chunk in _chunks(sorted(wanted[name]), CHUNK):
+        # PostgreSQL: one statement per segment however many contacts (an array parameter);
+        # SQLite: chunks, as its bound parameters are few
+        for chunk in _chunks(sorted(wanted[name]), len(wanted[name]) if postgres else CHUNK):
             stats.add(_apply(engine, session, current, catalog, name, chunk, now))
     return stats
 
@@ -432,14 +478,22 @@ def _apply(
     now: datetime,
 ) -> LiveStats:
     stats = LiveStats()
-    stays = refresh_stays(name, session=session, catalog=catalog, now=now, contact_ids=ids)
+    stays = refresh_stays(
+        name, session=session, catalog=catalog, now=now, contact_ids=ids, locked=True
+    )
     stats.entered, stats.exited = stays.entered, stays.exited
     if stays.new:
         m = SegmentMembership
+        new_ids = [stay for stay, _ in stays.new]
+        chosen: Any = (
+            m.id == any_(bindparam("stays", new_ids, type_=ARRAY(BigInteger)))
+            if session.get_bind().dialect.name == "postgresql"
+            else m.id.in_(new_ids)
+        )
         candidates = select(
             m.contact_id.label("contact_id"),
             (literal("m:") + cast(m.id, String)).label("entry_key"),
-        ).where(m.id.in_([stay for stay, _ in stays.new]))
+        ).where(chosen)
         for version in current.triggers.get(name, []):
             stats.enrolled += engine.enroll_select(version, candidates, now=now, session=session)
     moved = [cid for _, cid in stays.new] + stays.left

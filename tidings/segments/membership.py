@@ -20,12 +20,26 @@ from __future__ import annotations
 
 import hashlib
 import re
-from collections.abc import Collection
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Select, and_, exists, func, literal, select, text, update
+from sqlalchemy import (
+    BigInteger,
+    Integer,
+    Select,
+    and_,
+    any_,
+    bindparam,
+    exists,
+    func,
+    literal,
+    null,
+    select,
+    text,
+    update,
+)
 from sqlalchemy import insert as sql_insert
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
@@ -102,6 +116,27 @@ def count(
     return int(session.scalar(select(func.count()).select_from(stmt.subquery())) or 0)
 
 
+def _lock_key(name: str) -> int:
+    digest = hashlib.sha256(b"tidings-segment:" + name.encode()).digest()
+    return int.from_bytes(digest[:8], "big", signed=True)
+
+
+def lock_segments(session: Session, names: Sequence[str]) -> None:
+    """``lock_segment`` for each name, in the given order, in one round trip (PostgreSQL)."""
+    if session.get_bind().dialect.name != "postgresql":
+        return
+    if len(names) == 1:
+        lock_segment(session, names[0])
+        return
+    session.execute(
+        text(
+            "SELECT count(pg_advisory_xact_lock(k)) FROM (SELECT k FROM"
+            " unnest(CAST(:keys AS bigint[])) WITH ORDINALITY AS t(k, n) ORDER BY n) AS ordered"
+        ),
+        {"keys": [_lock_key(name) for name in names]},
+    )
+
+
 def lock_segment(session: Session, name: str) -> None:
     """Serialise changes to one segment's stays until the transaction ends (PostgreSQL: an
     advisory transaction lock; SQLite serialises writers itself). Every writer of stays takes
@@ -109,9 +144,7 @@ def lock_segment(session: Session, name: str) -> None:
     live path and the full refresh, from any number of workers, neither lose nor repeat an
     entry or exit."""
     if session.get_bind().dialect.name == "postgresql":
-        digest = hashlib.sha256(b"tidings-segment:" + name.encode()).digest()
-        key = int.from_bytes(digest[:8], "big", signed=True)
-        session.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": key})
+        session.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _lock_key(name)})
 
 
 @dataclass
@@ -144,15 +177,21 @@ def refresh_stays(
     catalog: Catalog | None = None,
     now: datetime | None = None,
     contact_ids: Collection[int] | None = None,
+    locked: bool = False,
 ) -> Stays:
     """``refresh``, optionally restricted to ``contact_ids`` (the live path: the segment's
-    statement evaluated for those contacts only, still set-based); takes the segment's lock."""
+    statement evaluated for those contacts only, still set-based); takes the segment's lock
+    (``locked``: the caller took it already, ``lock_segments``)."""
     now = now or utcnow()
     name = _name(segment)
     dialect = session.get_bind().dialect.name
     statement = segment_statement(segment, catalog=catalog, dialect=dialect, now=now)
     some = sorted(set(contact_ids)) if contact_ids is not None else None
     if some is not None:
+        if not locked:
+            lock_segment(session, name)
+        if dialect == "postgresql":
+            return _refresh_some_pg(session, name, statement, some, now)
         return _refresh_some(session, name, statement.where(contacts.c.id.in_(some)), some, now)
     members = statement.subquery()
     m = memberships
@@ -197,7 +236,6 @@ def _refresh_some(
     the segment's lock no other writer changes these stays meanwhile; the unique index stays
     the backstop. A few contacts need neither more work_mem nor the guard against JIT."""
     m = memberships
-    lock_segment(session, name)
     connection = session.connection()
     inside = set(connection.execute(statement).scalars())
     open_now = set(
@@ -224,6 +262,53 @@ def _refresh_some(
         )
         stays.new = [(int(i), int(cid)) for i, cid in rows]
         stays.entered = len(stays.new)
+    return stays
+
+
+def _refresh_some_pg(
+    session: Session, name: str, statement: Select[tuple[int]], some: list[int], now: datetime
+) -> Stays:
+    """``_refresh_some`` on PostgreSQL in one statement and one round trip, for any number of
+    contacts: their ids travel as one array parameter (``= ANY(:ids)``: the SQL text, and so
+    psycopg's parse and the server's prepared plan, is the same for every batch), the
+    segment's statement runs once for them (a CTE), and the exits (``UPDATE``) and entries
+    (``INSERT .. SELECT``) are written by data-modifying CTEs that return what they wrote.
+    Both see the statement's one snapshot and touch different rows: an exit closes an open
+    stay of a contact not inside, an entry opens one for a contact inside without one."""
+    m = memberships
+    ids = bindparam("ids", some, type_=postgresql.ARRAY(BigInteger))
+    inside = statement.where(contacts.c.id == any_(ids)).cte("inside")
+    mine = and_(m.c.segment == name, m.c.exited_at.is_(None), m.c.contact_id == any_(ids))
+    open_now = select(m.c.contact_id).where(mine).cte("open_now")
+    leave = (
+        update(m)
+        .where(mine, m.c.contact_id.not_in(select(inside.c.id)))
+        .values(exited_at=now)
+        .returning(m.c.contact_id)
+        .cte("leave")
+    )
+    new = select(literal(name), inside.c.id, literal(now, m.c.entered_at.type)).where(
+        inside.c.id.not_in(select(open_now.c.contact_id))
+    )
+    # the Core insert: the dialect's (ON CONFLICT) has no cache key, it would compile every time
+    enter = (
+        sql_insert(m)
+        .from_select(["segment", "contact_id", "entered_at"], new)
+        .returning(m.c.id, m.c.contact_id)
+        .cte("enter")
+    )
+    written = select(enter.c.id, enter.c.contact_id).union_all(
+        select(null().cast(Integer), leave.c.contact_id)
+    )
+    stays = Stays()
+    for stay, cid in session.connection().execute(written):
+        if stay is None:
+            stays.left.append(int(cid))
+        else:
+            stays.new.append((int(stay), int(cid)))
+    stays.new.sort(key=lambda row: row[1])
+    stays.left.sort()
+    stays.entered, stays.exited = len(stays.new), len(stays.left)
     return stays
 
 
