@@ -6,8 +6,9 @@ import httpx
 import orjson
 from typer.testing import CliRunner
 
-from tests.web.conftest import seed, serving
+from tests.web.conftest import seed
 from tidings.cli import app
+from tidings.cli.demo import serving
 from tidings.web.apikeys import authenticate
 from tidings.web.app import create_app
 

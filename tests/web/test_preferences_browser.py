@@ -15,7 +15,8 @@ import pytest
 from sqlalchemy import Engine, insert, select
 
 from tests.conftest import FIXTURE_PROJECT
-from tests.web.conftest import make_settings, serving
+from tests.web.conftest import make_settings
+from tidings.cli.demo import serving
 from tidings.config import Settings
 from tidings.crm.models import Consent, ConsentChange, Contact, Message, TopicSubscription
 from tidings.templates.tracking import sign_token

@@ -17,8 +17,8 @@ import pytest
 from sqlalchemy import Engine
 
 from tests.analytics.seeding import seed_store
-from tests.web.conftest import serving
 from tidings.analytics.attribution_run import run_attribution
+from tidings.cli.demo import serving
 from tidings.config import Settings
 from tidings.web.apikeys import create_key
 from tidings.web.app import create_app
