@@ -415,24 +415,14 @@ def update(
     *,
     now: datetime | None = None,
 ) -> LiveStats:
-    """Evaluate ``change`` for these contacts now, in the caller's process, bypassing the
-    queue (the simulator and tests; writers ``record`` instead)."""
-    return update_many(engine, [(cid, change) for cid in contact_ids], now=now)
-
-
-def update_many(
-    engine: JourneyEngine, changes: Iterable[tuple[int, Change]], *, now: datetime | None = None
-) -> LiveStats:
-    """``update`` for a batch of (contact, what changed for it), in one transaction."""
-    changes = list(changes)
-    if not changes:
+    """Evaluate ``change`` for these contacts now, in the caller's process and in one
+    transaction, bypassing the queue (the simulator and tests; writers ``record`` instead)."""
+    ids = list(contact_ids)
+    if not ids:
         return LiveStats()
     current = plan(engine)
-    grouped: dict[Change, list[int]] = {}
-    for cid, change in changes:
-        grouped.setdefault(change, []).append(cid)
     with Session(engine.db) as session, session.begin():
-        return _evaluate(engine, session, current, list(grouped.items()), now=now or utcnow())
+        return _evaluate(engine, session, current, [(change, ids)], now=now or utcnow())
 
 
 def _evaluate(
