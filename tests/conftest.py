@@ -136,15 +136,12 @@ class PostgresServer:
     def stop(self) -> None:
         self.stopping.set()
         leftover: list[str] = []
-        while any(thread.is_alive() for thread in self.threads[:1]):
-            try:  # unblock the filler, which may be waiting to hand over one more
+        filler = self.threads[0]
+        while filler.is_alive() or not self.ready.empty():
+            try:  # taking one unblocks the filler, which may be waiting to hand it over
                 made = self.ready.get(timeout=0.1)
             except queue.Empty:
                 continue
-            if isinstance(made, str):
-                leftover.append(made)
-        while not self.ready.empty():
-            made = self.ready.get()
             if isinstance(made, str):
                 leftover.append(made)
         self.doomed.put(None)
