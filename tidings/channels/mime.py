@@ -5,12 +5,13 @@ they can render), our message id in ``X-Tidings-Message-Id`` and a ``Message-ID`
 from it, so a bounce or a reply can be matched to the outbox row.
 
 ``mime_bytes`` writes the message directly (headers RFC 2047-encoded and folded by
-``email.header``, bodies quoted-printable by ``binascii``): about 60 µs a message where
-building an ``email.message.EmailMessage`` and serialising it took 5 ms here, which capped the
-SMTP adapter near 200 messages/s. ``build_mime`` parses those bytes back into an
+``email.header``; a body that is ASCII with lines of at most 998 characters goes as it is,
+``7bit``, any other quoted-printable by ``binascii``): about 20 µs a message where building an
+``email.message.EmailMessage`` and serialising it took 5 ms here, which capped the SMTP adapter
+near 200 messages/s. ``build_mime`` parses those bytes back into an
 ``EmailMessage`` for callers that want the object.
 
->>> from channels.types import OutboundEmail
+>>> from tidings.channels.types import OutboundEmail
 >>> mime = build_mime(OutboundEmail("42", "k42", "ada@example.com", "news@shop.example",
 ...     "Grüße", html="<p>Hi</p>", text="Hi", from_name="Shop"))
 >>> mime["X-Tidings-Message-Id"], mime["Subject"], mime.get_content_type()
@@ -21,22 +22,35 @@ from __future__ import annotations
 
 import binascii
 import hashlib
+import time
 from email import message_from_bytes
 from email import policy as email_policy
 from email.header import Header
 from email.message import EmailMessage
 from email.utils import formataddr, formatdate
+from functools import lru_cache
 
 from tidings.channels.types import OutboundEmail, ProviderPermanentError
 
 MESSAGE_ID_HEADER = "X-Tidings-Message-Id"
 
 
-def message_id_header(message: OutboundEmail) -> str:
-    """A stable RFC 5322 Message-ID for our message (same id -> same header)."""
+#: RFC 5322's limit for a line, without its CRLF; a longer line needs quoted-printable.
+MAX_LINE = 998
+#: Starts each multipart boundary: "=_" never occurs in quoted-printable output, and a 7bit
+#: body holding it is quoted-printable instead, so a boundary cannot collide with a body line.
+BOUNDARY = "=_tidings_"
+
+
+def message_id_header(message: OutboundEmail, digest: str | None = None) -> str:
+    """A stable RFC 5322 Message-ID for our message (same id -> same header). ``digest``: the
+    message's ``_digest`` when the caller has it."""
     domain = message.from_email.rpartition("@")[2] or "tidings.invalid"
-    digest = hashlib.sha256(message.idempotency_key.encode()).hexdigest()[:16]
-    return f"<tidings.{message.message_id}.{digest}@{domain}>"
+    return f"<tidings.{message.message_id}.{(digest or _digest(message))[:16]}@{domain}>"
+
+
+def _digest(message: OutboundEmail) -> str:
+    return hashlib.sha256(message.idempotency_key.encode()).hexdigest()
 
 
 def _check_address(email: str, *, field: str, provider: str) -> str:
@@ -65,10 +79,26 @@ def _header(name: str, value: str, linesep: str) -> str:
     return f"{name}: {encoded}"
 
 
-def _qp(text: str, linesep: str) -> str:
+def _body(text: str, linesep: str) -> tuple[str, str]:
+    """(Content-Transfer-Encoding, the body in it): ``7bit`` as it is when every line is ASCII,
+    without NUL or ``BOUNDARY`` and within ``MAX_LINE``, which most rendered email is (no
+    encoding pass on the send path); else quoted-printable."""
     lines = text.replace("\r\n", "\n").replace("\r", "\n")
+    if (
+        lines.isascii()
+        and "\0" not in lines
+        and BOUNDARY not in lines
+        and max(map(len, lines.split("\n"))) <= MAX_LINE
+    ):
+        return "7bit", lines.replace("\n", linesep)
     encoded = binascii.b2a_qp(lines.encode("utf-8"), istext=True).decode("ascii")
-    return encoded.replace("\n", linesep)
+    return "quoted-printable", encoded.replace("\n", linesep)
+
+
+@lru_cache(maxsize=1)
+def _date(second: int) -> str:
+    """The ``Date`` header for a second (every message sent within it shares one)."""
+    return formatdate(second, localtime=False, usegmt=True)
 
 
 def mime_bytes(message: OutboundEmail, *, provider: str = "smtp", linesep: str = "\r\n") -> bytes:
@@ -77,12 +107,13 @@ def mime_bytes(message: OutboundEmail, *, provider: str = "smtp", linesep: str =
     to = _check_address(message.to, field="to", provider=provider)
     if message.text is None and message.html is None:
         raise ProviderPermanentError("email has neither text nor html", provider=provider)
+    digest = _digest(message)
     headers = [
         _header("From", formataddr((message.from_name or "", sender), charset="utf-8"), linesep),
         f"To: {to}",
         _header("Subject", message.subject, linesep),
-        f"Date: {formatdate(localtime=False, usegmt=True)}",
-        f"Message-ID: {message_id_header(message)}",
+        f"Date: {_date(int(time.time()))}",
+        f"Message-ID: {message_id_header(message, digest)}",
         f"{MESSAGE_ID_HEADER}: {message.message_id}",
         "MIME-Version: 1.0",
     ]
@@ -98,26 +129,21 @@ def mime_bytes(message: OutboundEmail, *, provider: str = "smtp", linesep: str =
             )
         headers.append(_header(name, value, linesep))
 
-    parts = [(subtype, body) for subtype, body in (("plain", message.text), ("html", message.html))]
-    present = [(subtype, body) for subtype, body in parts if body is not None]
-    part_headers = 'Content-Type: text/{}; charset="utf-8"{}Content-Transfer-Encoding: ' + (
-        "quoted-printable"
-    )
+    present = [
+        (subtype, *_body(body, linesep))
+        for subtype, body in (("plain", message.text), ("html", message.html))
+        if body is not None
+    ]
+    part_headers = 'Content-Type: text/{}; charset="utf-8"{}Content-Transfer-Encoding: {}'
     if len(present) == 1:
-        subtype, body = present[0]
-        headers.append(part_headers.format(subtype, linesep))
-        return (linesep.join(headers) + linesep + linesep + _qp(body or "", linesep)).encode()
-    # "=_" never occurs in quoted-printable output, so the boundary cannot collide
-    boundary = f"=_tidings_{hashlib.sha256(message.idempotency_key.encode()).hexdigest()[:24]}"
+        subtype, encoding, body = present[0]
+        headers.append(part_headers.format(subtype, linesep, encoding))
+        return (linesep.join(headers) + linesep + linesep + body).encode()
+    boundary = f"{BOUNDARY}{digest[:24]}"
     headers.append(f'Content-Type: multipart/alternative;{linesep} boundary="{boundary}"')
     chunks = [linesep.join(headers), ""]
-    for subtype, body in present:
-        chunks += [
-            f"--{boundary}",
-            part_headers.format(subtype, linesep),
-            "",
-            _qp(body or "", linesep),
-        ]
+    for subtype, encoding, body in present:
+        chunks += [f"--{boundary}", part_headers.format(subtype, linesep, encoding), "", body]
     chunks += [f"--{boundary}--", ""]
     return linesep.join(chunks).encode("ascii")
 
