@@ -16,9 +16,9 @@ A provider that keeps no record we could query after a crash (SMTP) sets ``recor
 dispatcher then hands it one message at a time and commits each result before the next, so at
 most one message per worker is ever in doubt.
 
->>> from channels.outbox import OutboxChannel
+>>> from tidings.channels.outbox import OutboxChannel
 >>> import tempfile
->>> from channels.types import OutboundSms
+>>> from tidings.channels.types import OutboundSms
 >>> with OutboxChannel(folder=tempfile.mkdtemp()) as channel:
 ...     [r.status for r in channel.send_batch([OutboundSms("7", "k7", "+14155550100", "Hi")])]
 ['accepted']

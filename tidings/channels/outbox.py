@@ -6,7 +6,7 @@ then rename), and the name comes from our message id, so sending the same messag
 overwrites its files instead of adding a duplicate. For demos, dry runs and reviews.
 
 >>> import tempfile, pathlib
->>> from channels.types import OutboundSms
+>>> from tidings.channels.types import OutboundSms
 >>> folder = pathlib.Path(tempfile.mkdtemp())
 >>> sms = OutboundSms("9", "k9", "+14155550100", "Hi")
 >>> OutboxChannel(folder=folder).send_batch([sms])[0].status

@@ -219,7 +219,7 @@ class Statistics:
     analysed): a logarithmic number of ANALYZEs, each a sample of 30,000 rows or less.
 
     >>> stats = Statistics(engine, ["contacts", "consents"])  # doctest: +SKIP
-    >>> stats.wrote({"contacts": 2000, "consents": 4000})     # after each committed batch
+    >>> stats.wrote({"contacts": 2000, "consents": 4000})  # doctest: +SKIP
     """
 
     def __init__(self, conn: Connection, tables: Sequence[str]) -> None:

@@ -1,6 +1,6 @@
 """Data quality of the CRM store: completeness, freshness, uniqueness.
 
->>> from crm.db import make_engine, upgrade
+>>> from tidings.crm.db import make_engine, upgrade
 >>> engine = make_engine("sqlite:///:memory:"); upgrade(engine)
 >>> report = quality_report(engine=engine, stale_days=365)
 >>> report.contacts, report.duplicates["same_email"].groups

@@ -3,7 +3,7 @@
 Each problem is a ``Problem(path, message, hint)``; ``path`` is the key path in the YAML document
 (``("steps", 2, "next")``) so the loader can point at the file, line and column.
 
->>> from journeys.schema import Journey
+>>> from tidings.journeys.schema import Journey
 >>> journey = Journey.model_validate({"name": "j", "trigger": {"type": "api"}, "steps": [
 ...     {"id": "a", "type": "email", "template": "t", "next": "c"},
 ...     {"id": "b", "type": "exit"},

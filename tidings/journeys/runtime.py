@@ -1,7 +1,9 @@
 """Everything a worker needs to run journeys, built once from the settings.
 
+Its journeys come from the project's journeys/*.yaml (``load_journeys``).
+
 >>> runtime = Runtime.from_settings()        # doctest: +SKIP
->>> runtime.load_journeys()                   # registers the project's journeys/*.yaml
+>>> runtime.load_journeys()                   # doctest: +SKIP
 >>> runtime.engine.tick("welcome")           # doctest: +SKIP
 >>> runtime.dispatcher.dispatch()            # doctest: +SKIP
 """

@@ -1,8 +1,10 @@
 """Play a journey against a scenario: a timeline of contacts, events, opens, clicks and orders,
 in a scratch store, with the real engine, on a simulated clock.
 
->>> played = simulate(settings, Path("journeys/welcome.yaml"), load_scenario(scenario))
->>> played.contacts["ann"].sent
+>>> played = simulate(  # doctest: +SKIP
+...     settings, Path("journeys/welcome.yaml"), load_scenario(scenario)
+... )
+>>> played.contacts["ann"].sent  # doctest: +SKIP
 [('hello', datetime(2026, 12, 1, 9, 0, tzinfo=UTC))]
 
 A scenario is YAML (docs/journeys.md, "Test a journey before it ships"):

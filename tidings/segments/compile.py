@@ -9,12 +9,13 @@ their own JSON type (a string ``"5"`` never equals the number ``5``), dates in J
 strings read as UTC unless they carry an offset, and ``now`` is a parameter.
 
 >>> from datetime import UTC, datetime
->>> from segments.core import Column, Compare
+>>> from tidings.segments.core import Column, Compare
 >>> stmt = compile_core(Compare(Column("locale"), "eq", "de"), dialect="sqlite",
 ...                     now=datetime(2026, 1, 1, tzinfo=UTC))
 >>> print(stmt)  # doctest: +NORMALIZE_WHITESPACE
 SELECT contacts.id FROM contacts
-WHERE contacts.locale IS NOT NULL AND contacts.locale = :locale_1
+WHERE contacts.erased_at IS NULL AND contacts.locale IS NOT NULL
+    AND contacts.locale = :locale_1
 """
 
 from __future__ import annotations

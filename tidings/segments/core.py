@@ -5,7 +5,7 @@ Shorthand disappears here: ``ne`` becomes ``Not(eq)``, ``between`` two compariso
 of granted consent, an address and no suppression, ``segment: vip`` the referenced rule itself.
 What is left is a dozen node kinds, each with one compile function in ``segments.compile``.
 
->>> from segments.rules import Segment
+>>> from tidings.segments.rules import Segment
 >>> seg = Segment.model_validate({"name": "a", "rule": {"attribute": "plan", "ne": "pro"}})
 >>> to_core(seg.rule)
 Not(child=Compare(target=Json(column='attributes', path=('plan',)), op='eq', value='pro'))

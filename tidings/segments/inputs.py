@@ -12,7 +12,7 @@ date (``Inputs.swept`` is empty) from those that also need the scheduled sweep. 
 walker does not know makes the segment ``unknown``: it is then refreshed only in full, never
 incrementally (the conservative answer for an operator added after this was written).
 
->>> from segments.core import Column, Compare, EventCount, All
+>>> from tidings.segments.core import Column, Compare, EventCount, All
 >>> got = inputs(All((Compare(Column("locale"), "eq", "de"),
 ...                   EventCount("cart.updated", (), 3600.0, "gte", 1))))
 >>> sorted(got.events), sorted(got.attributes), got.relative_time, got.live

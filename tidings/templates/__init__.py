@@ -1,6 +1,6 @@
 """Email (MJML + Jinja2) and SMS (Jinja2) templates: compile once, render per contact.
 
->>> from templates import count_segments
+>>> from tidings.templates import count_segments
 >>> count_segments("Hi 😀").encoding
 'UCS-2'
 

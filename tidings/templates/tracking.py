@@ -31,7 +31,7 @@ TrackingToken(kind='c', message_id='msg-1', link_index=2, url='https://shop.exam
 >>> verify_token(token[:-2] + "AA", secret="s3cret")
 Traceback (most recent call last):
 ...
-templates.tracking.InvalidTokenError: tracking token signature does not match
+tidings.templates.tracking.InvalidTokenError: tracking token signature does not match
 
 >>> tokens = TemplateTokens(signer, "9f2c", ["https://shop.example.com/", None])
 >>> message = tokens.for_message("https://t.example", "msg-1")

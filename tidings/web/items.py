@@ -8,7 +8,7 @@ JSON-able, so the Redis stream can carry it unchanged (web/buffer.py); ``kind`` 
 
 >>> item = SendGridBatch(events=[{"event": "open", "sg_event_id": "e1"}])
 >>> encode_item(item)
-b'{"k":"sg","events":[{"event":"open","sg_event_id":"e1"}]}'
+b'{"k":"sg","events":[{"event":"open","sg_event_id":"e1"}],"dead":[]}'
 >>> decode_item(encode_item(item)) == item
 True
 """
