@@ -11,7 +11,7 @@ from sqlalchemy import Engine, select
 from tests.channels.helpers import FAST, email, message_rows, outbox_rows
 from tests.simulators.smtp import SmtpSimulator
 from tests.simulators.tls import make_self_signed
-from tidings.channels.mime import BOUNDARY, MAX_LINE, message_id_header
+from tidings.channels.mime import message_id_header
 from tidings.channels.record import record_results
 from tidings.channels.smtp import SmtpChannel
 from tidings.crm.db import session_scope
@@ -180,28 +180,6 @@ def test_non_ascii_and_long_lines_survive_the_wire(smtp_sim: SmtpSimulator) -> N
     text, markup = (p.get_content() for p in mime.iter_parts())
     assert text == "Hallo Jürgen"
     assert markup.replace("\r\n", "\n") == html
-
-
-@pytest.mark.parametrize(
-    ("html", "encoding"),
-    [
-        ("<p>Hi Ada</p>\n.a dot first\n" + "y" * MAX_LINE, "7bit"),  # sent as it is
-        ("<p>Hi</p>\n" + "y" * (MAX_LINE + 1), "quoted-printable"),  # a line too long
-        (f"<p>Hi</p>\n--{BOUNDARY}x--\n", "quoted-printable"),  # could close the part
-        ("<p>Hi\0</p>", "quoted-printable"),
-    ],
-)
-def test_a_body_goes_7bit_when_it_can(smtp_sim: SmtpSimulator, html: str, encoding: str) -> None:
-    with channel(smtp_sim) as adapter:
-        [result] = adapter.send_batch([email(1, html=html, text="Hi")])
-
-    assert result.status == "accepted"
-    [received] = smtp_sim.messages
-    assert max(len(line) for line in received.data.split(b"\r\n")) <= MAX_LINE
-    text, markup = received.message.iter_parts()
-    assert text["Content-Transfer-Encoding"] == "7bit"
-    assert markup["Content-Transfer-Encoding"] == encoding
-    assert markup.get_content().replace("\r\n", "\n") == html
 
 
 def refusing_port() -> int:

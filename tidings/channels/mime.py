@@ -5,10 +5,9 @@ they can render), our message id in ``X-Tidings-Message-Id`` and a ``Message-ID`
 from it, so a bounce or a reply can be matched to the outbox row.
 
 ``mime_bytes`` writes the message directly (headers RFC 2047-encoded and folded by
-``email.header``; a body that is ASCII with lines of at most 998 characters goes as it is,
-``7bit``, any other quoted-printable by ``binascii``): about 20 µs a message where building an
-``email.message.EmailMessage`` and serialising it took 5 ms here, which capped the SMTP adapter
-near 200 messages/s. ``build_mime`` parses those bytes back into an
+``email.header``, bodies quoted-printable by ``binascii``): about 40 µs a message where
+building an ``email.message.EmailMessage`` and serialising it took 5 ms here, which capped the
+SMTP adapter near 200 messages/s. ``build_mime`` parses those bytes back into an
 ``EmailMessage`` for callers that want the object.
 
 >>> from tidings.channels.types import OutboundEmail
@@ -33,13 +32,6 @@ from functools import lru_cache
 from tidings.channels.types import OutboundEmail, ProviderPermanentError
 
 MESSAGE_ID_HEADER = "X-Tidings-Message-Id"
-
-
-#: RFC 5322's limit for a line, without its CRLF; a longer line needs quoted-printable.
-MAX_LINE = 998
-#: Starts each multipart boundary: "=_" never occurs in quoted-printable output, and a 7bit
-#: body holding it is quoted-printable instead, so a boundary cannot collide with a body line.
-BOUNDARY = "=_tidings_"
 
 
 def message_id_header(message: OutboundEmail, digest: str | None = None) -> str:
@@ -79,20 +71,10 @@ def _header(name: str, value: str, linesep: str) -> str:
     return f"{name}: {encoded}"
 
 
-def _body(text: str, linesep: str) -> tuple[str, str]:
-    """(Content-Transfer-Encoding, the body in it): ``7bit`` as it is when every line is ASCII,
-    without NUL or ``BOUNDARY`` and within ``MAX_LINE``, which most rendered email is (no
-    encoding pass on the send path); else quoted-printable."""
+def _qp(text: str, linesep: str) -> str:
     lines = text.replace("\r\n", "\n").replace("\r", "\n")
-    if (
-        lines.isascii()
-        and "\0" not in lines
-        and BOUNDARY not in lines
-        and max(map(len, lines.split("\n"))) <= MAX_LINE
-    ):
-        return "7bit", lines.replace("\n", linesep)
     encoded = binascii.b2a_qp(lines.encode("utf-8"), istext=True).decode("ascii")
-    return "quoted-printable", encoded.replace("\n", linesep)
+    return encoded.replace("\n", linesep)
 
 
 @lru_cache(maxsize=1)
@@ -130,20 +112,23 @@ def mime_bytes(message: OutboundEmail, *, provider: str = "smtp", linesep: str =
         headers.append(_header(name, value, linesep))
 
     present = [
-        (subtype, *_body(body, linesep))
+        (subtype, _qp(body, linesep))
         for subtype, body in (("plain", message.text), ("html", message.html))
         if body is not None
     ]
-    part_headers = 'Content-Type: text/{}; charset="utf-8"{}Content-Transfer-Encoding: {}'
+    part_headers = 'Content-Type: text/{}; charset="utf-8"{}Content-Transfer-Encoding: ' + (
+        "quoted-printable"
+    )
     if len(present) == 1:
-        subtype, encoding, body = present[0]
-        headers.append(part_headers.format(subtype, linesep, encoding))
+        subtype, body = present[0]
+        headers.append(part_headers.format(subtype, linesep))
         return (linesep.join(headers) + linesep + linesep + body).encode()
-    boundary = f"{BOUNDARY}{digest[:24]}"
+    # "=_" never occurs in quoted-printable output, so the boundary cannot collide
+    boundary = f"=_tidings_{digest[:24]}"
     headers.append(f'Content-Type: multipart/alternative;{linesep} boundary="{boundary}"')
     chunks = [linesep.join(headers), ""]
-    for subtype, encoding, body in present:
-        chunks += [f"--{boundary}", part_headers.format(subtype, linesep, encoding), "", body]
+    for subtype, body in present:
+        chunks += [f"--{boundary}", part_headers.format(subtype, linesep), "", body]
     chunks += [f"--{boundary}--", ""]
     return linesep.join(chunks).encode("ascii")
 
