@@ -23,19 +23,19 @@ import base64
 import http.client
 import sys
 import time
-import uuid
 from pathlib import Path
 
 import orjson
 import psycopg
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from sqlalchemy import create_engine, func, insert, select, text
+from sqlalchemy import func, insert, select
 from sqlalchemy.engine import make_url
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.databases import SERVER, scratch_database  # noqa: E402
 from benchmarks.webapp import post, run_clients, start_app, stop_app  # noqa: E402
 from tidings.crm.db import make_engine, upgrade  # noqa: E402
 from tidings.crm.models import Contact, Message, MessageEvent  # noqa: E402
@@ -138,69 +138,62 @@ def main() -> None:
     parser.add_argument("--events", type=int, default=200_000)
     parser.add_argument("--clients", type=int, default=4)
     parser.add_argument("--workers", type=int, default=1)
-    parser.add_argument("--url", default="postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
+    parser.add_argument("--url", default=SERVER)
     args = parser.parse_args()
 
-    admin = create_engine(args.url, isolation_level="AUTOCOMMIT")
-    name = f"tidings_bench_{uuid.uuid4().hex[:8]}"
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
-    url = make_url(args.url).set(database=name).render_as_string(hide_password=False)
-    proc = None
-    try:
-        ids = seed(url)
-        key = ec.generate_private_key(ec.SECP256R1())
-        public = base64.b64encode(
-            key.public_key().public_bytes(
-                serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
-            )
-        ).decode()
-        batches = make_batches(args.events, ids, "run")
-        ts = str(int(time.time()))
-        bodies = []
-        for events in batches:
-            body = orjson.dumps(events)
-            signature = key.sign(ts.encode() + body, ec.ECDSA(hashes.SHA256()))
-            bodies.append(
-                (
-                    body,
-                    {
-                        "Content-Type": "application/json",
-                        "X-Twilio-Email-Event-Webhook-Signature": base64.b64encode(
-                            signature
-                        ).decode(),
-                        "X-Twilio-Email-Event-Webhook-Timestamp": ts,
-                    },
-                )
-            )
-        proc, port = start_app(
-            env={
-                "TIDINGS_DATABASE_URL": url,
-                "TIDINGS_SENDGRID_WEBHOOK_PUBLIC_KEY": public,
-                "TIDINGS_WEBHOOK_MAX_AGE": "3600",
-                "TIDINGS_SECRET_KEY": "bench",
-            },
-            cwd=ROOT,
-            workers=args.workers,
-        )
-        warm = bodies[: max(1, len(bodies) // 50)]
-        run_load(port, warm, args.clients)  # warm-up: connections, statement cache
-        timed = bodies[len(warm) :]
-        elapsed = run_load(port, timed, args.clients)
-        n_timed = sum(len(orjson.loads(b)) for b, _ in timed)
-        engine = make_engine(url)
-        with engine.connect() as conn:
-            stored = conn.execute(select(func.count()).select_from(MessageEvent)).scalar_one()
-        engine.dispose()
-        assert stored == args.events, f"stored {stored} of {args.events} events"
-        stop_app(proc)
+    with scratch_database(args.url) as url:
         proc = None
-        base = baseline(url, batches[len(warm) :], ids)
-    finally:
-        stop_app(proc)
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
+        try:
+            ids = seed(url)
+            key = ec.generate_private_key(ec.SECP256R1())
+            public = base64.b64encode(
+                key.public_key().public_bytes(
+                    serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+                )
+            ).decode()
+            batches = make_batches(args.events, ids, "run")
+            ts = str(int(time.time()))
+            bodies = []
+            for events in batches:
+                body = orjson.dumps(events)
+                signature = key.sign(ts.encode() + body, ec.ECDSA(hashes.SHA256()))
+                bodies.append(
+                    (
+                        body,
+                        {
+                            "Content-Type": "application/json",
+                            "X-Twilio-Email-Event-Webhook-Signature": base64.b64encode(
+                                signature
+                            ).decode(),
+                            "X-Twilio-Email-Event-Webhook-Timestamp": ts,
+                        },
+                    )
+                )
+            proc, port = start_app(
+                env={
+                    "TIDINGS_DATABASE_URL": url,
+                    "TIDINGS_SENDGRID_WEBHOOK_PUBLIC_KEY": public,
+                    "TIDINGS_WEBHOOK_MAX_AGE": "3600",
+                    "TIDINGS_SECRET_KEY": "bench",
+                },
+                cwd=ROOT,
+                workers=args.workers,
+            )
+            warm = bodies[: max(1, len(bodies) // 50)]
+            run_load(port, warm, args.clients)  # warm-up: connections, statement cache
+            timed = bodies[len(warm) :]
+            elapsed = run_load(port, timed, args.clients)
+            n_timed = sum(len(orjson.loads(b)) for b, _ in timed)
+            engine = make_engine(url)
+            with engine.connect() as conn:
+                stored = conn.execute(select(func.count()).select_from(MessageEvent)).scalar_one()
+            engine.dispose()
+            assert stored == args.events, f"stored {stored} of {args.events} events"
+            stop_app(proc)
+            proc = None
+            base = baseline(url, batches[len(warm) :], ids)
+        finally:
+            stop_app(proc)
     ours, ceiling = n_timed / elapsed, n_timed / base
     print(
         f"events timed:        {n_timed:,} in batches of {BATCH} ({args.clients} clients, "

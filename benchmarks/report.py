@@ -30,7 +30,6 @@ import os
 import statistics
 import sys
 import time
-import uuid
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +38,7 @@ from sqlalchemy.engine import make_url
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks.databases import SERVER, scratch_database
 from benchmarks.segments import NOW, _without_indexes
 from tidings.analytics.report import journey_report
 from tidings.crm.db import make_engine, upgrade
@@ -285,28 +285,17 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument(
         "--url",
-        default="postgresql+psycopg://postgres@127.0.0.1:5432/postgres",
+        default=SERVER,
         help="server to create the throw-away benchmark database on",
     )
     parser.add_argument("--keep", action="store_true", help="keep the benchmark database")
     parser.add_argument("--out", type=Path, help="also write the results as JSON here")
     args = parser.parse_args()
-    server = make_url(args.url)
-    name = f"tidings_bench_{uuid.uuid4().hex[:8]}"
-    admin = create_engine(server, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
-    url = server.set(database=name).render_as_string(hide_password=False)
-    try:
+    with scratch_database(args.url, keep=args.keep) as url:
         result = {
-            "database": name,
+            "database": make_url(url).database,
             **run(url, args.contacts, args.events, args.repeat, args.seed),
         }
-    finally:
-        if not args.keep:
-            with admin.connect() as conn:
-                conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
     out = json.dumps(result, indent=2)
     print(out)
     if args.out:

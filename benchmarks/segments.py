@@ -28,7 +28,6 @@ import os
 import statistics
 import sys
 import time
-import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -39,6 +38,7 @@ from sqlalchemy.engine import make_url
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks.databases import SERVER, scratch_database
 from tidings.config import get_settings
 from tidings.crm.db import make_engine, session_scope, upgrade
 from tidings.segments.membership import count, refresh, segment_statement, tune_for_segments
@@ -338,7 +338,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument(
         "--url",
-        default="postgresql+psycopg://postgres@127.0.0.1:5432/postgres",
+        default=SERVER,
         help="server to create the throw-away benchmark database on",
     )
     parser.add_argument("--keep", action="store_true", help="keep the benchmark database")
@@ -348,19 +348,11 @@ def main() -> None:
         os.environ["TIDINGS_SEGMENT_WORK_MEM"] = args.work_mem
         get_settings.cache_clear()
         get_settings()  # a bad value fails here, before any loading
-    server = make_url(args.url)
-    name = f"tidings_bench_{uuid.uuid4().hex[:8]}"
-    admin = create_engine(server, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
-    url = server.set(database=name).render_as_string(hide_password=False)
-    try:
-        result = {"database": name, **run(url, args.contacts, args.repeat, args.seed)}
-    finally:
-        if not args.keep:
-            with admin.connect() as conn:
-                conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
+    with scratch_database(args.url, keep=args.keep) as url:
+        result = {
+            "database": make_url(url).database,
+            **run(url, args.contacts, args.repeat, args.seed),
+        }
     out = json.dumps(result, indent=2)
     print(out)
     if args.out:

@@ -18,15 +18,14 @@ import argparse
 import os
 import sys
 import time
-import uuid
 from pathlib import Path
 
-from sqlalchemy import create_engine, func, insert, select, text
-from sqlalchemy.engine import make_url
+from sqlalchemy import func, insert, select
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.databases import scratch_database  # noqa: E402
 from tidings.config import Settings  # noqa: E402
 from tidings.crm.db import make_engine, upgrade  # noqa: E402
 from tidings.crm.importer import ContactRow, ImportReport, _apply_contacts  # noqa: E402
@@ -49,18 +48,8 @@ def main() -> int:
         ),
     )
     args = parser.parse_args()
-    base = make_url(args.url)
-    name = f"tidings_bench_{uuid.uuid4().hex[:8]}"
-    admin = create_engine(base, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
-    url = base.set(database=name).render_as_string(hide_password=False)
-    try:
+    with scratch_database(args.url) as url:
         return run(url, args.erased, args.batches)
-    finally:
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
 
 
 def run(url: str, erased: int, batches: int) -> int:
