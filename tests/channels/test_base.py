@@ -78,6 +78,19 @@ def test_an_unclassified_exception_is_a_bug_and_propagates() -> None:
         Scripted({"1": ["bug"]}, retry=FAST).send_batch([sms(1)])
 
 
+def test_a_bug_under_concurrency_stops_the_batch_once_every_thread_stopped() -> None:
+    channel = Scripted({"2": ["bug"]}, retry=FAST)
+    channel.concurrency = 4
+    with pytest.raises(KeyError):
+        channel.send_batch([sms(n) for n in range(1, 201)])
+    sent = list(channel.calls)
+
+    # besides "1" and "2", at most the messages the three other threads held at that moment
+    assert "2" in sent and len(sent) <= 2 + 3
+    assert channel.send_batch([sms(300)])[0].status == "accepted"  # the threads serve on
+    assert channel.calls[: len(sent)] == sent and len(channel.calls) == len(sent) + 1
+
+
 def test_backoff_grows_and_is_capped() -> None:
     policy = RetryPolicy(base=1.0, cap=5.0)
     assert 0.5 <= policy.delay(1) <= 1.0

@@ -3,11 +3,12 @@
 The SDK builds a fresh ``urllib`` opener for every call (about 1.9 ms of CPU here, mostly
 ``build_opener`` and the proxy lookup in ``os.environ``) and opens a new TCP (and TLS)
 connection per message. ``KeepAliveClient`` is the SDK's own ``Client`` class with only the
-last step replaced: the URL, headers, body encoding, ``Response`` object and error classes
-stay the SDK's; the request goes over one persistent connection per thread (``Connection``:
-HTTP/1.1 with the request in one write and TCP_NODELAY; ``http.client`` sent headers and body
-in two writes, so each request waited for the server's delayed ACK: 1,250 msg/s became
-about 2x that on loopback).
+last step replaced: the URL, headers, ``Response`` object and error classes stay the SDK's;
+the body is the same JSON written by orjson (compact, UTF-8: the SDK's ``json.dumps`` took
+~2.7% of a broadcast worker's interpreter time for 25 KB emails); the request goes over one
+persistent connection per thread (``Connection``: HTTP/1.1 with the request in one write and
+TCP_NODELAY; ``http.client`` sent headers and body in two writes, so each request waited for
+the server's delayed ACK: 1,250 msg/s became about 2x that on loopback).
 
 A connection idle longer than ``max_idle`` is reopened before use (servers close idle ones),
 so a reused connection is never found dead after the request went out; if it still breaks
@@ -23,7 +24,6 @@ from __future__ import annotations
 
 import http.client
 import io
-import json
 import socket
 import ssl
 import threading
@@ -34,6 +34,7 @@ from dataclasses import dataclass
 from http.client import RemoteDisconnected
 from typing import Any
 
+import orjson
 import python_http_client  # type: ignore[import-untyped]
 from python_http_client.exceptions import handle_error  # type: ignore[import-untyped]
 
@@ -223,7 +224,7 @@ class KeepAliveClient(python_http_client.Client):  # type: ignore[misc]
             if request_body is not None:
                 headers.setdefault("Content-Type", "application/json")
                 if headers["Content-Type"] == "application/json":
-                    data = json.dumps(request_body).encode()
+                    data = orjson.dumps(request_body, option=orjson.OPT_NON_STR_KEYS)
                 else:
                     data = str(request_body).encode()
             url = self._build_url(query_params)
