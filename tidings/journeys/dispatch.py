@@ -74,6 +74,9 @@ _MESSAGE_FIELDS = (
     "erased_at",
 )
 _CONTACT_FIELDS = (*CONTACT_FIELDS, "attributes")
+#: Where the contact's fields start in ``prepare``'s rows (after the message's, its contact's
+#: erasure and its enrolment's context).
+_CONTACT_AT = len(_MESSAGE_FIELDS) + 2
 log = logging.getLogger(__name__)
 
 
@@ -342,8 +345,7 @@ class Dispatcher:
                 if message.contact_erased_at is not None or message.erased_at is not None:
                     # (reconcile may queue again a message that was in doubt at the erasure)
                     raise PermanentError(ERASED_ERROR)
-                values = message._mapping
-                contact = {name: values[f"contact_{name}"] for name in _CONTACT_FIELDS}
+                contact = dict(zip(_CONTACT_FIELDS, message[_CONTACT_AT:], strict=True))
                 item = self.render(message, contact, message.context or {})
             except (PermanentError, InputError) as exc:
                 stats.render_failed += 1
