@@ -864,3 +864,129 @@ def test_a_file_import_moves_live_segments_at_once(
     assert [tuple(m) for m in members] == [("buyers", "C2"), ("pro", "C1"), ("pro", "C3")]
     assert enrolled == 2  # pro_welcome, at the import
     assert all(r.missed == 0 for r in sweep(live.runtime.engine))
+
+
+# -- each segment's statement built once ----------------------------------------------------------
+
+MOVING_RULES: dict[str, dict[str, Any]] = {
+    "window": {"event": "a", "within": "2 hours"},
+    "since": {"event": "a", "count": {"gte": 2}, "within": "1 day"},
+    "last": {"last_event": "a", "where": {"x": {"gt": 1}}},
+    "orders": {"orders": {"count": {"gte": 1}, "within": "1 hour"}},
+    "held": {"has_been": {"attribute": "plan", "eq": "pro", "for": "1 hour"}},
+}
+
+
+def test_a_moving_statement_answers_as_one_built_for_that_now(store: Any) -> None:
+    """``compile_core(moving=...)``: the times a rule compares with are bound parameters, so
+    one statement serves every ``now`` and gives what a statement built for it gives."""
+    from sqlalchemy import insert
+
+    from tidings.crm.models import AttributeChange, Event, Order
+    from tidings.segments.compile import compile_core
+    from tidings.segments.sqlparts import moving_params
+
+    base = datetime(2026, 11, 1, tzinfo=UTC)
+    with store.begin() as conn:
+        ids = list(
+            conn.execute(
+                insert(Contact).returning(Contact.id, sort_by_parameter_order=True),
+                [{"email": f"m{i}@example.com", "created_at": base} for i in range(6)],
+            ).scalars()
+        )
+        conn.execute(
+            insert(Event),
+            [
+                {
+                    "contact_id": cid,
+                    "name": "a",
+                    "properties": {"x": k},
+                    "occurred_at": base + timedelta(minutes=50 * i + 7 * k),
+                    "source": "test",
+                    "idempotency_key": f"m-{cid}-{k}",
+                }
+                for i, cid in enumerate(ids)
+                for k in range(i % 3 + 1)
+            ],
+        )
+        conn.execute(
+            insert(Order),
+            [
+                {
+                    "order_id": f"m-{cid}",
+                    "contact_id": cid,
+                    "total": 10,
+                    "currency": "EUR",
+                    "status": "completed",
+                    "placed_at": base + timedelta(minutes=40 * i),
+                    "updated_at": base,
+                }
+                for i, cid in enumerate(ids)
+            ],
+        )
+        conn.execute(
+            insert(AttributeChange),
+            [
+                {
+                    "contact_id": cid,
+                    "key": "plan",
+                    "value": "pro",
+                    "changed_at": base + timedelta(minutes=30 * i),
+                }
+                for i, cid in enumerate(ids)
+            ],
+        )
+    dialect = store.dialect.name
+    for name, rule in MOVING_RULES.items():
+        moving: dict[str, float] = {}
+        once = compile_core(core_of(rule), dialect=dialect, now=base, moving=moving)
+        assert moving, name
+        answers = set()
+        for minutes in (0, 45, 100, 170, 400, 2000):
+            now = base + timedelta(minutes=minutes)
+            with store.connect() as conn:
+                built = set(conn.execute(compile_core(core_of(rule), dialect=dialect, now=now)))
+                reused = set(conn.execute(once, moving_params(moving, now)))
+            assert reused == built, (name, minutes)
+            answers.add(frozenset(built))
+        assert len(answers) > 1, name  # the answer does move with now
+
+
+def test_a_rule_that_compares_a_time_as_a_value_is_built_per_batch() -> None:
+    from tidings.segments.compile import compile_core
+    from tidings.segments.loader import Catalog
+    from tidings.segments.membership import prepare
+    from tidings.segments.sqlparts import Unmoving
+
+    rule = {"attribute": "signup", "older_than": "30 days"}
+    with pytest.raises(Unmoving):
+        compile_core(core_of(rule), dialect="postgresql", moving={})
+    catalog = Catalog({"old": Segment.model_validate({"name": "old", "rule": rule})})
+    assert prepare("old", catalog=catalog) is None
+
+
+def test_a_segment_registered_again_gets_its_new_statement(live: Live) -> None:
+    """The statement is kept per segment and rule: the same rule reuses it, a changed rule
+    (the YAML edited, the catalog loaded again) builds a new one, and the live path follows
+    the new rule at once."""
+    from tidings.segments.live import plan, record, step
+    from tidings.segments.membership import current_members, prepare
+
+    engine = live.runtime.engine
+    catalog = engine._catalog()
+    first = prepare("pro", catalog=catalog)
+    assert first is not None and prepare("pro", catalog=catalog) is first
+    stop_app_loop(live)
+    live.contact(**BASE, attributes={"plan": "gold"})
+    catalog.segments["pro"] = Segment.model_validate(
+        {"name": "pro", "rule": {"attribute": "plan", "eq": "gold"}}
+    )
+    second = prepare("pro", catalog=catalog)
+    assert second is not None and second is not first
+    with Session(live.runtime.db) as session, session.begin():
+        cid = session.scalars(select(Contact.id).where(Contact.external_id == "C1")).one()
+        record(session, plan(engine), [(cid, Change.contact(frozenset({"plan"})))])
+    assert step(engine).entered == 1
+    with Session(live.runtime.db) as session:
+        assert current_members("pro", session=session) == [cid]
+    assert all(r.missed == 0 for r in sweep(engine))

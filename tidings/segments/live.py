@@ -76,7 +76,7 @@ from tidings.crm.models import Enrollment, SegmentChange, SegmentMembership
 from tidings.crm.types import utcnow
 from tidings.segments.inputs import Change, Inputs, inputs
 from tidings.segments.loader import Catalog
-from tidings.segments.membership import lock_segment, lock_segments, refresh_stays
+from tidings.segments.membership import lock_segment, lock_segments, prepare, refresh_stays
 
 if TYPE_CHECKING:
     from tidings.journeys.engine import JourneyEngine
@@ -468,8 +468,15 @@ def _apply(
     now: datetime,
 ) -> LiveStats:
     stats = LiveStats()
+    postgres = session.get_bind().dialect.name == "postgresql"
     stays = refresh_stays(
-        name, session=session, catalog=catalog, now=now, contact_ids=ids, locked=True
+        name,
+        session=session,
+        catalog=catalog,
+        now=now,
+        contact_ids=ids,
+        locked=True,
+        prepared=prepare(name, catalog=catalog) if postgres else None,
     )
     stats.entered, stats.exited = stays.entered, stays.exited
     if stays.new:
@@ -477,7 +484,7 @@ def _apply(
         new_ids = [stay for stay, _ in stays.new]
         chosen: Any = (
             m.id == any_(bindparam("stays", new_ids, type_=ARRAY(BigInteger)))
-            if session.get_bind().dialect.name == "postgresql"
+            if postgres
             else m.id.in_(new_ids)
         )
         candidates = select(
