@@ -990,3 +990,41 @@ def test_a_segment_registered_again_gets_its_new_statement(live: Live) -> None:
     with Session(live.runtime.db) as session:
         assert current_members("pro", session=session) == [cid]
     assert all(r.missed == 0 for r in sweep(engine))
+
+
+def test_tidings_live_runs_the_loop_in_a_process_of_its_own(
+    live: Live, settings: Settings, project: Path, tmp_path: Path
+) -> None:
+    """`tidings live` beside a web app that runs no loop (TIDINGS_LIVE_LOOP=false): it takes
+    what the app's writes queued, steps while changes arrive, and stops on SIGTERM."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    stop_app_loop(live)
+    env = {
+        **os.environ,
+        "TIDINGS_DATABASE_URL": settings.database_url,
+        "TIDINGS_PROJECT_DIR": str(project),
+        "TIDINGS_OUTBOX_DIR": str(tmp_path / "outbox"),
+        "TIDINGS_SECRET_KEY": "test-secret",
+        "TIDINGS_LIVE_POLL_SECONDS": "0.1",
+    }
+    env.pop("TIDINGS_REDIS_URL", None)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tidings", "live"],
+        cwd=project,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        for plan_value in ("pro", "free", "pro"):
+            live.contact(**BASE, attributes={"plan": plan_value})
+            live.settle(timeout=60)  # only the other process empties the queue here
+        assert live.stays("pro") == [(True, True), (True, False)]
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 0, out.decode()

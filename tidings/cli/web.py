@@ -4,6 +4,7 @@
 
     tidings serve --port 8000            # the web app under uvicorn
     tidings ingest                       # the Redis stream consumer (with TIDINGS_REDIS_URL)
+    tidings live                         # the live segments' loop in a process of its own
     tidings apikey create shop           # prints the key once
     tidings apikey revoke 3f9a0c12d4e5
     tidings contacts show C0002          # the contact card with its whole history
@@ -11,7 +12,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+from typing import Any
 
 import typer
 from rich.console import Console
@@ -74,6 +77,45 @@ def ingest(
         f"stored, {stats.duplicates} duplicates, {stats.events} API events, {stats.dead} "
         f"parked in {settings.ingest_stream}:dead, {stats.retries} retries"
     )
+
+
+def live() -> None:
+    """Run the live segments' loop in this process until stopped (Ctrl-C, SIGTERM).
+
+    For a busy web app: serve it with ``TIDINGS_LIVE_LOOP=false`` and run this beside it, so
+    the loop does not share an interpreter lock with request parsing. It polls every
+    ``TIDINGS_LIVE_POLL_SECONDS`` while idle and steps back to back while changes arrive.
+    Any number may run (they take turns); stopping one mid-step leaves its changes queued."""
+    import signal
+    import threading
+
+    from tidings.config import get_settings
+    from tidings.crm.db import make_engine
+    from tidings.journeys.runtime import Runtime
+    from tidings.segments.live import Loop
+    from tidings.web.app import configure_logging
+
+    configure_logging()
+    settings = get_settings()
+    db = make_engine(settings.database_url)
+    runtime: list[Runtime] = []
+
+    def engine() -> Any:
+        if not runtime:
+            runtime.append(Runtime.from_settings(settings, db=db))
+        return runtime[0].engine
+
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    loop = Loop(engine, db=db, poll=settings.live_poll_seconds)
+    loop.start()
+    console.print(
+        f"live segments' loop running, polling every {settings.live_poll_seconds:g} s "
+        "while idle (Ctrl-C stops)"
+    )
+    with contextlib.suppress(KeyboardInterrupt):
+        stop.wait()
+    loop.stop()
 
 
 @apikey_app.command("create")
@@ -169,5 +211,6 @@ def register(app: typer.Typer) -> None:
 
     app.command("serve")(serve)
     app.command("ingest")(ingest)
+    app.command("live")(live)
     app.add_typer(apikey_app, name="apikey")
     crm_cli.contacts_app.command("show")(contacts_show)
