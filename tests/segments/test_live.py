@@ -1028,3 +1028,79 @@ def test_tidings_live_runs_the_loop_in_a_process_of_its_own(
         proc.send_signal(signal.SIGTERM)
         out, _ = proc.communicate(timeout=60)
     assert proc.returncode == 0, out.decode()
+
+
+def test_serve_live_process_runs_the_loop_beside_the_workers(
+    settings: Settings, store: Any, project: Path, tmp_path: Path
+) -> None:
+    """`tidings serve --live-process`: one `tidings live` child beside the web app (whose
+    workers run no loop); a write through the API moves the segment, and stopping the server
+    stops the child."""
+    import http.client
+    import os
+    import signal
+    import socket
+    import subprocess
+    import sys
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = int(s.getsockname()[1])
+    key = create_key(store, name="shop")
+    Runtime.from_settings(settings, db=store).load_journeys()  # pro_welcome makes "pro" live
+    env = {
+        **os.environ,
+        "TIDINGS_DATABASE_URL": settings.database_url,
+        "TIDINGS_PROJECT_DIR": str(project),
+        "TIDINGS_OUTBOX_DIR": str(tmp_path / "outbox"),
+        "TIDINGS_SECRET_KEY": "test-secret",
+        "TIDINGS_LIVE_POLL_SECONDS": "0.1",
+    }
+    env.pop("TIDINGS_REDIS_URL", None)
+    env.pop("TIDINGS_LIVE_LOOP", None)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tidings", "serve", "--port", str(port), "--live-process"],
+        cwd=project,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            assert proc.poll() is None and time.monotonic() < deadline, "serve did not start"
+            try:
+                conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+                conn.request("GET", "/readyz")
+                ready = conn.getresponse().status == 200
+                conn.close()
+                if ready:
+                    break
+            except OSError:
+                time.sleep(0.1)
+        children = Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()
+        lines = [Path(f"/proc/{c}/cmdline").read_bytes().split(b"\0") for c in children]
+        assert [c for c in lines if b"live" in c], lines
+        body = json.dumps({"external_id": "C1", **BASE, "attributes": {"plan": "pro"}})
+        headers = {"Authorization": f"Bearer {key.secret}", "Content-Type": "application/json"}
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+        conn.request("POST", "/v1/contacts", body=body, headers=headers)
+        assert conn.getresponse().status == 200
+        conn.close()
+        deadline = time.monotonic() + 30
+        while True:
+            with Session(store) as session:
+                if session.scalar(select(func.count()).select_from(SegmentMembership)):
+                    break
+            assert time.monotonic() < deadline, "the live process did not take the change"
+            time.sleep(0.05)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 0, out.decode()
+    assert b"Finished server process" in out
+    for child in children:
+        assert (
+            not Path(f"/proc/{child}").exists()
+            or b"zombie" in Path(f"/proc/{child}/status").read_bytes().lower()
+        ), "the live process outlived serve"

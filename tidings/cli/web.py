@@ -3,6 +3,7 @@
 ``register(app)`` adds them to the ``tidings`` command::
 
     tidings serve --port 8000            # the web app under uvicorn
+    tidings serve --workers 4 --live-process   # ... and the live loop in a process of its own
     tidings ingest                       # the Redis stream consumer (with TIDINGS_REDIS_URL)
     tidings live                         # the live segments' loop in a process of its own
     tidings apikey create shop           # prints the key once
@@ -28,21 +29,45 @@ def serve(
     host: str = typer.Option("127.0.0.1", help="Interface to listen on."),
     port: int = typer.Option(8000, help="TCP port."),
     workers: int = typer.Option(1, help="uvicorn worker processes."),
+    live_process: bool = typer.Option(
+        False,
+        "--live-process",
+        help="Run the live segments' loop in one process of its own beside the workers "
+        "(`tidings live`), not in a thread of each (TIDINGS_LIVE_LOOP=false for them).",
+    ),
 ) -> None:
     """Run the web app: webhooks, tracking, unsubscribe, event API (docs at /docs)."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
     import uvicorn
 
+    from tidings.config import get_settings
     from tidings.web.app import configure_logging
 
     configure_logging()
-    uvicorn.run(
-        "tidings.web.app:create_app",
-        factory=True,
-        host=host,
-        port=port,
-        workers=workers,
-        access_log=False,
-    )
+    looper = None
+    if live_process:
+        os.environ["TIDINGS_LIVE_LOOP"] = "false"  # read by the workers (and this process)
+        get_settings.cache_clear()
+        looper = subprocess.Popen([sys.executable, "-m", "tidings", "live", "--with-parent"])
+        # uvicorn ends by raising the signal it caught again: let that reach the finally
+        signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    try:
+        uvicorn.run(
+            "tidings.web.app:create_app",
+            factory=True,
+            host=host,
+            port=port,
+            workers=workers,
+            access_log=False,
+        )
+    finally:
+        if looper is not None:
+            looper.terminate()
+            looper.wait(60)
 
 
 def ingest(
@@ -79,13 +104,18 @@ def ingest(
     )
 
 
-def live() -> None:
+def live(
+    with_parent: bool = typer.Option(
+        False, "--with-parent", hidden=True, help="Stop when the parent process is gone."
+    ),
+) -> None:
     """Run the live segments' loop in this process until stopped (Ctrl-C, SIGTERM).
 
     For a busy web app: serve it with ``TIDINGS_LIVE_LOOP=false`` and run this beside it, so
     the loop does not share an interpreter lock with request parsing. It polls every
     ``TIDINGS_LIVE_POLL_SECONDS`` while idle and steps back to back while changes arrive.
     Any number may run (they take turns); stopping one mid-step leaves its changes queued."""
+    import os
     import signal
     import threading
 
@@ -113,8 +143,13 @@ def live() -> None:
         f"live segments' loop running, polling every {settings.live_poll_seconds:g} s "
         "while idle (Ctrl-C stops)"
     )
+    parent = os.getppid()
     with contextlib.suppress(KeyboardInterrupt):
-        stop.wait()
+        # --with-parent (tidings serve --live-process): uvicorn ends its process by the
+        # signal it caught, so serve may not outlive it long enough to stop this one
+        while not stop.wait(1.0 if with_parent else None):
+            if os.getppid() != parent:
+                break
     loop.stop()
 
 
