@@ -276,7 +276,8 @@ class Settings(BaseSettings):
     live_loop: bool = Field(
         True,
         description="The web app runs the live segments' loop in a background thread (each "
-        "process): it evaluates the changes the writes recorded (docs/segments.md).",
+        "process): it evaluates the changes the writes recorded. false: run it apart, "
+        "`tidings live` or `tidings serve --live-process` (docs/segments.md).",
     )
     live_batch: int = Field(
         5000,
@@ -288,8 +289,9 @@ class Settings(BaseSettings):
     live_poll_seconds: float = Field(
         1.0,
         gt=0,
-        description="How often the live loop looks for changes other processes recorded (its "
-        "own process's writes wake it at once).",
+        description="How often an idle live loop looks for changes other processes recorded "
+        "(its own process's writes wake it at once; a busy loop steps without waiting). For "
+        "`tidings live`, which no write wakes, a short one such as 0.2.",
     )
     live_plan_seconds: float = Field(
         10.0,

@@ -864,3 +864,243 @@ def test_a_file_import_moves_live_segments_at_once(
     assert [tuple(m) for m in members] == [("buyers", "C2"), ("pro", "C1"), ("pro", "C3")]
     assert enrolled == 2  # pro_welcome, at the import
     assert all(r.missed == 0 for r in sweep(live.runtime.engine))
+
+
+# -- each segment's statement built once ----------------------------------------------------------
+
+MOVING_RULES: dict[str, dict[str, Any]] = {
+    "window": {"event": "a", "within": "2 hours"},
+    "since": {"event": "a", "count": {"gte": 2}, "within": "1 day"},
+    "last": {"last_event": "a", "where": {"x": {"gt": 1}}},
+    "orders": {"orders": {"count": {"gte": 1}, "within": "1 hour"}},
+    "held": {"has_been": {"attribute": "plan", "eq": "pro", "for": "1 hour"}},
+}
+
+
+def test_a_moving_statement_answers_as_one_built_for_that_now(store: Any) -> None:
+    """``compile_core(moving=...)``: the times a rule compares with are bound parameters, so
+    one statement serves every ``now`` and gives what a statement built for it gives."""
+    from sqlalchemy import insert
+
+    from tidings.crm.models import AttributeChange, Event, Order
+    from tidings.segments.compile import compile_core
+    from tidings.segments.sqlparts import moving_params
+
+    base = datetime(2026, 11, 1, tzinfo=UTC)
+    with store.begin() as conn:
+        ids = list(
+            conn.execute(
+                insert(Contact).returning(Contact.id, sort_by_parameter_order=True),
+                [{"email": f"m{i}@example.com", "created_at": base} for i in range(6)],
+            ).scalars()
+        )
+        conn.execute(
+            insert(Event),
+            [
+                {
+                    "contact_id": cid,
+                    "name": "a",
+                    "properties": {"x": k},
+                    "occurred_at": base + timedelta(minutes=50 * i + 7 * k),
+                    "source": "test",
+                    "idempotency_key": f"m-{cid}-{k}",
+                }
+                for i, cid in enumerate(ids)
+                for k in range(i % 3 + 1)
+            ],
+        )
+        conn.execute(
+            insert(Order),
+            [
+                {
+                    "order_id": f"m-{cid}",
+                    "contact_id": cid,
+                    "total": 10,
+                    "currency": "EUR",
+                    "status": "completed",
+                    "placed_at": base + timedelta(minutes=40 * i),
+                    "updated_at": base,
+                }
+                for i, cid in enumerate(ids)
+            ],
+        )
+        conn.execute(
+            insert(AttributeChange),
+            [
+                {
+                    "contact_id": cid,
+                    "key": "plan",
+                    "value": "pro",
+                    "changed_at": base + timedelta(minutes=30 * i),
+                }
+                for i, cid in enumerate(ids)
+            ],
+        )
+    dialect = store.dialect.name
+    for name, rule in MOVING_RULES.items():
+        moving: dict[str, float] = {}
+        once = compile_core(core_of(rule), dialect=dialect, now=base, moving=moving)
+        assert moving, name
+        answers = set()
+        for minutes in (0, 45, 100, 170, 400, 2000):
+            now = base + timedelta(minutes=minutes)
+            with store.connect() as conn:
+                built = set(conn.execute(compile_core(core_of(rule), dialect=dialect, now=now)))
+                reused = set(conn.execute(once, moving_params(moving, now)))
+            assert reused == built, (name, minutes)
+            answers.add(frozenset(built))
+        assert len(answers) > 1, name  # the answer does move with now
+
+
+def test_a_rule_that_compares_a_time_as_a_value_is_built_per_batch() -> None:
+    from tidings.segments.compile import compile_core
+    from tidings.segments.loader import Catalog
+    from tidings.segments.membership import prepare
+    from tidings.segments.sqlparts import Unmoving
+
+    rule = {"attribute": "signup", "older_than": "30 days"}
+    with pytest.raises(Unmoving):
+        compile_core(core_of(rule), dialect="postgresql", moving={})
+    catalog = Catalog({"old": Segment.model_validate({"name": "old", "rule": rule})})
+    assert prepare("old", catalog=catalog) is None
+
+
+def test_a_segment_registered_again_gets_its_new_statement(live: Live) -> None:
+    """The statement is kept per segment and rule: the same rule reuses it, a changed rule
+    (the YAML edited, the catalog loaded again) builds a new one, and the live path follows
+    the new rule at once."""
+    from tidings.segments.live import plan, record, step
+    from tidings.segments.membership import current_members, prepare
+
+    engine = live.runtime.engine
+    catalog = engine._catalog()
+    first = prepare("pro", catalog=catalog)
+    assert first is not None and prepare("pro", catalog=catalog) is first
+    stop_app_loop(live)
+    live.contact(**BASE, attributes={"plan": "gold"})
+    catalog.segments["pro"] = Segment.model_validate(
+        {"name": "pro", "rule": {"attribute": "plan", "eq": "gold"}}
+    )
+    second = prepare("pro", catalog=catalog)
+    assert second is not None and second is not first
+    with Session(live.runtime.db) as session, session.begin():
+        cid = session.scalars(select(Contact.id).where(Contact.external_id == "C1")).one()
+        record(session, plan(engine), [(cid, Change.contact(frozenset({"plan"})))])
+    assert step(engine).entered == 1
+    with Session(live.runtime.db) as session:
+        assert current_members("pro", session=session) == [cid]
+    assert all(r.missed == 0 for r in sweep(engine))
+
+
+def test_tidings_live_runs_the_loop_in_a_process_of_its_own(
+    live: Live, settings: Settings, project: Path, tmp_path: Path
+) -> None:
+    """`tidings live` beside a web app that runs no loop (TIDINGS_LIVE_LOOP=false): it takes
+    what the app's writes queued, steps while changes arrive, and stops on SIGTERM."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    stop_app_loop(live)
+    env = {
+        **os.environ,
+        "TIDINGS_DATABASE_URL": settings.database_url,
+        "TIDINGS_PROJECT_DIR": str(project),
+        "TIDINGS_OUTBOX_DIR": str(tmp_path / "outbox"),
+        "TIDINGS_SECRET_KEY": "test-secret",
+        "TIDINGS_LIVE_POLL_SECONDS": "0.1",
+    }
+    env.pop("TIDINGS_REDIS_URL", None)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tidings", "live"],
+        cwd=project,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        for plan_value in ("pro", "free", "pro"):
+            live.contact(**BASE, attributes={"plan": plan_value})
+            live.settle(timeout=60)  # only the other process empties the queue here
+        assert live.stays("pro") == [(True, True), (True, False)]
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 0, out.decode()
+
+
+def test_serve_live_process_runs_the_loop_beside_the_workers(
+    settings: Settings, store: Any, project: Path, tmp_path: Path
+) -> None:
+    """`tidings serve --live-process`: one `tidings live` child beside the web app (whose
+    workers run no loop); a write through the API moves the segment, and stopping the server
+    stops the child."""
+    import http.client
+    import os
+    import signal
+    import socket
+    import subprocess
+    import sys
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = int(s.getsockname()[1])
+    key = create_key(store, name="shop")
+    Runtime.from_settings(settings, db=store).load_journeys()  # pro_welcome makes "pro" live
+    env = {
+        **os.environ,
+        "TIDINGS_DATABASE_URL": settings.database_url,
+        "TIDINGS_PROJECT_DIR": str(project),
+        "TIDINGS_OUTBOX_DIR": str(tmp_path / "outbox"),
+        "TIDINGS_SECRET_KEY": "test-secret",
+        "TIDINGS_LIVE_POLL_SECONDS": "0.1",
+    }
+    env.pop("TIDINGS_REDIS_URL", None)
+    env.pop("TIDINGS_LIVE_LOOP", None)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tidings", "serve", "--port", str(port), "--live-process"],
+        cwd=project,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            assert proc.poll() is None and time.monotonic() < deadline, "serve did not start"
+            try:
+                conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+                conn.request("GET", "/readyz")
+                ready = conn.getresponse().status == 200
+                conn.close()
+                if ready:
+                    break
+            except OSError:
+                time.sleep(0.1)
+        children = Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()
+        lines = [Path(f"/proc/{c}/cmdline").read_bytes().split(b"\0") for c in children]
+        assert [c for c in lines if b"live" in c], lines
+        body = json.dumps({"external_id": "C1", **BASE, "attributes": {"plan": "pro"}})
+        headers = {"Authorization": f"Bearer {key.secret}", "Content-Type": "application/json"}
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+        conn.request("POST", "/v1/contacts", body=body, headers=headers)
+        assert conn.getresponse().status == 200
+        conn.close()
+        deadline = time.monotonic() + 30
+        while True:
+            with Session(store) as session:
+                if session.scalar(select(func.count()).select_from(SegmentMembership)):
+                    break
+            assert time.monotonic() < deadline, "the live process did not take the change"
+            time.sleep(0.05)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 0, out.decode()
+    assert b"Finished server process" in out
+    for child in children:
+        assert (
+            not Path(f"/proc/{child}").exists()
+            or b"zombie" in Path(f"/proc/{child}/status").read_bytes().lower()
+        ), "the live process outlived serve"

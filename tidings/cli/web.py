@@ -3,7 +3,9 @@
 ``register(app)`` adds them to the ``tidings`` command::
 
     tidings serve --port 8000            # the web app under uvicorn
+    tidings serve --workers 4 --live-process   # ... and the live loop in a process of its own
     tidings ingest                       # the Redis stream consumer (with TIDINGS_REDIS_URL)
+    tidings live                         # the live segments' loop in a process of its own
     tidings apikey create shop           # prints the key once
     tidings apikey revoke 3f9a0c12d4e5
     tidings contacts show C0002          # the contact card with its whole history
@@ -11,7 +13,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+from typing import Any
 
 import typer
 from rich.console import Console
@@ -25,21 +29,45 @@ def serve(
     host: str = typer.Option("127.0.0.1", help="Interface to listen on."),
     port: int = typer.Option(8000, help="TCP port."),
     workers: int = typer.Option(1, help="uvicorn worker processes."),
+    live_process: bool = typer.Option(
+        False,
+        "--live-process",
+        help="Run the live segments' loop in one process of its own beside the workers "
+        "(`tidings live`), not in a thread of each (TIDINGS_LIVE_LOOP=false for them).",
+    ),
 ) -> None:
     """Run the web app: webhooks, tracking, unsubscribe, event API (docs at /docs)."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
     import uvicorn
 
+    from tidings.config import get_settings
     from tidings.web.app import configure_logging
 
     configure_logging()
-    uvicorn.run(
-        "tidings.web.app:create_app",
-        factory=True,
-        host=host,
-        port=port,
-        workers=workers,
-        access_log=False,
-    )
+    looper = None
+    if live_process:
+        os.environ["TIDINGS_LIVE_LOOP"] = "false"  # read by the workers (and this process)
+        get_settings.cache_clear()
+        looper = subprocess.Popen([sys.executable, "-m", "tidings", "live", "--with-parent"])
+        # uvicorn ends by raising the signal it caught again: let that reach the finally
+        signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    try:
+        uvicorn.run(
+            "tidings.web.app:create_app",
+            factory=True,
+            host=host,
+            port=port,
+            workers=workers,
+            access_log=False,
+        )
+    finally:
+        if looper is not None:
+            looper.terminate()
+            looper.wait(60)
 
 
 def ingest(
@@ -74,6 +102,55 @@ def ingest(
         f"stored, {stats.duplicates} duplicates, {stats.events} API events, {stats.dead} "
         f"parked in {settings.ingest_stream}:dead, {stats.retries} retries"
     )
+
+
+def live(
+    with_parent: bool = typer.Option(
+        False, "--with-parent", hidden=True, help="Stop when the parent process is gone."
+    ),
+) -> None:
+    """Run the live segments' loop in this process until stopped (Ctrl-C, SIGTERM).
+
+    For a busy web app: serve it with ``TIDINGS_LIVE_LOOP=false`` and run this beside it, so
+    the loop does not share an interpreter lock with request parsing. It polls every
+    ``TIDINGS_LIVE_POLL_SECONDS`` while idle and steps back to back while changes arrive.
+    Any number may run (they take turns); stopping one mid-step leaves its changes queued."""
+    import os
+    import signal
+    import threading
+
+    from tidings.config import get_settings
+    from tidings.crm.db import make_engine
+    from tidings.journeys.runtime import Runtime
+    from tidings.segments.live import Loop
+    from tidings.web.app import configure_logging
+
+    configure_logging()
+    settings = get_settings()
+    db = make_engine(settings.database_url)
+    runtime: list[Runtime] = []
+
+    def engine() -> Any:
+        if not runtime:
+            runtime.append(Runtime.from_settings(settings, db=db))
+        return runtime[0].engine
+
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    loop = Loop(engine, db=db, poll=settings.live_poll_seconds)
+    loop.start()
+    console.print(
+        f"live segments' loop running, polling every {settings.live_poll_seconds:g} s "
+        "while idle (Ctrl-C stops)"
+    )
+    parent = os.getppid()
+    with contextlib.suppress(KeyboardInterrupt):
+        # --with-parent (tidings serve --live-process): uvicorn ends its process by the
+        # signal it caught, so serve may not outlive it long enough to stop this one
+        while not stop.wait(1.0 if with_parent else None):
+            if os.getppid() != parent:
+                break
+    loop.stop()
 
 
 @apikey_app.command("create")
@@ -169,5 +246,6 @@ def register(app: typer.Typer) -> None:
 
     app.command("serve")(serve)
     app.command("ingest")(ingest)
+    app.command("live")(live)
     app.add_typer(apikey_app, name="apikey")
     crm_cli.contacts_app.command("show")(contacts_show)

@@ -21,6 +21,7 @@ WHERE contacts.erased_at IS NULL AND contacts.locale IS NOT NULL
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import replace
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any, assert_never
@@ -85,12 +86,23 @@ attribute_changes = _tables[AttributeChange.__tablename__]
 RECEIVED_STATUSES = ("sent", "delivered")
 
 
-def compile_core(node: c.Core, *, dialect: str, now: datetime | None = None) -> Select[tuple[int]]:
-    """The statement selecting the ids of every contact in the segment."""
+def compile_core(
+    node: c.Core,
+    *,
+    dialect: str,
+    now: datetime | None = None,
+    moving: dict[str, float] | None = None,
+) -> Select[tuple[int]]:
+    """The statement selecting the ids of every contact in the segment.
+
+    ``moving``: an empty dict to build a statement for any ``now``: the times it compares
+    with become bound parameters, named in the dict (``sqlparts.moving_params`` gives their
+    values at a given now). A rule that compares with a time as a value (``older_than`` on
+    an attribute, ``last_order``) raises ``sqlparts.Unmoving``."""
     now = now or utcnow()
     if now.tzinfo is None:
         raise ValueError("now must be timezone-aware")
-    ctx = Ctx(dialect, now.astimezone(UTC), {"attributes": contacts.c.attributes})
+    ctx = Ctx(dialect, now.astimezone(UTC), {"attributes": contacts.c.attributes}, moving)
     where, _ = predicate(node, ctx)
     # an erased contact (an anonymous row kept for the counts) is in no segment
     return select(contacts.c.id).where(contacts.c.erased_at.is_(None), where)
@@ -247,12 +259,12 @@ def _event_rows(e: Any, name: str, ctx: Ctx) -> list[Expr]:
     return [
         e.c.contact_id == contacts.c.id,
         name_matches(e.c.name, name, ctx),
-        e.c.occurred_at <= ctx.now,
+        e.c.occurred_at <= ctx.until,
     ]
 
 
 def _where(node_where: tuple[c.Core, ...], e: Any, ctx: Ctx) -> list[Expr]:
-    inner = Ctx(ctx.dialect, ctx.now, {**ctx.json_columns, "properties": e.c.properties})
+    inner = replace(ctx, json_columns={**ctx.json_columns, "properties": e.c.properties})
     return [predicate(f, inner)[0] for f in node_where]
 
 
@@ -280,7 +292,7 @@ def last_event(node: c.LastEvent, ctx: Ctx) -> Expr:
         select(literal(1)).where(
             later.c.contact_id == e.c.contact_id,
             name_matches(later.c.name, node.name, ctx),
-            later.c.occurred_at <= ctx.now,
+            later.c.occurred_at <= ctx.until,
             or_(
                 later.c.occurred_at > e.c.occurred_at,
                 and_(later.c.occurred_at == e.c.occurred_at, later.c.id > e.c.id),
@@ -322,13 +334,13 @@ def has_been(node: c.HasBeen, ctx: Ctx) -> Expr:
         )
     )
     in_force = or_(h.c.changed_at > start, ~superseded)
-    failed, _ = predicate(c.Not(node.held), Ctx(ctx.dialect, ctx.now, {"attributes": doc}))
+    failed, _ = predicate(c.Not(node.held), replace(ctx, json_columns={"attributes": doc}))
     broken = exists(
-        select(literal(1)).where(*of_key(h), h.c.changed_at <= ctx.now, in_force, failed)
+        select(literal(1)).where(*of_key(h), h.c.changed_at <= ctx.until, in_force, failed)
     )
     set_before = exists(select(literal(1)).where(*of_key(earlier), earlier.c.changed_at <= start))
     held_missing, nullable = predicate(
-        node.held, Ctx(ctx.dialect, ctx.now, {"attributes": missing})
+        node.held, replace(ctx, json_columns={"attributes": missing})
     )
     if nullable:
         held_missing = func.coalesce(held_missing, false())
@@ -336,7 +348,7 @@ def has_been(node: c.HasBeen, ctx: Ctx) -> Expr:
 
 
 def _order_rows(o: Any, node: c.OrderMetric, ctx: Ctx) -> list[Expr]:
-    conds: list[Expr] = [o.c.contact_id == contacts.c.id, o.c.placed_at <= ctx.now]
+    conds: list[Expr] = [o.c.contact_id == contacts.c.id, o.c.placed_at <= ctx.until]
     if node.statuses is not None:
         conds.append(o.c.status.in_(node.statuses))
     else:
@@ -400,7 +412,7 @@ def engaged(node: c.Engaged, ctx: Ctx) -> Expr:
     if node.kind == "received":
         conds.append(m.c.status.in_(RECEIVED_STATUSES))
         if node.since is not None:
-            conds += [m.c.sent_at >= ctx.since(node.since), m.c.sent_at <= ctx.now]
+            conds += [m.c.sent_at >= ctx.since(node.since), m.c.sent_at <= ctx.until]
         return exists(select(literal(1)).select_from(m).where(*conds))
     ev = message_events.alias()
     # the one rule of the reports (analytics.engagement): machine opens and clicks never count
@@ -411,7 +423,7 @@ def engaged(node: c.Engaged, ctx: Ctx) -> Expr:
             conds.append(human_click(ev))
         case "bounced":
             conds.append(ev.c.type == "bounce")
-    conds.append(ev.c.occurred_at <= ctx.now)
+    conds.append(ev.c.occurred_at <= ctx.until)
     if node.since is not None:
         conds.append(ev.c.occurred_at >= ctx.since(node.since))
     joined = m.join(ev, ev.c.message_id == m.c.id)

@@ -76,7 +76,7 @@ from tidings.crm.models import Enrollment, SegmentChange, SegmentMembership
 from tidings.crm.types import utcnow
 from tidings.segments.inputs import Change, Inputs, inputs
 from tidings.segments.loader import Catalog
-from tidings.segments.membership import lock_segment, lock_segments, refresh_stays
+from tidings.segments.membership import lock_segment, lock_segments, prepare, refresh_stays
 
 if TYPE_CHECKING:
     from tidings.journeys.engine import JourneyEngine
@@ -354,9 +354,11 @@ def queued(db: Any) -> bool:
 
 class Loop:
     """The live loop in a background thread: drains whenever ``nudge``d (this process wrote)
-    and every ``live_poll_seconds`` (other processes wrote). Started by ``start`` (the web
-    app's lifespan: runs until ``stop``) or by the first ``nudge`` (then it ends once the
-    queue is empty and nothing nudged it for a poll interval)."""
+    and every ``live_poll_seconds`` (other processes wrote); after a drain that took
+    something it looks again at once (what was queued meanwhile waits for no poll). Started
+    by ``start`` (the web app's lifespan, ``tidings live``: runs until ``stop``) or by the
+    first ``nudge`` (then it ends once the queue is empty and nothing nudged it for a poll
+    interval)."""
 
     def __init__(self, engine: Callable[[], JourneyEngine], *, db: Any, poll: float) -> None:
         self._engine = engine
@@ -396,11 +398,14 @@ class Loop:
     def _run(self) -> None:
         while not self._stop.is_set():
             self._wake.clear()
+            took = 0
             try:
                 if queued(self.db):  # the engine (the runtime) is built on first need
-                    drain(self._engine())
+                    took = drain(self._engine()).changes
             except Exception:  # the store may be away for a moment: the rows stay queued
                 log.exception("live segments: the loop failed; retrying")
+            if took:  # busy: what was queued during the last step is taken now, not at a poll
+                continue
             self._wake.wait(self.poll)
             with self._lock:  # a nudge is seen under the lock: none is lost as this one ends
                 if not self._wake.is_set() and not self._persistent:
@@ -468,8 +473,15 @@ def _apply(
     now: datetime,
 ) -> LiveStats:
     stats = LiveStats()
+    postgres = session.get_bind().dialect.name == "postgresql"
     stays = refresh_stays(
-        name, session=session, catalog=catalog, now=now, contact_ids=ids, locked=True
+        name,
+        session=session,
+        catalog=catalog,
+        now=now,
+        contact_ids=ids,
+        locked=True,
+        prepared=prepare(name, catalog=catalog) if postgres else None,
     )
     stats.entered, stats.exited = stays.entered, stays.exited
     if stays.new:
@@ -477,7 +489,7 @@ def _apply(
         new_ids = [stay for stay, _ in stays.new]
         chosen: Any = (
             m.id == any_(bindparam("stays", new_ids, type_=ARRAY(BigInteger)))
-            if session.get_bind().dialect.name == "postgresql"
+            if postgres
             else m.id.in_(new_ids)
         )
         candidates = select(

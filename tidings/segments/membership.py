@@ -49,6 +49,7 @@ from tidings.crm.types import utcnow
 from tidings.segments.compile import compile_core, contacts, memberships
 from tidings.segments.loader import Catalog
 from tidings.segments.rules import Segment
+from tidings.segments.sqlparts import Unmoving, moving_params
 
 _MEMORY = re.compile(r"[1-9][0-9]*(kB|MB|GB)")
 
@@ -178,20 +179,30 @@ def refresh_stays(
     now: datetime | None = None,
     contact_ids: Collection[int] | None = None,
     locked: bool = False,
+    prepared: Prepared | None = None,
 ) -> Stays:
     """``refresh``, optionally restricted to ``contact_ids`` (the live path: the segment's
     statement evaluated for those contacts only, still set-based); takes the segment's lock
-    (``locked``: the caller took it already, ``lock_segments``)."""
+    (``locked``: the caller took it already, ``lock_segments``). ``prepared`` (PostgreSQL,
+    with ``contact_ids``): the segment's statement from ``prepare``, not built again."""
     now = now or utcnow()
     name = _name(segment)
     dialect = session.get_bind().dialect.name
-    statement = segment_statement(segment, catalog=catalog, dialect=dialect, now=now)
     some = sorted(set(contact_ids)) if contact_ids is not None else None
+    if some is not None and dialect == "postgresql":
+        if not locked:
+            lock_segment(session, name)
+        if prepared is None:
+            prepared_or_built: Select[tuple[int]] | Prepared = segment_statement(
+                segment, catalog=catalog, dialect=dialect, now=now
+            )
+        else:
+            prepared_or_built = prepared
+        return _refresh_some_pg(session, name, prepared_or_built, some, now)
+    statement = segment_statement(segment, catalog=catalog, dialect=dialect, now=now)
     if some is not None:
         if not locked:
             lock_segment(session, name)
-        if dialect == "postgresql":
-            return _refresh_some_pg(session, name, statement, some, now)
         return _refresh_some(session, name, statement.where(contacts.c.id.in_(some)), some, now)
     members = statement.subquery()
     m = memberships
@@ -265,29 +276,59 @@ def _refresh_some(
     return stays
 
 
-def _refresh_some_pg(
-    session: Session, name: str, statement: Select[tuple[int]], some: list[int], now: datetime
-) -> Stays:
-    """``_refresh_some`` on PostgreSQL in one statement and one round trip, for any number of
-    contacts: their ids travel as one array parameter (``= ANY(:ids)``: the SQL text, and so
-    psycopg's parse and the server's prepared plan, is the same for every batch), the
-    segment's statement runs once for them (a CTE), and the exits (``UPDATE``) and entries
-    (``INSERT .. SELECT``) are written by data-modifying CTEs that return what they wrote.
-    Both see the statement's one snapshot and touch different rows: an exit closes an open
-    stay of a contact not inside, an entry opens one for a contact inside without one."""
+@dataclass(frozen=True)
+class Prepared:
+    """A segment's live statement on PostgreSQL (``_some_pg``), built once for any contacts
+    and any ``now`` (``prepare``): the batch's values travel as parameters, so a batch builds
+    no statement and SQLAlchemy neither walks it for a cache key nor compiles it again."""
+
+    statement: Any
+    moving: dict[str, float]
+    """The statement's time parameters (``sqlparts.moving_params``)."""
+
+
+_prepared: dict[tuple[str, str], Prepared | None] = {}
+
+
+def prepare(name: str, *, catalog: Catalog) -> Prepared | None:
+    """The segment's ``Prepared`` statement for its current rule: built on first use and kept
+    per (name, rule): a segment registered again with another rule gets a new one. None: the
+    rule compares with a time as a value (``sqlparts.Unmoving``), built per batch instead."""
+    core = catalog.core(name)
+    key = (name, repr(core))
+    if key in _prepared:
+        return _prepared[key]
+    moving: dict[str, float] = {}
+    found: Prepared | None
+    try:
+        statement = compile_core(core, dialect="postgresql", now=utcnow(), moving=moving)
+    except Unmoving:
+        found = None
+    else:
+        found = Prepared(_some_pg(name, statement), moving)
+    if len(_prepared) > 1024:
+        _prepared.clear()
+    _prepared[key] = found
+    return found
+
+
+def _some_pg(name: str, statement: Select[tuple[int]]) -> Any:
+    """The statement of ``_refresh_some_pg``; parameters ``ids`` (the contacts) and
+    ``stay_at`` (the time of the entries and exits)."""
     m = memberships
-    ids = bindparam("ids", some, type_=postgresql.ARRAY(BigInteger))
+    ids = bindparam("ids", type_=postgresql.ARRAY(BigInteger), required=True)
+    at = bindparam("stay_at", type_=m.c.entered_at.type, required=True)
     inside = statement.where(contacts.c.id == any_(ids)).cte("inside")
     mine = and_(m.c.segment == name, m.c.exited_at.is_(None), m.c.contact_id == any_(ids))
     open_now = select(m.c.contact_id).where(mine).cte("open_now")
     leave = (
         update(m)
         .where(mine, m.c.contact_id.not_in(select(inside.c.id)))
-        .values(exited_at=now)
+        .values(exited_at=at)
         .returning(m.c.contact_id)
         .cte("leave")
     )
-    new = select(literal(name), inside.c.id, literal(now, m.c.entered_at.type)).where(
+    new = select(literal(name), inside.c.id, at).where(
         inside.c.id.not_in(select(open_now.c.contact_id))
     )
     # the Core insert: the dialect's (ON CONFLICT) has no cache key, it would compile every time
@@ -297,11 +338,34 @@ def _refresh_some_pg(
         .returning(m.c.id, m.c.contact_id)
         .cte("enter")
     )
-    written = select(enter.c.id, enter.c.contact_id).union_all(
+    return select(enter.c.id, enter.c.contact_id).union_all(
         select(null().cast(Integer), leave.c.contact_id)
     )
+
+
+def _refresh_some_pg(
+    session: Session,
+    name: str,
+    statement: Select[tuple[int]] | Prepared,
+    some: list[int],
+    now: datetime,
+) -> Stays:
+    """``_refresh_some`` on PostgreSQL in one statement and one round trip, for any number of
+    contacts: their ids travel as one array parameter (``= ANY(:ids)``: the SQL text, and so
+    psycopg's parse and the server's prepared plan, is the same for every batch), the
+    segment's statement runs once for them (a CTE), and the exits (``UPDATE``) and entries
+    (``INSERT .. SELECT``) are written by data-modifying CTEs that return what they wrote.
+    Both see the statement's one snapshot and touch different rows: an exit closes an open
+    stay of a contact not inside, an entry opens one for a contact inside without one.
+    ``statement``: the segment's statement at ``now``, or the ``Prepared`` one."""
+    params: dict[str, Any] = {"ids": some, "stay_at": now}
+    if isinstance(statement, Prepared):
+        written = statement.statement
+        params.update(moving_params(statement.moving, now))
+    else:
+        written = _some_pg(name, statement)
     stays = Stays()
-    for stay, cid in session.connection().execute(written):
+    for stay, cid in session.connection().execute(written, params):
         if stay is None:
             stays.left.append(int(cid))
         else:

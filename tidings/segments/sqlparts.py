@@ -21,6 +21,7 @@ from sqlalchemy import (
     Numeric,
     String,
     and_,
+    bindparam,
     case,
     cast,
     exists,
@@ -36,19 +37,46 @@ from tidings.segments.rules import Ago
 Expr = ColumnElement[Any]
 
 
+class Unmoving(ValueError):
+    """The rule compares with a time only a value can stand for (``Ctx.at``), not a bound
+    parameter: its statement is built for each ``now``."""
+
+
 @dataclass(frozen=True)
 class Ctx:
     dialect: str
     now: datetime
     json_columns: dict[str, Any]
+    moving: dict[str, float] | None = None
+    """When set, ``now`` (``until``) and the times before it (``since``) are bound
+    parameters, named here with how many seconds before now each stands for: one statement
+    then serves every ``now`` (``moving_params`` gives the values)."""
 
     def at(self, value: datetime | Ago) -> datetime:
         if isinstance(value, Ago):
+            if self.moving is not None:
+                raise Unmoving(f"a time {value.seconds:g} s before now is compared as a value")
             return self.now - timedelta(seconds=value.seconds)
         return value
 
-    def since(self, seconds: float) -> datetime:
-        return self.now - timedelta(seconds=seconds)
+    def since(self, seconds: float) -> Any:
+        """``now - seconds`` for a comparison with a time column: a value, or (``moving``) a
+        bound parameter that takes the column's type."""
+        if self.moving is None:
+            return self.now - timedelta(seconds=seconds)
+        name = f"now_less_{round(seconds * 1_000_000)}us" if seconds else "now"
+        self.moving[name] = seconds
+        return bindparam(name, required=True)
+
+    @property
+    def until(self) -> Any:
+        """``now`` for a comparison with a time column (``since(0)``)."""
+        return self.since(0)
+
+
+def moving_params(moving: dict[str, float], now: datetime) -> dict[str, datetime]:
+    """The values of a ``moving`` statement's time parameters at ``now``."""
+    return {name: now - timedelta(seconds=seconds) for name, seconds in moving.items()}
 
 
 def value_kind(value: object) -> str:
