@@ -74,7 +74,7 @@ from tidings.crm.normalize import (
 )
 from tidings.crm.optin import ConsentOutcome, OptInPolicy, apply_consents
 from tidings.crm.readers import ERROR, Record, read_records
-from tidings.crm.suppression import Identity, suppressed_rows
+from tidings.crm.suppression import Digests, Identity, digests, hasher, suppressed_rows
 from tidings.crm.types import utcnow
 
 MAX_REPORTED_ERRORS = 1000
@@ -396,18 +396,22 @@ def _run(
     engine: Engine,
     settings: Settings,
     allow_extra: bool,
-    apply: Callable[[Connection, list[Any], ImportReport], None],
+    apply: Callable[[Connection, list[Any], ImportReport, Any], None],
     tables: Sequence[str],
+    prepare: Callable[[list[Any]], Any] = lambda rows: None,
 ) -> ImportReport:
     """Check the records of ``path`` (in worker processes for large files) and write them in
     batches of ``import_batch_size`` rows, each batch in one transaction.
 
     Writing runs in a thread of its own, a batch or two behind the reading and checking, so
-    the database works while this process reads and the workers check the next rows."""
+    the database works while this process reads and the workers check the next rows.
+    ``prepare`` runs in the reading thread on each batch, for the work of the writer that
+    needs no database (its result is ``apply``'s last argument): the writer waits for the
+    database on each statement, the reading thread has time to spare."""
     report = ImportReport(kind=columns.kind, path=str(path))
     written = ImportReport(kind=columns.kind, path=str(path))  # the writer's own rejections
     checker = _Checker(columns.kind, columns, allow_extra, settings.default_region)
-    batches: queue.Queue[list[Any] | None] = queue.Queue(maxsize=1)
+    batches: queue.Queue[tuple[list[Any], Any] | None] = queue.Queue(maxsize=1)
     failure: list[BaseException] = []
 
     def write() -> None:
@@ -415,10 +419,11 @@ def _run(
             with engine.connect() as conn:
                 with conn.begin():
                     statistics = Statistics(conn, tables)
-                while (batch := batches.get()) is not None:
+                while (item := batches.get()) is not None:
+                    batch, prepared = item
                     with conn.begin():
                         batch_commit(conn)
-                        apply(conn, batch, written)
+                        apply(conn, batch, written, prepared)
                     with conn.begin():  # keep the planner's row counts true as tables grow
                         statistics.wrote(conn, dict.fromkeys(tables, len(batch)))
                 durable(conn)  # all batches on disk before the report says they are written
@@ -427,8 +432,8 @@ def _run(
             while batches.get() is not None:  # let the reader finish without blocking
                 pass
 
-    def hand(batch: list[Any] | None) -> None:
-        batches.put(batch)
+    def hand(batch: list[Any]) -> None:
+        batches.put((batch, prepare(batch)))
         if failure:
             raise failure[0]
 
@@ -597,16 +602,21 @@ def leave_out_suppressed(
     identities: list[Identity],
     report: ImportReport,
     settings: Settings | None = None,
+    hashes: Digests | None = None,
 ) -> list[Any]:
     """The rows of a batch that do not name an erased person; the others are reported as
     suppressed on their line (crm/suppression.py). ``identities[i]`` is who ``rows[i]``
-    names, normalised."""
-    hits = suppressed_rows(conn, identities, settings=settings)
+    names, normalised; ``hashes``, when given, their ``digests``."""
+    hits = suppressed_rows(conn, identities, settings=settings, hashes=hashes)
     if not hits:
         return rows
     for index, hit in sorted(hits.items()):
         report.suppress(rows[index].line, hit.kind, hit.reason())
     return [row for index, row in enumerate(rows) if index not in hits]
+
+
+def _identities(rows: list[ContactRow]) -> list[Identity]:
+    return [Identity(r.external_id, r.values.get("email"), r.values.get("phone")) for r in rows]
 
 
 def _stored_contacts(conn: Connection, rows: list[ContactRow]) -> list[dict[str, Any]]:
@@ -633,19 +643,14 @@ def _apply_contacts(
     source: str,
     optin: OptInPolicy | None = None,
     settings: Settings | None = None,
+    hashes: Digests | None = None,
 ) -> None:
     """Write a batch of contacts: rows naming an erased person are left out (reported), new
     and changed contacts go in one upsert, their consents in one, the consent audit trail in
     one (PostgreSQL; SQLite: executemany). A grant that needs confirmation (``optin``) becomes
     pending and queues its confirmation email."""
     now = utcnow()
-    rows = leave_out_suppressed(
-        conn,
-        rows,
-        [Identity(r.external_id, r.values.get("email"), r.values.get("phone")) for r in rows],
-        report,
-        settings,
-    )
+    rows = leave_out_suppressed(conn, rows, _identities(rows), report, settings, hashes)
     if not rows:
         return
     targets, matched = _match(rows, _stored_contacts(conn, rows))
@@ -733,6 +738,7 @@ def import_contacts(
     source = f"import:{path.name}"
     settings = settings or get_settings()
     optin = OptInPolicy.from_settings(settings)
+    hashed = hasher(settings)
     return _run(
         path,
         columns=CONTACTS,
@@ -740,10 +746,11 @@ def import_contacts(
         engine=engine,
         settings=settings,
         allow_extra=allow_extra_columns,
-        apply=lambda conn, rows, report: _apply_contacts(
-            conn, rows, report, source=source, optin=optin, settings=settings
+        apply=lambda conn, rows, report, hashes: _apply_contacts(
+            conn, rows, report, source=source, optin=optin, settings=settings, hashes=hashes
         ),
         tables=("contacts", "consents", "consent_changes"),
+        prepare=lambda rows: digests(_identities(rows), hashed),
     )
 
 
@@ -882,7 +889,7 @@ def import_events(
         engine=engine,
         settings=settings,
         allow_extra=allow_extra_columns,
-        apply=lambda conn, rows, report: _apply_events(
+        apply=lambda conn, rows, report, _: _apply_events(
             conn, rows, report, source=source, settings=settings
         ),
         tables=("events",),
@@ -1046,7 +1053,7 @@ def import_orders(
         engine=engine,
         settings=settings,
         allow_extra=allow_extra_columns,
-        apply=lambda conn, rows, report: _apply_orders(conn, rows, report, settings=settings),
+        apply=lambda conn, rows, report, _: _apply_orders(conn, rows, report, settings=settings),
         tables=("orders", "events"),
     )
 
