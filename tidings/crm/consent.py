@@ -11,7 +11,7 @@ the state it already has writes nothing, so a replayed webhook changes nothing.
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterable
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -58,10 +58,9 @@ def set_consents(
     if not wanted:
         return set()
     current = {
-        (r.contact_id, r.channel, r.purpose): (r.id, r.status)
+        (r.contact_id, r.channel, r.purpose): r.status
         for r in conn.execute(
             select(
-                consents_t.c.id,
                 consents_t.c.contact_id,
                 consents_t.c.channel,
                 consents_t.c.purpose,
@@ -69,28 +68,53 @@ def set_consents(
             ).where(among(conn, consents_t.c.contact_id, {k[0] for k in wanted} - set(fresh)))
         )
     }
+    audit, changed = consent_changes(
+        {key: (wish.status, wish.detail) for key, wish in wanted.items()},
+        current,
+        source=source,
+        now=now,
+        occurred_at=occurred_at,
+    )
+    write_changes(conn, audit)
+    return changed
+
+
+ConsentKey = tuple[int, str, str]
+"""(contact_id, channel, purpose)."""
+
+
+def consent_changes(
+    wanted: Mapping[ConsentKey, tuple[str, dict[str, Any]]],
+    current: Mapping[ConsentKey, str],
+    *,
+    source: str,
+    now: datetime,
+    occurred_at: datetime | None = None,
+) -> tuple[list[dict[str, Any]], set[int]]:
+    """The audit rows that bring the ``current`` statuses to the ``wanted`` ones (status and
+    the audit's detail; a wish for the status a consent already has gives none), and the
+    contacts they change."""
     audit = []
-    changed: list[tuple[int, str, str]] = []
-    for key, wish in wanted.items():
-        existing = current.get(key)
-        if existing and existing[1] == wish.status:
+    changed: set[int] = set()
+    for key, (status, detail) in wanted.items():
+        previous = current.get(key)
+        if previous == status:
             continue
-        changed.append(key)
+        changed.add(key[0])
         audit.append(
             {
                 "contact_id": key[0],
                 "channel": key[1],
                 "purpose": key[2],
-                "status": wish.status,
-                "previous_status": existing[1] if existing else None,
+                "status": status,
+                "previous_status": previous,
                 "source": source,
                 "occurred_at": occurred_at or now,
                 "recorded_at": now,
-                "detail": wish.detail,
+                "detail": detail,
             }
         )
-    _write_changes(conn, audit)
-    return {key[0] for key in changed}
+    return audit, changed
 
 
 #: How a consent is written from its audit row (consents column -> consent_changes column).
@@ -106,7 +130,7 @@ CONSENT_KEY = ("contact_id", "channel", "purpose")
 CONSENT_UPDATE = ("status", "source", "updated_at")
 
 
-def _write_changes(conn: Connection, audit: list[dict[str, Any]]) -> None:
+def write_changes(conn: Connection, audit: list[dict[str, Any]]) -> None:
     """New and changed consents, and their audit trail, from the audit rows: on PostgreSQL one
     COPY into a staging table feeds both tables (one statement each); SQLite: executemany."""
     if not audit:

@@ -41,7 +41,7 @@ from decimal import Decimal
 from functools import lru_cache
 from multiprocessing.pool import AsyncResult
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, Protocol
 
 from sqlalchemy import Connection, Engine, Table, insert, select, union_all, update
 
@@ -56,7 +56,7 @@ from tidings.crm.bulk import (
     upsert_returning,
 )
 from tidings.crm.columns import CONTACTS, EVENTS, ORDERS, Columns
-from tidings.crm.consent import ConsentWish
+from tidings.crm.consent import ConsentKey, ConsentWish, consent_changes, consents_t, write_changes
 from tidings.crm.db import among, update_rows
 from tidings.crm.lookup import Found
 from tidings.crm.models import Channel, Contact, Event, Order, Purpose
@@ -74,7 +74,7 @@ from tidings.crm.normalize import (
 )
 from tidings.crm.optin import ConsentOutcome, OptInPolicy, apply_consents
 from tidings.crm.readers import ERROR, Record, read_records
-from tidings.crm.suppression import Identity, suppressed_rows
+from tidings.crm.suppression import Digests, Identity, digests, hasher, suppressed_rows
 from tidings.crm.types import utcnow
 
 MAX_REPORTED_ERRORS = 1000
@@ -396,18 +396,27 @@ def _run(
     engine: Engine,
     settings: Settings,
     allow_extra: bool,
-    apply: Callable[[Connection, list[Any], ImportReport], None],
+    apply: Callable[[Connection, list[Any], ImportReport, Any], None],
     tables: Sequence[str],
+    prepare: Callable[[list[Any]], Any] = lambda rows: None,
+    pipeline: _Pipeline | None = None,
 ) -> ImportReport:
     """Check the records of ``path`` (in worker processes for large files) and write them in
     batches of ``import_batch_size`` rows, each batch in one transaction.
 
     Writing runs in a thread of its own, a batch or two behind the reading and checking, so
-    the database works while this process reads and the workers check the next rows."""
+    the database works while this process reads and the workers check the next rows.
+    ``prepare`` runs in the reading thread on each batch, for the work of the writer that
+    needs no database (its result is ``apply``'s last argument): the writer waits for the
+    database on each statement, the reading thread has time to spare.
+
+    With a ``pipeline`` (PostgreSQL, and a pool that gives two connections), a batch is
+    planned on one connection while the batch before it is written on another, so this
+    process's work on a batch overlaps with the server's on the one before."""
     report = ImportReport(kind=columns.kind, path=str(path))
     written = ImportReport(kind=columns.kind, path=str(path))  # the writer's own rejections
     checker = _Checker(columns.kind, columns, allow_extra, settings.default_region)
-    batches: queue.Queue[list[Any] | None] = queue.Queue(maxsize=1)
+    batches: queue.Queue[tuple[list[Any], Any] | None] = queue.Queue(maxsize=1)
     failure: list[BaseException] = []
 
     def write() -> None:
@@ -415,10 +424,11 @@ def _run(
             with engine.connect() as conn:
                 with conn.begin():
                     statistics = Statistics(conn, tables)
-                while (batch := batches.get()) is not None:
+                while (item := batches.get()) is not None:
+                    batch, prepared = item
                     with conn.begin():
                         batch_commit(conn)
-                        apply(conn, batch, written)
+                        apply(conn, batch, written, prepared)
                     with conn.begin():  # keep the planner's row counts true as tables grow
                         statistics.wrote(conn, dict.fromkeys(tables, len(batch)))
                 durable(conn)  # all batches on disk before the report says they are written
@@ -427,12 +437,58 @@ def _run(
             while batches.get() is not None:  # let the reader finish without blocking
                 pass
 
-    def hand(batch: list[Any] | None) -> None:
-        batches.put(batch)
+    def plan_and_write(pipeline: _Pipeline) -> None:
+        plans: queue.Queue[tuple[Any, int] | None] = queue.Queue(maxsize=1)
+
+        def write_plans() -> None:
+            try:
+                with engine.connect() as conn:
+                    with conn.begin():
+                        statistics = Statistics(conn, tables)
+                    while (item := plans.get()) is not None:
+                        planned, size = item
+                        with conn.begin():
+                            batch_commit(conn)
+                            pipeline.write(conn, planned)
+                        pipeline.done(planned)
+                        with conn.begin():
+                            statistics.wrote(conn, dict.fromkeys(tables, size))
+                    durable(conn)
+            except BaseException as exc:  # handed to the reading thread, which raises it
+                failure.append(exc)
+                while plans.get() is not None:
+                    pass
+
+        writer = threading.Thread(target=write_plans, name="tidings-import-writer", daemon=True)
+        writer.start()
+        try:
+            with engine.connect() as conn:
+                while (item := batches.get()) is not None:
+                    if failure:
+                        continue  # the reading thread raises it; take what it still hands
+                    batch, prepared = item
+                    with conn.begin():
+                        planned = pipeline.plan(conn, batch, written, prepared)
+                    plans.put((planned, len(batch)))
+        except BaseException as exc:
+            failure.append(exc)
+            while batches.get() is not None:
+                pass
+        finally:
+            plans.put(None)
+            writer.join()
+
+    def hand(batch: list[Any]) -> None:
+        batches.put((batch, prepare(batch)))
         if failure:
             raise failure[0]
 
-    writer = threading.Thread(target=write, name="tidings-import-writer", daemon=True)
+    if pipeline is not None and is_postgres_engine(engine) and _two_connections(engine):
+        writer = threading.Thread(
+            target=plan_and_write, args=(pipeline,), name="tidings-import-planner", daemon=True
+        )
+    else:
+        writer = threading.Thread(target=write, name="tidings-import-writer", daemon=True)
     writer.start()
     batch: list[Any] = []
     try:
@@ -457,6 +513,32 @@ def _run(
         raise failure[0]
     report.merge(written)
     return report
+
+
+class _Pipeline(Protocol):
+    """A batch in two stages on two connections (``_run``): ``plan`` reads, ``write`` writes
+    what it planned; ``done`` is called once that write has committed."""
+
+    def plan(
+        self, conn: Connection, rows: list[Any], report: ImportReport, prepared: Any
+    ) -> Any: ...
+
+    def write(self, conn: Connection, planned: Any) -> None: ...
+
+    def done(self, planned: Any) -> None: ...
+
+
+def is_postgres_engine(engine: Engine) -> bool:
+    return engine.dialect.name == "postgresql"
+
+
+def _two_connections(engine: Engine) -> bool:
+    """Whether the engine's pool can give an import two connections at once."""
+    size = getattr(engine.pool, "size", None)
+    if not callable(size):
+        return True  # a pool that opens connections on demand
+    overflow = int(getattr(engine.pool, "_max_overflow", 0))
+    return overflow < 0 or int(size()) + overflow >= 2
 
 
 # --------------------------------------------------------------------------------------------
@@ -597,16 +679,21 @@ def leave_out_suppressed(
     identities: list[Identity],
     report: ImportReport,
     settings: Settings | None = None,
+    hashes: Digests | None = None,
 ) -> list[Any]:
     """The rows of a batch that do not name an erased person; the others are reported as
     suppressed on their line (crm/suppression.py). ``identities[i]`` is who ``rows[i]``
-    names, normalised."""
-    hits = suppressed_rows(conn, identities, settings=settings)
+    names, normalised; ``hashes``, when given, their ``digests``."""
+    hits = suppressed_rows(conn, identities, settings=settings, hashes=hashes)
     if not hits:
         return rows
     for index, hit in sorted(hits.items()):
         report.suppress(rows[index].line, hit.kind, hit.reason())
     return [row for index, row in enumerate(rows) if index not in hits]
+
+
+def _identities(rows: list[ContactRow]) -> list[Identity]:
+    return [Identity(r.external_id, r.values.get("email"), r.values.get("phone")) for r in rows]
 
 
 def _stored_contacts(conn: Connection, rows: list[ContactRow]) -> list[dict[str, Any]]:
@@ -633,19 +720,14 @@ def _apply_contacts(
     source: str,
     optin: OptInPolicy | None = None,
     settings: Settings | None = None,
+    hashes: Digests | None = None,
 ) -> None:
     """Write a batch of contacts: rows naming an erased person are left out (reported), new
     and changed contacts go in one upsert, their consents in one, the consent audit trail in
     one (PostgreSQL; SQLite: executemany). A grant that needs confirmation (``optin``) becomes
     pending and queues its confirmation email."""
     now = utcnow()
-    rows = leave_out_suppressed(
-        conn,
-        rows,
-        [Identity(r.external_id, r.values.get("email"), r.values.get("phone")) for r in rows],
-        report,
-        settings,
-    )
+    rows = leave_out_suppressed(conn, rows, _identities(rows), report, settings, hashes)
     if not rows:
         return
     targets, matched = _match(rows, _stored_contacts(conn, rows))
@@ -706,6 +788,144 @@ def _apply_contacts(
     report.unchanged += len(matched - changed_ids - consent_only)
 
 
+@dataclass(frozen=True, slots=True)
+class _ContactWrites:
+    """A planned batch of contacts (``_ContactPipeline``), for the writing connection."""
+
+    seq: int
+    contacts: list[dict[str, Any]]
+    audit: list[dict[str, Any]]
+    consent_only: set[int]
+    now: datetime
+
+
+class _ContactPipeline:
+    """Contacts on PostgreSQL in two stages (``_run``): a batch is planned on one connection
+    (erasure check, lookups, matching, new ids, consent audit rows) while the batch before it
+    is written on another. The plan does not wait for that write: what the batches planned
+    and not yet committed will store (``contacts``, ``consents``) is laid over what the lookups
+    find, so a batch is planned as the serial path (``_apply_contacts``) plans it after the
+    write. Only when no consent needs double opt-in (that writes while it plans).
+
+    >>> pipeline = _ContactPipeline(source="import:a.csv", settings=settings)  # doctest: +SKIP
+    """
+
+    def __init__(self, *, source: str, settings: Settings) -> None:
+        self.source = source
+        self.settings = settings
+        self.seq = 0
+        self.committed = 0  # the last batch written and committed (set by the writing thread)
+        self.contacts: dict[int, tuple[int, dict[str, Any]]] = {}
+        """id -> (batch, the contact's row once that batch is written)."""
+        self.consents: dict[ConsentKey, tuple[int, str]] = {}
+        """(contact_id, channel, purpose) -> (batch, status once that batch is written)."""
+
+    def plan(
+        self, conn: Connection, rows: list[ContactRow], report: ImportReport, prepared: Any
+    ) -> _ContactWrites:
+        now = utcnow()
+        self.seq += 1
+        visible = self.committed  # read before the lookups: batches they are sure to see
+        self.contacts = {i: c for i, c in self.contacts.items() if c[0] > visible}
+        self.consents = {k: c for k, c in self.consents.items() if c[0] > visible}
+        rows = leave_out_suppressed(conn, rows, _identities(rows), report, self.settings, prepared)
+        targets, matched = _match(rows, self._stored(conn, rows))
+        new = [t for t in targets if t.id is None]
+        for target, new_id in zip(new, next_ids(conn, contacts_t, len(new)), strict=True):
+            target.id = new_id
+        stamps = {"created_at": now, "updated_at": now}
+        contacts = [{"id": t.id, **t.final(), **stamps} for t in new]
+        changed: set[int] = set()
+        for target in targets:
+            if target.stored is not None:
+                final = target.final()
+                if any(final[f] != target.stored[f] for f in UPSERTED_FIELDS):
+                    contacts.append({"id": target.id, **final, **stamps})
+                    changed.add(target.id)  # type: ignore[arg-type]
+        marketing = Purpose.MARKETING.value
+        wanted: dict[ConsentKey, tuple[str, dict[str, Any]]] = {
+            (t.id, channel, marketing): (status, {})
+            for t in targets
+            if t.id is not None
+            for channel, status in t.consents.items()
+        }
+        fresh = {t.id for t in new if t.id is not None}
+        current = self._consents(conn, {key[0] for key in wanted} - fresh)
+        audit, consented = consent_changes(wanted, current, source=self.source, now=now)
+        consent_only = consented - changed - fresh
+        report.inserted += len(new)
+        report.updated += len(changed | consent_only)
+        report.touched |= fresh | changed | consent_only
+        report.unchanged += len(matched - changed - consent_only)
+        for contact in contacts:  # what the store holds once this batch is written
+            self.contacts[contact["id"]] = (self.seq, contact)
+        for row in audit:
+            self.consents[(row["contact_id"], row["channel"], row["purpose"])] = (
+                self.seq,
+                row["status"],
+            )
+        return _ContactWrites(self.seq, contacts, audit, consent_only, now)
+
+    def write(self, conn: Connection, planned: _ContactWrites) -> None:
+        """The serial path's writes: contacts, then their consents and audit trail."""
+        upsert(
+            conn,
+            contacts_t,
+            planned.contacts,
+            key=("id",),
+            update=(*UPSERTED_FIELDS, "updated_at"),
+        )
+        write_changes(conn, planned.audit)
+        if planned.consent_only:  # a consent change alone also marks the contact as updated
+            conn.execute(
+                update(contacts_t)
+                .where(among(conn, contacts_t.c.id, planned.consent_only))
+                .values(updated_at=planned.now)
+            )
+
+    def done(self, planned: _ContactWrites) -> None:
+        self.committed = planned.seq
+
+    def _stored(self, conn: Connection, rows: list[ContactRow]) -> list[dict[str, Any]]:
+        """``_stored_contacts`` as it will be once the pending batches are written: a contact
+        they write is taken as they write it, found by its new external id or email, and
+        left out when it no longer has the ones the rows name."""
+        found = {contact["id"]: contact for contact in _stored_contacts(conn, rows)}
+        if not self.contacts:
+            return list(found.values())
+        ext_ids = {r.external_id for r in rows if r.external_id}
+        emails = {r.values["email"] for r in rows if "email" in r.values}
+        for contact_id, (_, contact) in self.contacts.items():
+            if (
+                contact_id in found
+                or contact["external_id"] in ext_ids
+                or contact["email"] in emails
+            ):
+                found[contact_id] = contact
+        return [c for c in found.values() if c["external_id"] in ext_ids or c["email"] in emails]
+
+    def _consents(self, conn: Connection, ids: set[int]) -> dict[ConsentKey, str]:
+        """The stored consent statuses of ``ids``, as they will be once the pending batches
+        are written."""
+        if not ids:
+            return {}
+        current = {
+            (r.contact_id, r.channel, r.purpose): r.status
+            for r in conn.execute(
+                select(
+                    consents_t.c.contact_id,
+                    consents_t.c.channel,
+                    consents_t.c.purpose,
+                    consents_t.c.status,
+                ).where(among(conn, consents_t.c.contact_id, ids))
+            )
+        }
+        for key, (_, status) in self.consents.items():
+            if key[0] in ids:
+                current[key] = status
+        return current
+
+
 def _apply_consents(
     conn: Connection,
     wishes: list[ConsentWish],
@@ -733,6 +953,10 @@ def import_contacts(
     source = f"import:{path.name}"
     settings = settings or get_settings()
     optin = OptInPolicy.from_settings(settings)
+    hashed = hasher(settings)
+    pipeline = None
+    if optin is None or not optin.requires(source, Channel.EMAIL.value, Purpose.MARKETING.value):
+        pipeline = _ContactPipeline(source=source, settings=settings)
     return _run(
         path,
         columns=CONTACTS,
@@ -740,10 +964,12 @@ def import_contacts(
         engine=engine,
         settings=settings,
         allow_extra=allow_extra_columns,
-        apply=lambda conn, rows, report: _apply_contacts(
-            conn, rows, report, source=source, optin=optin, settings=settings
+        apply=lambda conn, rows, report, hashes: _apply_contacts(
+            conn, rows, report, source=source, optin=optin, settings=settings, hashes=hashes
         ),
         tables=("contacts", "consents", "consent_changes"),
+        prepare=lambda rows: digests(_identities(rows), hashed),
+        pipeline=pipeline,
     )
 
 
@@ -882,7 +1108,7 @@ def import_events(
         engine=engine,
         settings=settings,
         allow_extra=allow_extra_columns,
-        apply=lambda conn, rows, report: _apply_events(
+        apply=lambda conn, rows, report, _: _apply_events(
             conn, rows, report, source=source, settings=settings
         ),
         tables=("events",),
@@ -1046,7 +1272,7 @@ def import_orders(
         engine=engine,
         settings=settings,
         allow_extra=allow_extra_columns,
-        apply=lambda conn, rows, report: _apply_orders(conn, rows, report, settings=settings),
+        apply=lambda conn, rows, report, _: _apply_orders(conn, rows, report, settings=settings),
         tables=("orders", "events"),
     )
 

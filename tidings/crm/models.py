@@ -118,7 +118,7 @@ class Consent(Base):
     __table_args__ = (UniqueConstraint("contact_id", "channel", "purpose"),)
 
     id: Mapped[int] = _id()
-    contact_id: Mapped[int] = _contact_fk()
+    contact_id: Mapped[int] = _contact_fk(index=False)  # the unique constraint leads with it
     channel: Mapped[str] = mapped_column(String(16))
     purpose: Mapped[str] = mapped_column(String(32), default=Purpose.MARKETING.value)
     status: Mapped[str] = mapped_column(String(16))

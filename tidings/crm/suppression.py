@@ -134,18 +134,18 @@ def _warn_on_other_keys(conn: Connection | Session, current: str) -> None:
         )
 
 
-def suppressed_rows(
-    conn: Connection | Session,
-    identities: Sequence[Identity],
-    *,
-    settings: Settings | None = None,
-    hashed: Hasher | None = None,
-) -> dict[int, Suppressed]:
-    """The rows of a batch that name an erased person: ``{index in identities: why}``.
+@dataclass(frozen=True, slots=True)
+class Digests:
+    """The keyed hashes of a batch's identities: ``wanted[digest]`` lists the ``(index, kind)``
+    pairs that hash to it. Computed apart from the lookup, so an import hashes a batch in its
+    reading thread while the writer waits for the database."""
 
-    Call it with the batch's normalised rows before writing them and leave those rows out
-    (reporting each): one query per batch, by the unique digest index."""
-    hashed = hashed or hasher(settings)
+    key_id: str
+    wanted: dict[str, list[tuple[int, str]]]
+
+
+def digests(identities: Sequence[Identity], hashed: Hasher) -> Digests:
+    """The keyed hashes of ``identities`` (normalised), for ``suppressed_rows``."""
     wanted: dict[str, list[tuple[int, str]]] = {}
     digest = hashed.digest
     for index, identity in enumerate(identities):
@@ -156,9 +156,28 @@ def suppressed_rows(
         ):  # KINDS, spelt out: an import checks every row
             if value:
                 wanted.setdefault(digest(kind, value), []).append((index, kind))
+    return Digests(hashed.key_id, wanted)
+
+
+def suppressed_rows(
+    conn: Connection | Session,
+    identities: Sequence[Identity],
+    *,
+    settings: Settings | None = None,
+    hashed: Hasher | None = None,
+    hashes: Digests | None = None,
+) -> dict[int, Suppressed]:
+    """The rows of a batch that name an erased person: ``{index in identities: why}``.
+
+    Call it with the batch's normalised rows before writing them and leave those rows out
+    (reporting each): one query per batch, by the unique digest index. ``hashes``: the
+    batch's ``digests``, computed beforehand (``identities`` is then not hashed again)."""
+    if hashes is None:
+        hashes = digests(identities, hashed or hasher(settings))
+    wanted = hashes.wanted
     if not wanted:
         return {}
-    _warn_on_other_keys(conn, hashed.key_id)
+    _warn_on_other_keys(conn, hashes.key_id)
     found: dict[int, Suppressed] = {}
     rows = conn.execute(
         select(suppressed_t.c.digest, erasures_t.c.id, erasures_t.c.erased_at)
