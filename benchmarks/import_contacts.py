@@ -33,7 +33,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -41,12 +40,12 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
-from sqlalchemy import create_engine, text
-from sqlalchemy.engine import make_url
-
-from tidings.crm.db import make_engine, upgrade
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from benchmarks.databases import Database, libpq  # noqa: E402
+
 DEFAULT_URL = os.environ.get(
     "TIDINGS_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 )
@@ -213,35 +212,6 @@ def write_files(path: Path, copy_path: Path, rows: int, seed: int = 7) -> Expect
                 + "\n"
             )
     return expected
-
-
-class Database:
-    @staticmethod
-    def connect(url: str) -> psycopg.Connection[Any]:
-        return psycopg.connect(libpq(url), autocommit=True)
-
-    def __init__(self, url: str) -> None:
-        self.base = make_url(url)
-        self.admin = create_engine(self.base, isolation_level="AUTOCOMMIT")
-
-    def fresh(self) -> str:
-        name = f"tidings_bench_{uuid.uuid4().hex[:8]}"
-        with self.admin.connect() as conn:
-            conn.execute(text(f'CREATE DATABASE "{name}"'))
-        url = self.base.set(database=name).render_as_string(hide_password=False)
-        engine = make_engine(url)
-        upgrade(engine)
-        engine.dispose()
-        return url
-
-    def drop(self, url: str) -> None:
-        with self.admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{make_url(url).database}" WITH (FORCE)'))
-
-
-def libpq(url: str) -> str:
-    """A SQLAlchemy URL as a libpq connection string (for psycopg directly)."""
-    return make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
 
 
 def copy_lines(url: str, table: str, columns: str, lines: Iterator[str] | Path) -> float:

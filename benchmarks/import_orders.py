@@ -28,8 +28,8 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks.databases import Database
 from benchmarks.import_contacts import (
-    Database,
     Expected,
     check,
     copy_lines,

@@ -33,7 +33,7 @@ sys.path.insert(0, str(ROOT))
 
 from sqlalchemy import func, literal, select  # noqa: E402
 
-from benchmarks.import_contacts import Database  # noqa: E402
+from benchmarks.databases import Database  # noqa: E402
 from benchmarks.send import start_server  # noqa: E402
 from tidings.channels.sendgrid import SendGridChannel  # noqa: E402
 from tidings.channels.types import OutboundEmail  # noqa: E402

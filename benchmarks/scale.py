@@ -53,7 +53,7 @@ from sqlalchemy import create_engine, make_url, text
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.import_contacts import Database  # noqa: E402
+from benchmarks.databases import Database  # noqa: E402
 from benchmarks.journey import load  # noqa: E402
 from tests.prefect_ops import (  # noqa: E402
     PREFECT,

@@ -38,18 +38,18 @@ import sys
 import tempfile
 import threading
 import time
-import uuid
+from contextlib import ExitStack
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import orjson
 from sqlalchemy import create_engine, text
-from sqlalchemy.engine import make_url
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.databases import SERVER, scratch_database  # noqa: E402
 from benchmarks.segments import _without_indexes  # noqa: E402
 from benchmarks.webapp import post, run_clients, start_app, stop_app  # noqa: E402
 from tidings.config import Settings  # noqa: E402
@@ -321,15 +321,12 @@ def main() -> None:
     parser.add_argument(
         "--analyze-every", type=float, default=20, help="seconds; 0: no stand-in for autovacuum"
     )
-    parser.add_argument("--url", default="postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
+    parser.add_argument("--url", default=SERVER)
     parser.add_argument("--keep", action="store_true", help="keep the benchmark database")
     args = parser.parse_args()
 
-    admin = create_engine(args.url, isolation_level="AUTOCOMMIT")
-    name = f"tidings_bench_{uuid.uuid4().hex[:8]}"
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
-    url = make_url(args.url).set(database=name).render_as_string(hide_password=False)
+    database = ExitStack()  # the benchmark's database, dropped in the finally below
+    url = database.enter_context(scratch_database(args.url, keep=args.keep))
     proc = None
     looper: subprocess.Popen[bytes] | None = None
     scratch = tempfile.TemporaryDirectory(prefix="tidings-live-")
@@ -419,10 +416,7 @@ def main() -> None:
         if looper is not None:
             looper.kill()
         scratch.cleanup()
-        if not args.keep:
-            with admin.connect() as conn:
-                conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
+        database.close()
     print(f"events stored:       {stored:,} of {base_n + live_n:,} posted")
     print(
         f"memberships:         {stays:,} stays opened for {pairs:,} first (contact, segment) "

@@ -67,7 +67,7 @@ from cryptography.hazmat.primitives import hashes, serialization  # noqa: E402
 from cryptography.hazmat.primitives.asymmetric import ec  # noqa: E402
 from sqlalchemy import text  # noqa: E402
 
-from benchmarks.import_contacts import Database  # noqa: E402
+from benchmarks.databases import Database  # noqa: E402
 from benchmarks.webapp import free_port, wait_ready  # noqa: E402
 from tests.simulators.http import Recorded, Reply  # noqa: E402
 from tests.simulators.sendgrid import Processed, SendGridSimulator  # noqa: E402
