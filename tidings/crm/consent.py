@@ -57,17 +57,7 @@ def set_consents(
         wanted[(wish.contact_id, wish.channel, wish.purpose)] = wish
     if not wanted:
         return set()
-    current = {
-        (r.contact_id, r.channel, r.purpose): r.status
-        for r in conn.execute(
-            select(
-                consents_t.c.contact_id,
-                consents_t.c.channel,
-                consents_t.c.purpose,
-                consents_t.c.status,
-            ).where(among(conn, consents_t.c.contact_id, {k[0] for k in wanted} - set(fresh)))
-        )
-    }
+    current = stored_consents(conn, {k[0] for k in wanted} - set(fresh))
     audit, changed = consent_changes(
         {key: (wish.status, wish.detail) for key, wish in wanted.items()},
         current,
@@ -81,6 +71,23 @@ def set_consents(
 
 ConsentKey = tuple[int, str, str]
 """(contact_id, channel, purpose)."""
+
+
+def stored_consents(conn: Connection, contact_ids: Collection[int]) -> dict[ConsentKey, str]:
+    """The stored consent statuses of these contacts (one lookup)."""
+    if not contact_ids:
+        return {}
+    return {
+        (r.contact_id, r.channel, r.purpose): r.status
+        for r in conn.execute(
+            select(
+                consents_t.c.contact_id,
+                consents_t.c.channel,
+                consents_t.c.purpose,
+                consents_t.c.status,
+            ).where(among(conn, consents_t.c.contact_id, contact_ids))
+        )
+    }
 
 
 def consent_changes(

@@ -56,7 +56,13 @@ from tidings.crm.bulk import (
     upsert_returning,
 )
 from tidings.crm.columns import CONTACTS, EVENTS, ORDERS, Columns
-from tidings.crm.consent import ConsentKey, ConsentWish, consent_changes, consents_t, write_changes
+from tidings.crm.consent import (
+    ConsentKey,
+    ConsentWish,
+    consent_changes,
+    stored_consents,
+    write_changes,
+)
 from tidings.crm.db import among, update_rows
 from tidings.crm.lookup import Found
 from tidings.crm.models import Channel, Contact, Event, Order, Purpose
@@ -907,19 +913,7 @@ class _ContactPipeline:
     def _consents(self, conn: Connection, ids: set[int]) -> dict[ConsentKey, str]:
         """The stored consent statuses of ``ids``, as they will be once the pending batches
         are written."""
-        if not ids:
-            return {}
-        current = {
-            (r.contact_id, r.channel, r.purpose): r.status
-            for r in conn.execute(
-                select(
-                    consents_t.c.contact_id,
-                    consents_t.c.channel,
-                    consents_t.c.purpose,
-                    consents_t.c.status,
-                ).where(among(conn, consents_t.c.contact_id, ids))
-            )
-        }
+        current = stored_consents(conn, ids)
         for key, (_, status) in self.consents.items():
             if key[0] in ids:
                 current[key] = status

@@ -32,7 +32,12 @@ from typing import Any
 
 from sqlalchemy import Connection, Table, insert, select, update
 
-from tidings.crm.consent import ConsentWish, consents_t, set_consents, suppressions_t
+from tidings.crm.consent import (
+    ConsentWish,
+    set_consents,
+    stored_consents,
+    suppressions_t,
+)
 from tidings.crm.models import (
     Channel,
     ConsentStatus,
@@ -141,17 +146,7 @@ def _request(
     into: ConsentOutcome,
 ) -> list[ConsentWish]:
     ids = {w.contact_id for w in asked}
-    current = {
-        (r.contact_id, r.channel, r.purpose): r.status
-        for r in conn.execute(
-            select(
-                consents_t.c.contact_id,
-                consents_t.c.channel,
-                consents_t.c.purpose,
-                consents_t.c.status,
-            ).where(consents_t.c.contact_id.in_(ids))
-        )
-    }
+    current = stored_consents(conn, ids)
     open_requests = {
         (r.contact_id, r.channel, r.purpose)
         for r in conn.execute(
