@@ -5,6 +5,9 @@ and the ``wait_for_segment`` step, on SQLite and PostgreSQL."""
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -992,17 +995,11 @@ def test_a_segment_registered_again_gets_its_new_statement(live: Live) -> None:
     assert all(r.missed == 0 for r in sweep(engine))
 
 
-def test_tidings_live_runs_the_loop_in_a_process_of_its_own(
-    live: Live, settings: Settings, project: Path, tmp_path: Path
-) -> None:
-    """`tidings live` beside a web app that runs no loop (TIDINGS_LIVE_LOOP=false): it takes
-    what the app's writes queued, steps while changes arrive, and stops on SIGTERM."""
-    import os
-    import signal
-    import subprocess
-    import sys
-
-    stop_app_loop(live)
+def tidings_process(
+    settings: Settings, project: Path, tmp_path: Path, *args: str
+) -> subprocess.Popen[bytes]:
+    """``tidings ARGS`` in a process of its own on this test's store and project, polling the
+    live queue every 0.1 s, without Redis, with the loop setting left to the command."""
     env = {
         **os.environ,
         "TIDINGS_DATABASE_URL": settings.database_url,
@@ -1012,13 +1009,25 @@ def test_tidings_live_runs_the_loop_in_a_process_of_its_own(
         "TIDINGS_LIVE_POLL_SECONDS": "0.1",
     }
     env.pop("TIDINGS_REDIS_URL", None)
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "tidings", "live"],
+    env.pop("TIDINGS_LIVE_LOOP", None)
+    return subprocess.Popen(
+        [sys.executable, "-m", "tidings", *args],
         cwd=project,
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
     )
+
+
+def test_tidings_live_runs_the_loop_in_a_process_of_its_own(
+    live: Live, settings: Settings, project: Path, tmp_path: Path
+) -> None:
+    """`tidings live` beside a web app that runs no loop (TIDINGS_LIVE_LOOP=false): it takes
+    what the app's writes queued, steps while changes arrive, and stops on SIGTERM."""
+    import signal
+
+    stop_app_loop(live)
+    proc = tidings_process(settings, project, tmp_path, "live")
     try:
         for plan_value in ("pro", "free", "pro"):
             live.contact(**BASE, attributes={"plan": plan_value})
@@ -1037,33 +1046,16 @@ def test_serve_live_process_runs_the_loop_beside_the_workers(
     workers run no loop); a write through the API moves the segment, and stopping the server
     stops the child."""
     import http.client
-    import os
     import signal
     import socket
-    import subprocess
-    import sys
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = int(s.getsockname()[1])
     key = create_key(store, name="shop")
     Runtime.from_settings(settings, db=store).load_journeys()  # pro_welcome makes "pro" live
-    env = {
-        **os.environ,
-        "TIDINGS_DATABASE_URL": settings.database_url,
-        "TIDINGS_PROJECT_DIR": str(project),
-        "TIDINGS_OUTBOX_DIR": str(tmp_path / "outbox"),
-        "TIDINGS_SECRET_KEY": "test-secret",
-        "TIDINGS_LIVE_POLL_SECONDS": "0.1",
-    }
-    env.pop("TIDINGS_REDIS_URL", None)
-    env.pop("TIDINGS_LIVE_LOOP", None)
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "tidings", "serve", "--port", str(port), "--live-process"],
-        cwd=project,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
+    proc = tidings_process(
+        settings, project, tmp_path, "serve", "--port", str(port), "--live-process"
     )
     try:
         deadline = time.monotonic() + 60
