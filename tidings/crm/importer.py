@@ -425,47 +425,44 @@ def _run(
     batches: queue.Queue[tuple[list[Any], Any] | None] = queue.Queue(maxsize=1)
     failure: list[BaseException] = []
 
-    def write() -> None:
+    def write_each(source: queue.Queue[Any], write: Callable[[Connection, Any], int]) -> None:
+        """Write what ``source`` hands until its ``None``, each item in a transaction of its
+        own (``write`` says how many rows it wrote), then make all of it durable."""
         try:
             with engine.connect() as conn:
                 with conn.begin():
                     statistics = Statistics(conn, tables)
-                while (item := batches.get()) is not None:
-                    batch, prepared = item
-                    with conn.begin():
-                        batch_commit(conn)
-                        apply(conn, batch, written, prepared)
+                while (item := source.get()) is not None:
+                    size = write(conn, item)
                     with conn.begin():  # keep the planner's row counts true as tables grow
-                        statistics.wrote(conn, dict.fromkeys(tables, len(batch)))
+                        statistics.wrote(conn, dict.fromkeys(tables, size))
                 durable(conn)  # all batches on disk before the report says they are written
         except BaseException as exc:  # handed to the reading thread, which raises it
             failure.append(exc)
-            while batches.get() is not None:  # let the reader finish without blocking
+            while source.get() is not None:  # let the one handing finish without blocking
                 pass
+
+    def apply_batch(conn: Connection, item: tuple[list[Any], Any]) -> int:
+        batch, prepared = item
+        with conn.begin():
+            batch_commit(conn)
+            apply(conn, batch, written, prepared)
+        return len(batch)
 
     def plan_and_write(pipeline: _Pipeline) -> None:
         plans: queue.Queue[tuple[Any, int] | None] = queue.Queue(maxsize=1)
 
-        def write_plans() -> None:
-            try:
-                with engine.connect() as conn:
-                    with conn.begin():
-                        statistics = Statistics(conn, tables)
-                    while (item := plans.get()) is not None:
-                        planned, size = item
-                        with conn.begin():
-                            batch_commit(conn)
-                            pipeline.write(conn, planned)
-                        pipeline.done(planned)
-                        with conn.begin():
-                            statistics.wrote(conn, dict.fromkeys(tables, size))
-                    durable(conn)
-            except BaseException as exc:  # handed to the reading thread, which raises it
-                failure.append(exc)
-                while plans.get() is not None:
-                    pass
+        def write_plan(conn: Connection, item: tuple[Any, int]) -> int:
+            planned, size = item
+            with conn.begin():
+                batch_commit(conn)
+                pipeline.write(conn, planned)
+            pipeline.done(planned)
+            return size
 
-        writer = threading.Thread(target=write_plans, name="tidings-import-writer", daemon=True)
+        writer = threading.Thread(
+            target=write_each, args=(plans, write_plan), name="tidings-import-writer", daemon=True
+        )
         writer.start()
         try:
             with engine.connect() as conn:
@@ -494,7 +491,12 @@ def _run(
             target=plan_and_write, args=(pipeline,), name="tidings-import-planner", daemon=True
         )
     else:
-        writer = threading.Thread(target=write, name="tidings-import-writer", daemon=True)
+        writer = threading.Thread(
+            target=write_each,
+            args=(batches, apply_batch),
+            name="tidings-import-writer",
+            daemon=True,
+        )
     writer.start()
     batch: list[Any] = []
     try:
