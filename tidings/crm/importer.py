@@ -704,10 +704,50 @@ def _identities(rows: list[ContactRow]) -> list[Identity]:
     return [Identity(r.external_id, r.values.get("email"), r.values.get("phone")) for r in rows]
 
 
+def _named(rows: list[ContactRow]) -> tuple[set[str], set[str]]:
+    """The external ids and the emails a batch's rows name."""
+    return (
+        {r.external_id for r in rows if r.external_id},
+        {r.values["email"] for r in rows if "email" in r.values},
+    )
+
+
+def _changed(targets: list[_Target]) -> list[tuple[_Target, dict[str, Any]]]:
+    """The stored contacts the batch changes, each with its row as it is to be stored."""
+    changed = []
+    for target in targets:
+        if target.stored is not None:
+            final = target.final()
+            if any(final[f] != target.stored[f] for f in UPSERTED_FIELDS):
+                changed.append((target, final))
+    return changed
+
+
+def _touch(conn: Connection, ids: set[int], now: datetime) -> None:
+    """A consent change alone also marks the contact as updated."""
+    if ids:
+        conn.execute(
+            update(contacts_t).where(among(conn, contacts_t.c.id, ids)).values(updated_at=now)
+        )
+
+
+def _count(
+    report: ImportReport,
+    *,
+    new: set[int],
+    changed: set[int],
+    consent_only: set[int],
+    matched: set[int],
+) -> None:
+    report.inserted += len(new)
+    report.updated += len(changed | consent_only)
+    report.touched |= new | changed | consent_only
+    report.unchanged += len(matched - changed - consent_only)
+
+
 def _stored_contacts(conn: Connection, rows: list[ContactRow]) -> list[dict[str, Any]]:
     """The stored contacts a batch may mean: by external_id or by email (two index lookups)."""
-    ext_ids = {r.external_id for r in rows if r.external_id}
-    emails = {r.values["email"] for r in rows if "email" in r.values}
+    ext_ids, emails = _named(rows)
     columns = [contacts_t.c.id, *(contacts_t.c[f] for f in UPSERTED_FIELDS)]
     lookups = []
     if ext_ids:
@@ -740,12 +780,7 @@ def _apply_contacts(
         return
     targets, matched = _match(rows, _stored_contacts(conn, rows))
     new = [t for t in targets if t.id is None]
-    changed: list[tuple[_Target, dict[str, Any]]] = []
-    for target in targets:
-        if target.stored is not None:
-            final = target.final()
-            if any(final[f] != target.stored[f] for f in UPSERTED_FIELDS):
-                changed.append((target, final))
+    changed = _changed(targets)
     if is_postgres(conn):
         for target, new_id in zip(new, next_ids(conn, contacts_t, len(new)), strict=True):
             target.id = new_id
@@ -784,16 +819,8 @@ def _apply_contacts(
     outcome = _apply_consents(conn, wishes, source=source, now=now, optin=optin, fresh=new_ids)
     report.confirmations += outcome.messages
     consent_only = outcome.changed - changed_ids - new_ids
-    if consent_only:  # a consent change alone also marks the contact as updated
-        conn.execute(
-            update(contacts_t)
-            .where(among(conn, contacts_t.c.id, consent_only))
-            .values(updated_at=now)
-        )
-    report.inserted += len(new)
-    report.updated += len(changed_ids | consent_only)
-    report.touched |= new_ids | changed_ids | consent_only
-    report.unchanged += len(matched - changed_ids - consent_only)
+    _touch(conn, consent_only, now)
+    _count(report, new=new_ids, changed=changed_ids, consent_only=consent_only, matched=matched)
 
 
 @dataclass(frozen=True, slots=True)
@@ -842,14 +869,12 @@ class _ContactPipeline:
         for target, new_id in zip(new, next_ids(conn, contacts_t, len(new)), strict=True):
             target.id = new_id
         stamps = {"created_at": now, "updated_at": now}
-        contacts = [{"id": t.id, **t.final(), **stamps} for t in new]
-        changed: set[int] = set()
-        for target in targets:
-            if target.stored is not None:
-                final = target.final()
-                if any(final[f] != target.stored[f] for f in UPSERTED_FIELDS):
-                    contacts.append({"id": target.id, **final, **stamps})
-                    changed.add(target.id)  # type: ignore[arg-type]
+        updates = _changed(targets)
+        contacts = [
+            {"id": t.id, **final, **stamps}
+            for t, final in [*((t, t.final()) for t in new), *updates]
+        ]
+        changed = {t.id for t, _ in updates if t.id is not None}
         marketing = Purpose.MARKETING.value
         wanted: dict[ConsentKey, tuple[str, dict[str, Any]]] = {
             (t.id, channel, marketing): (status, {})
@@ -861,10 +886,7 @@ class _ContactPipeline:
         current = self._consents(conn, {key[0] for key in wanted} - fresh)
         audit, consented = consent_changes(wanted, current, source=self.source, now=now)
         consent_only = consented - changed - fresh
-        report.inserted += len(new)
-        report.updated += len(changed | consent_only)
-        report.touched |= fresh | changed | consent_only
-        report.unchanged += len(matched - changed - consent_only)
+        _count(report, new=fresh, changed=changed, consent_only=consent_only, matched=matched)
         for contact in contacts:  # what the store holds once this batch is written
             self.contacts[contact["id"]] = (self.seq, contact)
         for row in audit:
@@ -884,12 +906,7 @@ class _ContactPipeline:
             update=(*UPSERTED_FIELDS, "updated_at"),
         )
         write_changes(conn, planned.audit)
-        if planned.consent_only:  # a consent change alone also marks the contact as updated
-            conn.execute(
-                update(contacts_t)
-                .where(among(conn, contacts_t.c.id, planned.consent_only))
-                .values(updated_at=planned.now)
-            )
+        _touch(conn, planned.consent_only, planned.now)
 
     def done(self, planned: _ContactWrites) -> None:
         self.committed = planned.seq
@@ -901,8 +918,7 @@ class _ContactPipeline:
         found = {contact["id"]: contact for contact in _stored_contacts(conn, rows)}
         if not self.contacts:
             return list(found.values())
-        ext_ids = {r.external_id for r in rows if r.external_id}
-        emails = {r.values["email"] for r in rows if "email" in r.values}
+        ext_ids, emails = _named(rows)
         for contact_id, (_, contact) in self.contacts.items():
             if (
                 contact_id in found
