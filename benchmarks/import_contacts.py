@@ -33,7 +33,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -99,6 +99,11 @@ def phone(n: int) -> tuple[str, str]:
     if kind == 1:  # a German number, international format with spaces
         return f"+49 30 {n % 100_000_000:08d}", f"+4930{n % 100_000_000:08d}"
     return e164, e164
+
+
+def copy_line(values: Iterable[Any]) -> str:
+    """One line of COPY's text format."""
+    return "\t".join(copy_text(v) for v in values) + "\n"
 
 
 def copy_text(value: Any) -> str:
@@ -194,9 +199,8 @@ def write_files(path: Path, copy_path: Path, rows: int, seed: int = 7) -> Expect
                 {"plan": plan, "signup_date": signup, "lifetime_value": float(value)}
             )
             base.write(
-                "\t".join(
-                    copy_text(v)
-                    for v in (
+                copy_line(
+                    (
                         stored_ext,
                         stored_email,
                         e164,
@@ -209,7 +213,6 @@ def write_files(path: Path, copy_path: Path, rows: int, seed: int = 7) -> Expect
                         now,
                     )
                 )
-                + "\n"
             )
     return expected
 
@@ -244,7 +247,7 @@ def seed_contacts(url: str, expected: Expected) -> None:
         for ext, email in expected.seeded:
             attributes = '{"plan": "free"}'
             values = (ext, email, None, "Old", "Name", "en_US", None, attributes, now, now)
-            yield "\t".join(copy_text(v) for v in values) + "\n"
+            yield copy_line(values)
 
     copy_lines(url, "contacts", COPY_COLUMNS, lines())
     with psycopg.connect(libpq(url)) as conn:

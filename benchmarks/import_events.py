@@ -34,8 +34,8 @@ from benchmarks.import_contacts import (
     COPY_COLUMNS,
     Expected,
     check,
+    copy_line,
     copy_lines,
-    copy_text,
     run,
     sql,
 )
@@ -52,7 +52,7 @@ def seed(url: str, expected: Expected) -> None:
     def lines() -> Iterator[str]:
         for k in range(expected.seeded_count):
             values = (f"C{k:08d}", f"person{k}@example.net", None, "Pat", "Doe", "en_US", None)
-            yield "\t".join(copy_text(v) for v in (*values, "{}", now, now)) + "\n"
+            yield copy_line((*values, "{}", now, now))
 
     copy_lines(url, "contacts", COPY_COLUMNS, lines())
     with Database.connect(url) as conn:
@@ -96,7 +96,7 @@ def write_files(path: Path, copy_path: Path, rows: int, contacts: int = CONTACTS
                     "bench",
                     f"import:{uuid.UUID(int=rnd.getrandbits(128))}",
                 )
-                base.write("\t".join(copy_text(v) for v in values) + "\n")
+                base.write(copy_line(values))
             out.write(f"{ext},{email},{name},{at},{sku},{qty},{price}\n")
     return expected
 

@@ -32,8 +32,8 @@ from benchmarks.databases import Database
 from benchmarks.import_contacts import (
     Expected,
     check,
+    copy_line,
     copy_lines,
-    copy_text,
     run,
     sql,
 )
@@ -61,7 +61,7 @@ def seed(url: str, expected: Expected) -> None:
                 now,
                 '{"channel": "web"}',
             )
-            yield "\t".join(copy_text(v) for v in values) + "\n"
+            yield copy_line(values)
 
     copy_lines(url, "orders", ORDER_COLUMNS, lines())
     with Database.connect(url) as conn:
@@ -71,10 +71,6 @@ def seed(url: str, expected: Expected) -> None:
             "now(), 'orders', 'order:' || order_id || ':placed' FROM orders"
         )
         conn.execute("ANALYZE")
-
-
-def seed_baseline(url: str, expected: Expected) -> None:
-    seed_contacts(url, expected)
 
 
 def write_files(path: Path, copy_path: Path, rows: int, contacts: int = CONTACTS) -> Expected:
@@ -120,7 +116,7 @@ def write_files(path: Path, copy_path: Path, rows: int, contacts: int = CONTACTS
                     now,
                     f'{{"channel": "{channel}"}}',
                 )
-                base.write("\t".join(copy_text(v) for v in values) + "\n")
+                base.write(copy_line(values))
             out.write(f"{order_id},{ext},,{total},{currency},{status},{at},{channel}\n")
     return expected
 
@@ -162,6 +158,6 @@ if __name__ == "__main__":
         verify=verify,
         table="orders",
         columns=ORDER_COLUMNS,
-        seed_baseline=seed_baseline,
+        seed_baseline=seed_contacts,
         contacts=CONTACTS,
     )
