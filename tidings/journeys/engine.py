@@ -21,7 +21,7 @@ import logging
 from collections import defaultdict
 from collections.abc import Callable, Iterable
 from datetime import datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import (
     Connection,
@@ -40,7 +40,6 @@ from sqlalchemy.engine import CursorResult
 from sqlalchemy.orm import Session
 from sqlalchemy.sql.elements import ColumnElement
 
-from tidings.analytics.auto_winner import Settled, settle
 from tidings.config import Settings, get_settings
 from tidings.crm.db import insert_ignore, insert_rows, update_rows
 from tidings.crm.models import (
@@ -66,6 +65,9 @@ from tidings.journeys.state import (
 from tidings.journeys.steps import StepRunner
 from tidings.segments.inputs import Change
 from tidings.segments.live import drain, forget, plan, record
+
+if TYPE_CHECKING:
+    from tidings.analytics.auto_winner import Settled
 
 journeys_t: Table = JourneyRow.__table__  # type: ignore[assignment]
 
@@ -369,6 +371,12 @@ class JourneyEngine(StepRunner):
                 if experiment is not None and experiment.auto_winner is not None:
                     name = experiment.name or f"{version.name}.{step.id}"
                     found.setdefault(name, (experiment, step.id))
+        if not found:
+            return []
+        # imported here: the statistics behind it take over a second to import, and most
+        # journeys (and every transactional send) never settle an experiment
+        from tidings.analytics.auto_winner import settle
+
         settled = []
         ids = [v.id for v in versions]
         for name, (experiment, step_id) in found.items():
