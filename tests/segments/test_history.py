@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import Engine, Table, insert, select, text, update
+from sqlalchemy import Engine, Table, delete, insert, inspect, select, text, update
 from typer.testing import CliRunner
 
 from tidings.cli import app
@@ -213,3 +213,33 @@ def test_the_migration_backfills_from_updated_at(old_store: Engine) -> None:
     assert members(old_store, rule) == set()  # not known before its last update
     change(old_store, cid, {"plan": "free", "age": 40}, 1)
     assert history(old_store, cid)[-1] == ("plan", "free", ago(1))
+
+
+def deleted(engine: Engine, ids: list[int]) -> set[int]:
+    """Delete contacts ``ids``; whose history is left."""
+    with engine.begin() as conn:
+        conn.execute(delete(contacts).where(contacts.c.id.in_(ids)))
+    with engine.connect() as conn:
+        return set(conn.execute(select(changes.c.contact_id)).scalars())
+
+
+def test_a_deleted_contact_takes_its_history_along(store: Engine) -> None:
+    keep = add(store, "keep", {"plan": "pro"}, 3)
+    gone = [add(store, f"g{i}", {"plan": "free", "n": i}, 2) for i in range(3)]
+    change(store, gone[0], {"plan": "pro"}, 1)
+    assert deleted(store, gone[1:]) == {keep, gone[0]}  # one statement, two contacts
+    assert deleted(store, gone[:1]) == {keep}
+    assert history(store, keep) == [("plan", "pro", ago(3))]
+
+
+@pytest.mark.parametrize("old_store", ["sqlite", "postgresql"], indirect=True)
+def test_0018_drops_the_foreign_key_and_keeps_the_cascade(old_store: Engine) -> None:
+    """Only the triggers write the history: its foreign key re-checked what cannot be wrong."""
+    upgrade(old_store, "0017")
+    before = add(old_store, "before", {"plan": "pro"}, 5)
+    assert inspect(old_store).get_foreign_keys("attribute_changes")
+    upgrade(old_store)
+    assert inspect(old_store).get_foreign_keys("attribute_changes") == []
+    after = add(old_store, "after", {"plan": "free"}, 1)
+    assert history(old_store, before) == [("plan", "pro", ago(5))]
+    assert deleted(old_store, [before]) == {after}

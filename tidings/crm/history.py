@@ -12,6 +12,12 @@ did not change costs only the trigger's ``WHEN`` test (PostgreSQL) or nothing at
 When: the row's new ``updated_at`` if the writer set one (so a simulated clock, or an import
 of historic data, dates the change as the writer does), else the database clock.
 
+The history is the triggers' own table: its rows are written from the ``contacts`` row being
+written, so a foreign key to ``contacts`` would only re-check what cannot be wrong (on
+PostgreSQL it cost ~10 us a contact inserted with three attributes, a third of the insert,
+benchmarks/README.md). Since migration 0018 it has none, and a third trigger deletes a
+contact's history with the contact (the cascade the key gave).
+
 SQLite drops triggers when a migration rebuilds ``contacts`` (``batch_alter_table``): such a
 migration must call :func:`create_triggers` again afterwards.
 
@@ -55,6 +61,12 @@ BEGIN
   WHERE json_type(NEW.attributes) IS NOT 'object' OR json_type(NEW.attributes, o.fullkey) IS NULL;
 END
 """,
+    """
+CREATE TRIGGER tr_contacts_attribute_history_delete AFTER DELETE ON contacts
+BEGIN
+  DELETE FROM attribute_changes WHERE contact_id = OLD.id;
+END
+""",
 )
 
 POSTGRESQL_TRIGGERS = (
@@ -93,6 +105,15 @@ BEGIN
 END
 $$
 """,
+    # DELETE: per statement, one join with the deleted rows
+    """
+CREATE FUNCTION tidings_attribute_history_delete() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+  DELETE FROM attribute_changes AS h USING old_rows AS o WHERE h.contact_id = o.id;
+  RETURN NULL;
+END
+$$
+""",
     """
 CREATE TRIGGER tr_contacts_attribute_history_insert AFTER INSERT ON contacts
 REFERENCING NEW TABLE AS new_rows
@@ -102,6 +123,11 @@ FOR EACH STATEMENT EXECUTE FUNCTION tidings_attribute_history_insert()
 CREATE TRIGGER tr_contacts_attribute_history_update AFTER UPDATE OF attributes ON contacts
 FOR EACH ROW WHEN (OLD.attributes IS DISTINCT FROM NEW.attributes)
 EXECUTE FUNCTION tidings_attribute_history_update()
+""",
+    """
+CREATE TRIGGER tr_contacts_attribute_history_delete AFTER DELETE ON contacts
+REFERENCING OLD TABLE AS old_rows
+FOR EACH STATEMENT EXECUTE FUNCTION tidings_attribute_history_delete()
 """,
 )
 
@@ -121,6 +147,10 @@ WHERE jsonb_typeof(c.attributes) = 'object'
 """
 
 
+TRIGGERS = tuple(f"tr_contacts_attribute_history_{op}" for op in ("insert", "update", "delete"))
+FUNCTIONS = tuple(f"tidings_attribute_history_{op}" for op in ("insert", "update", "delete"))
+
+
 def create_triggers(bind: Connection) -> None:
     """Install the history triggers on ``contacts`` (idempotent: replaces them)."""
     drop_triggers(bind)
@@ -130,11 +160,11 @@ def create_triggers(bind: Connection) -> None:
 
 
 def drop_triggers(bind: Connection) -> None:
-    for name in ("tr_contacts_attribute_history_insert", "tr_contacts_attribute_history_update"):
+    for name in TRIGGERS:
         on = "" if bind.dialect.name == "sqlite" else " ON contacts"
         bind.execute(text(f"DROP TRIGGER IF EXISTS {name}{on}"))
     if bind.dialect.name != "sqlite":
-        for function in ("tidings_attribute_history_insert", "tidings_attribute_history_update"):
+        for function in FUNCTIONS:
             bind.execute(text(f"DROP FUNCTION IF EXISTS {function}()"))
 
 

@@ -130,16 +130,16 @@ class AttributeChange(Base):
     """The history of contact attributes: one row per top-level key each time its value
     changes, with the new value (SQL NULL: the key was removed) and when. Written by database
     triggers on ``contacts`` (migration 0013), so every writer is covered; segment rules read it
-    with ``has_been``. Append-only.
+    with ``has_been``. Append-only. ``contact_id`` has no foreign key: only the triggers write
+    it, from the contact row being written, and a trigger deletes it with the contact
+    (migration 0018, ``tidings.crm.history``).
     """
 
     __tablename__ = "attribute_changes"
     __table_args__ = (Index(None, "contact_id", "key", "changed_at"),)
 
     id: Mapped[int] = _id()
-    contact_id: Mapped[int] = mapped_column(
-        IdType, ForeignKey("contacts.id", ondelete="CASCADE"), index=False
-    )
+    contact_id: Mapped[int] = mapped_column(IdType, index=False)
     key: Mapped[str] = mapped_column(Text)
     value: Mapped[Any | None] = mapped_column(JSONType)
     changed_at: Mapped[datetime]
