@@ -834,11 +834,37 @@ class _ContactWrites:
     now: datetime
 
 
+@dataclass(frozen=True, slots=True)
+class _Pending:
+    """What one planned batch will store once written (``_ContactPipeline``): each contact's
+    row, found by id, external id and email, and each consent's status, by contact."""
+
+    seq: int
+    contacts: dict[int, dict[str, Any]]
+    by_external_id: dict[str, int]
+    by_email: dict[str, int]
+    consents: dict[int, dict[ConsentKey, str]]
+
+    @classmethod
+    def of(cls, seq: int, contacts: list[dict[str, Any]], audit: list[dict[str, Any]]) -> _Pending:
+        consents: dict[int, dict[ConsentKey, str]] = {}
+        for row in audit:
+            key = (row["contact_id"], row["channel"], row["purpose"])
+            consents.setdefault(key[0], {})[key] = row["status"]
+        return cls(
+            seq,
+            {c["id"]: c for c in contacts},
+            {c["external_id"]: c["id"] for c in contacts if c["external_id"]},
+            {c["email"]: c["id"] for c in contacts if c["email"]},
+            consents,
+        )
+
+
 class _ContactPipeline:
     """Contacts on PostgreSQL in two stages (``_run``): a batch is planned on one connection
     (erasure check, lookups, matching, new ids, consent audit rows) while the batch before it
     is written on another. The plan does not wait for that write: what the batches planned
-    and not yet committed will store (``contacts``, ``consents``) is laid over what the lookups
+    and not yet committed will store (``pending``) is laid over what the lookups
     find, so a batch is planned as the serial path (``_apply_contacts``) plans it after the
     write. Only when no consent needs double opt-in (that writes while it plans).
 
@@ -850,10 +876,8 @@ class _ContactPipeline:
         self.settings = settings
         self.seq = 0
         self.committed = 0  # the last batch written and committed (set by the writing thread)
-        self.contacts: dict[int, tuple[int, dict[str, Any]]] = {}
-        """id -> (batch, the contact's row once that batch is written)."""
-        self.consents: dict[ConsentKey, tuple[int, str]] = {}
-        """(contact_id, channel, purpose) -> (batch, status once that batch is written)."""
+        self.pending: deque[_Pending] = deque()
+        """What the batches planned and not yet committed will store, oldest first."""
 
     def plan(
         self, conn: Connection, rows: list[ContactRow], report: ImportReport, prepared: Any
@@ -861,8 +885,8 @@ class _ContactPipeline:
         now = utcnow()
         self.seq += 1
         visible = self.committed  # read before the lookups: batches they are sure to see
-        self.contacts = {i: c for i, c in self.contacts.items() if c[0] > visible}
-        self.consents = {k: c for k, c in self.consents.items() if c[0] > visible}
+        while self.pending and self.pending[0].seq <= visible:
+            self.pending.popleft()
         rows = leave_out_suppressed(conn, rows, _identities(rows), report, self.settings, prepared)
         targets, matched = _match(rows, self._stored(conn, rows))
         new = [t for t in targets if t.id is None]
@@ -887,13 +911,7 @@ class _ContactPipeline:
         audit, consented = consent_changes(wanted, current, source=self.source, now=now)
         consent_only = consented - changed - fresh
         _count(report, new=fresh, changed=changed, consent_only=consent_only, matched=matched)
-        for contact in contacts:  # what the store holds once this batch is written
-            self.contacts[contact["id"]] = (self.seq, contact)
-        for row in audit:
-            self.consents[(row["contact_id"], row["channel"], row["purpose"])] = (
-                self.seq,
-                row["status"],
-            )
+        self.pending.append(_Pending.of(self.seq, contacts, audit))
         return _ContactWrites(self.seq, contacts, audit, consent_only, now)
 
     def write(self, conn: Connection, planned: _ContactWrites) -> None:
@@ -916,25 +934,25 @@ class _ContactPipeline:
         they write is taken as they write it, found by its new external id or email, and
         left out when it no longer has the ones the rows name."""
         found = {contact["id"]: contact for contact in _stored_contacts(conn, rows)}
-        if not self.contacts:
+        if not self.pending:
             return list(found.values())
         ext_ids, emails = _named(rows)
-        for contact_id, (_, contact) in self.contacts.items():
-            if (
-                contact_id in found
-                or contact["external_id"] in ext_ids
-                or contact["email"] in emails
-            ):
-                found[contact_id] = contact
+        for batch in self.pending:  # in batch order: a later batch's row for a contact wins
+            written = batch.contacts
+            ids = [i for i in found if i in written]
+            ids += [i for e in ext_ids if (i := batch.by_external_id.get(e)) is not None]
+            ids += [i for e in emails if (i := batch.by_email.get(e)) is not None]
+            for contact_id in ids:
+                found[contact_id] = written[contact_id]
         return [c for c in found.values() if c["external_id"] in ext_ids or c["email"] in emails]
 
     def _consents(self, conn: Connection, ids: set[int]) -> dict[ConsentKey, str]:
         """The stored consent statuses of ``ids``, as they will be once the pending batches
         are written."""
         current = stored_consents(conn, ids)
-        for key, (_, status) in self.consents.items():
-            if key[0] in ids:
-                current[key] = status
+        for batch in self.pending:
+            for contact_id in ids & batch.consents.keys():
+                current.update(batch.consents[contact_id])
         return current
 
 
