@@ -345,6 +345,33 @@ def test_a_consent_again_lifts_the_suppression_and_a_new_contact_starts(
     assert import_contacts(row, engine=store).suppressed == 1
 
 
+def test_an_import_hashes_nobody_until_someone_is_erased(
+    store: Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A store that suppresses nobody is not hashed against; each batch asks again, so a person
+    erased since is caught."""
+    hashed: list[str] = []
+    digest = Hasher.digest
+
+    def counted(self: Hasher, kind: str, value: str) -> str:
+        hashed.append(kind)
+        return digest(self, kind, value)
+
+    monkeypatch.setattr(Hasher, "digest", counted)
+    rows = tmp_path / "c.csv"
+    rows.write_text(
+        "external_id,email,phone\nX1,ann@example.com,\nX2,bo@example.com,+14155550124\n"
+    )
+    assert import_contacts(rows, engine=store).inserted == 2
+    assert [kind for kind in hashed if kind != "key-id"] == []
+    with store.connect() as conn:
+        ann = conn.execute(select(Contact.id).where(Contact.external_id == "X1")).scalar_one()
+    erase_contact(store, ann, actor="cli:test")
+    report = import_contacts(rows, engine=store)
+    assert (report.suppressed, report.inserted, report.unchanged) == (1, 0, 1)
+    assert {"external_id", "email"} <= set(hashed)
+
+
 def test_the_hash_is_keyed_and_another_key_does_not_recognise_it(
     store: Engine, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:

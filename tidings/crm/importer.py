@@ -80,7 +80,11 @@ from tidings.crm.normalize import (
 )
 from tidings.crm.optin import ConsentOutcome, OptInPolicy, apply_consents
 from tidings.crm.readers import ERROR, Record, read_records
-from tidings.crm.suppression import Digests, Identity, digests, hasher, suppressed_rows
+from tidings.crm.suppression import (
+    Identity,
+    any_suppressed,
+    suppressed_rows,
+)
 from tidings.crm.types import utcnow
 
 MAX_REPORTED_ERRORS = 1000
@@ -402,9 +406,8 @@ def _run(
     engine: Engine,
     settings: Settings,
     allow_extra: bool,
-    apply: Callable[[Connection, list[Any], ImportReport, Any], None],
+    apply: Callable[[Connection, list[Any], ImportReport], None],
     tables: Sequence[str],
-    prepare: Callable[[list[Any]], Any] = lambda rows: None,
     pipeline: _Pipeline | None = None,
 ) -> ImportReport:
     """Check the records of ``path`` (in worker processes for large files) and write them in
@@ -412,9 +415,6 @@ def _run(
 
     Writing runs in a thread of its own, a batch or two behind the reading and checking, so
     the database works while this process reads and the workers check the next rows.
-    ``prepare`` runs in the reading thread on each batch, for the work of the writer that
-    needs no database (its result is ``apply``'s last argument): the writer waits for the
-    database on each statement, the reading thread has time to spare.
 
     With a ``pipeline`` (PostgreSQL, and a pool that gives two connections), a batch is
     planned on one connection while the batch before it is written on another, so this
@@ -422,7 +422,7 @@ def _run(
     report = ImportReport(kind=columns.kind, path=str(path))
     written = ImportReport(kind=columns.kind, path=str(path))  # the writer's own rejections
     checker = _Checker(columns.kind, columns, allow_extra, settings.default_region)
-    batches: queue.Queue[tuple[list[Any], Any] | None] = queue.Queue(maxsize=1)
+    batches: queue.Queue[list[Any] | None] = queue.Queue(maxsize=1)
     failure: list[BaseException] = []
 
     def write_each(source: queue.Queue[Any], write: Callable[[Connection, Any], int]) -> None:
@@ -442,11 +442,10 @@ def _run(
             while source.get() is not None:  # let the one handing finish without blocking
                 pass
 
-    def apply_batch(conn: Connection, item: tuple[list[Any], Any]) -> int:
-        batch, prepared = item
+    def apply_batch(conn: Connection, batch: list[Any]) -> int:
         with conn.begin():
             batch_commit(conn)
-            apply(conn, batch, written, prepared)
+            apply(conn, batch, written)
         return len(batch)
 
     def plan_and_write(pipeline: _Pipeline) -> None:
@@ -466,12 +465,11 @@ def _run(
         writer.start()
         try:
             with engine.connect() as conn:
-                while (item := batches.get()) is not None:
+                while (batch := batches.get()) is not None:
                     if failure:
                         continue  # the reading thread raises it; take what it still hands
-                    batch, prepared = item
                     with conn.begin():
-                        planned = pipeline.plan(conn, batch, written, prepared)
+                        planned = pipeline.plan(conn, batch, written)
                     plans.put((planned, len(batch)))
         except BaseException as exc:
             failure.append(exc)
@@ -482,7 +480,7 @@ def _run(
             writer.join()
 
     def hand(batch: list[Any]) -> None:
-        batches.put((batch, prepare(batch)))
+        batches.put(batch)
         if failure:
             raise failure[0]
 
@@ -527,9 +525,7 @@ class _Pipeline(Protocol):
     """A batch in two stages on two connections (``_run``): ``plan`` reads, ``write`` writes
     what it planned; ``done`` is called once that write has committed."""
 
-    def plan(
-        self, conn: Connection, rows: list[Any], report: ImportReport, prepared: Any
-    ) -> Any: ...
+    def plan(self, conn: Connection, rows: list[Any], report: ImportReport) -> Any: ...
 
     def write(self, conn: Connection, planned: Any) -> None: ...
 
@@ -684,15 +680,16 @@ def _match(rows: list[ContactRow], stored: list[dict[str, Any]]) -> tuple[list[_
 def leave_out_suppressed(
     conn: Connection,
     rows: list[Any],
-    identities: list[Identity],
+    identify: Callable[[list[Any]], list[Identity]],
     report: ImportReport,
     settings: Settings | None = None,
-    hashes: Digests | None = None,
 ) -> list[Any]:
     """The rows of a batch that do not name an erased person; the others are reported as
-    suppressed on their line (crm/suppression.py). ``identities[i]`` is who ``rows[i]``
-    names, normalised; ``hashes``, when given, their ``digests``."""
-    hits = suppressed_rows(conn, identities, settings=settings, hashes=hashes)
+    suppressed on their line (crm/suppression.py). ``identify(rows)[i]`` is who ``rows[i]``
+    names, normalised: asked, and hashed, only if anyone is suppressed now."""
+    if not rows or not any_suppressed(conn):
+        return rows
+    hits = suppressed_rows(conn, identify(rows), settings=settings)
     if not hits:
         return rows
     for index, hit in sorted(hits.items()):
@@ -768,14 +765,13 @@ def _apply_contacts(
     source: str,
     optin: OptInPolicy | None = None,
     settings: Settings | None = None,
-    hashes: Digests | None = None,
 ) -> None:
     """Write a batch of contacts: rows naming an erased person are left out (reported), new
     and changed contacts go in one upsert, their consents in one, the consent audit trail in
     one (PostgreSQL; SQLite: executemany). A grant that needs confirmation (``optin``) becomes
     pending and queues its confirmation email."""
     now = utcnow()
-    rows = leave_out_suppressed(conn, rows, _identities(rows), report, settings, hashes)
+    rows = leave_out_suppressed(conn, rows, _identities, report, settings)
     if not rows:
         return
     targets, matched = _match(rows, _stored_contacts(conn, rows))
@@ -880,14 +876,14 @@ class _ContactPipeline:
         """What the batches planned and not yet committed will store, oldest first."""
 
     def plan(
-        self, conn: Connection, rows: list[ContactRow], report: ImportReport, prepared: Any
+        self, conn: Connection, rows: list[ContactRow], report: ImportReport
     ) -> _ContactWrites:
         now = utcnow()
         self.seq += 1
         visible = self.committed  # read before the lookups: batches they are sure to see
         while self.pending and self.pending[0].seq <= visible:
             self.pending.popleft()
-        rows = leave_out_suppressed(conn, rows, _identities(rows), report, self.settings, prepared)
+        rows = leave_out_suppressed(conn, rows, _identities, report, self.settings)
         targets, matched = _match(rows, self._stored(conn, rows))
         new = [t for t in targets if t.id is None]
         for target, new_id in zip(new, next_ids(conn, contacts_t, len(new)), strict=True):
@@ -983,7 +979,6 @@ def import_contacts(
     source = f"import:{path.name}"
     settings = settings or get_settings()
     optin = OptInPolicy.from_settings(settings)
-    hashed = hasher(settings)
     pipeline = None
     if optin is None or not optin.requires(source, Channel.EMAIL.value, Purpose.MARKETING.value):
         pipeline = _ContactPipeline(source=source, settings=settings)
@@ -994,11 +989,10 @@ def import_contacts(
         engine=engine,
         settings=settings,
         allow_extra=allow_extra_columns,
-        apply=lambda conn, rows, report, hashes: _apply_contacts(
-            conn, rows, report, source=source, optin=optin, settings=settings, hashes=hashes
+        apply=lambda conn, rows, report: _apply_contacts(
+            conn, rows, report, source=source, optin=optin, settings=settings
         ),
         tables=("contacts", "consents", "consent_changes"),
-        prepare=lambda rows: digests(_identities(rows), hashed),
         pipeline=pipeline,
     )
 
@@ -1012,6 +1006,10 @@ class _Owned(NamedTuple):
     external_id: str | None
     email: str | None
     values: dict[str, Any]
+
+
+def _owners(rows: list[_Owned]) -> list[Identity]:
+    return [Identity(r.external_id, None if r.external_id else r.email) for r in rows]
 
 
 def _resolve_contacts(
@@ -1036,8 +1034,7 @@ def _resolve_contacts(
         else:
             resolved.append((row, cid))
     if unknown:
-        identities = [Identity(r.external_id, None if r.external_id else r.email) for r in unknown]
-        for row in leave_out_suppressed(conn, unknown, identities, report, settings):
+        for row in leave_out_suppressed(conn, unknown, _owners, report, settings):
             if row.external_id:
                 missing = "external_id", f"no contact has external_id {row.external_id!r}"
             else:
@@ -1138,7 +1135,7 @@ def import_events(
         engine=engine,
         settings=settings,
         allow_extra=allow_extra_columns,
-        apply=lambda conn, rows, report, _: _apply_events(
+        apply=lambda conn, rows, report: _apply_events(
             conn, rows, report, source=source, settings=settings
         ),
         tables=("events",),
@@ -1302,7 +1299,7 @@ def import_orders(
         engine=engine,
         settings=settings,
         allow_extra=allow_extra_columns,
-        apply=lambda conn, rows, report, _: _apply_orders(conn, rows, report, settings=settings),
+        apply=lambda conn, rows, report: _apply_orders(conn, rows, report, settings=settings),
         tables=("orders", "events"),
     )
 

@@ -28,7 +28,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import Connection, Table, insert, select, update
+from sqlalchemy import Connection, Table, exists, insert, select, update
 from sqlalchemy.orm import Session
 
 from tidings.config import Settings, get_settings
@@ -134,18 +134,9 @@ def _warn_on_other_keys(conn: Connection | Session, current: str) -> None:
         )
 
 
-@dataclass(frozen=True, slots=True)
-class Digests:
-    """The keyed hashes of a batch's identities: ``wanted[digest]`` lists the ``(index, kind)``
-    pairs that hash to it. Computed apart from the lookup, so an import hashes a batch in its
-    reading thread while the writer waits for the database."""
-
-    key_id: str
-    wanted: dict[str, list[tuple[int, str]]]
-
-
-def digests(identities: Sequence[Identity], hashed: Hasher) -> Digests:
-    """The keyed hashes of ``identities`` (normalised), for ``suppressed_rows``."""
+def digests(identities: Sequence[Identity], hashed: Hasher) -> dict[str, list[tuple[int, str]]]:
+    """The keyed hashes of ``identities`` (normalised): each lists the ``(index, kind)`` pairs
+    that hash to it."""
     wanted: dict[str, list[tuple[int, str]]] = {}
     digest = hashed.digest
     for index, identity in enumerate(identities):
@@ -156,7 +147,14 @@ def digests(identities: Sequence[Identity], hashed: Hasher) -> Digests:
         ):  # KINDS, spelt out: an import checks every row
             if value:
                 wanted.setdefault(digest(kind, value), []).append((index, kind))
-    return Digests(hashed.key_id, wanted)
+    return wanted
+
+
+def any_suppressed(conn: Connection | Session) -> bool:
+    """Whether anyone is suppressed now: most stores have erased nobody, and then a batch need
+    not be hashed at all (an import would hash every identity of every row)."""
+    query = select(exists().where(suppressed_t.c.released_at.is_(None)))
+    return bool(conn.execute(query).scalar())
 
 
 def suppressed_rows(
@@ -165,19 +163,16 @@ def suppressed_rows(
     *,
     settings: Settings | None = None,
     hashed: Hasher | None = None,
-    hashes: Digests | None = None,
 ) -> dict[int, Suppressed]:
     """The rows of a batch that name an erased person: ``{index in identities: why}``.
 
     Call it with the batch's normalised rows before writing them and leave those rows out
-    (reporting each): one query per batch, by the unique digest index. ``hashes``: the
-    batch's ``digests``, computed beforehand (``identities`` is then not hashed again)."""
-    if hashes is None:
-        hashes = digests(identities, hashed or hasher(settings))
-    wanted = hashes.wanted
+    (reporting each): one query per batch, by the unique digest index."""
+    hashed = hashed or hasher(settings)
+    wanted = digests(identities, hashed)
     if not wanted:
         return {}
-    _warn_on_other_keys(conn, hashes.key_id)
+    _warn_on_other_keys(conn, hashed.key_id)
     found: dict[int, Suppressed] = {}
     rows = conn.execute(
         select(suppressed_t.c.digest, erasures_t.c.id, erasures_t.c.erased_at)
