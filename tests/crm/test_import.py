@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import random
+import uuid
+from datetime import datetime, timedelta, timezone
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -455,3 +458,28 @@ def test_batches_planned_ahead_of_their_writes_store_what_one_by_one_does(
         engine.dispose()
     assert len(planned) > 11 // batch  # PostgreSQL took the planned path, SQLite did not
     assert results[0] == results[1]
+
+
+def test_event_keys_are_the_ones_earlier_versions_stored() -> None:
+    """An imported event's key is stored: computed faster now, it must stay the uuid5 of the
+    same JSON, or a file imported again would store its events twice."""
+
+    def spelt_out(ext: str | None, email: str | None, name: str, at: Any, props: Any) -> str:
+        who = f"x:{ext}" if ext else f"e:{email}"
+        body = json.dumps([who, name, at.isoformat(), props], sort_keys=True, default=str)
+        return "import:" + str(uuid.uuid5(importer.EVENT_NAMESPACE, body))
+
+    rnd = random.Random(5)
+    values = [1, -2.5, 'caf\u00e9 "q"', True, None, [1, "a"], {"z": 1, "a": 2}, 10**30]
+    values += [float("inf"), Decimal("9.99"), datetime(2026, 1, 1)]
+    for _ in range(2000):
+        props = {f"k{rnd.randint(0, 9)}": rnd.choice(values) for _ in range(rnd.randint(0, 4))}
+        zone = timezone(timedelta(hours=rnd.randint(-5, 5)))
+        args = (
+            rnd.choice([None, "C\u20ac1", "C2"]),
+            rnd.choice([None, "a@b.example"]),
+            rnd.choice(["order.placed", "viewed \u2603"]),
+            datetime(2026, 1, 1, 12, rnd.randint(0, 59), tzinfo=zone),
+            props,
+        )
+        assert importer._event_key(*args) == spelt_out(*args)

@@ -27,6 +27,7 @@ external_id nor a valid email) or a required field is bad.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import multiprocessing
 import os
@@ -1079,10 +1080,31 @@ def _event_key(
     occurred_at: datetime,
     properties: dict[str, Any],
 ) -> str:
-    """A key derived from what the event is, so the same event imported twice is stored once."""
+    """A key derived from what the event is, so the same event imported twice is stored once.
+
+    Keys are stored: they must not change between versions, or a file imported again would
+    store its events twice. So this is ``uuid.uuid5(EVENT_NAMESPACE, json.dumps(..,
+    sort_keys=True, default=str))`` exactly, with one encoder for all rows (``json.dumps``
+    builds one per call) and the UUID's text built from the SHA-1 without a ``UUID`` object:
+    a third of an event import's time went here (test_import: equal to the spelt-out form).
+
+    >>> key = _event_key("C1", None, "order.placed", datetime(2026, 1, 1), {"sku": "A"})
+    >>> key == "import:" + str(uuid.uuid5(EVENT_NAMESPACE, json.dumps(
+    ...     ["x:C1", "order.placed", "2026-01-01T00:00:00", {"sku": "A"}],
+    ...     sort_keys=True, default=str)))
+    True
+    """
     who = f"x:{external_id}" if external_id else f"e:{email}"
-    body = json.dumps([who, name, occurred_at.isoformat(), properties], sort_keys=True, default=str)
-    return "import:" + str(uuid.uuid5(EVENT_NAMESPACE, body))
+    body = _KEY_JSON.encode([who, name, occurred_at.isoformat(), properties])
+    digest = bytearray(hashlib.sha1(_NAMESPACE_BYTES + body.encode()).digest()[:16])
+    digest[6] = (digest[6] & 0x0F) | 0x50  # version 5
+    digest[8] = (digest[8] & 0x3F) | 0x80  # RFC 4122 variant
+    h = digest.hex()
+    return f"import:{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+
+
+_KEY_JSON = json.JSONEncoder(sort_keys=True, default=str)
+_NAMESPACE_BYTES = EVENT_NAMESPACE.bytes
 
 
 def _apply_events(
