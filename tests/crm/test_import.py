@@ -483,3 +483,27 @@ def test_event_keys_are_the_ones_earlier_versions_stored() -> None:
             props,
         )
         assert importer._event_key(*args) == spelt_out(*args)
+
+
+def test_csv_records_carry_the_line_they_start_on(tmp_path: Path) -> None:
+    """Blank rows are skipped, a quoted cell may span lines, a bad byte spoils only its
+    record: every error names the line a person would look at."""
+    path = tmp_path / "c.csv"
+    path.write_bytes(
+        b"external_id,note\n"  # 1
+        b"A1,one\n"  # 2
+        b"\n"  # 3 (blank)
+        b'A2,"two\n'  # 4
+        b'lines"\n'  # 5
+        b" , \n"  # 6 (blank cells)
+        b'A3,"bad \xff\n'  # 7
+        b'byte"\n'  # 8
+        b"A4,short,extra\n"  # 9
+        b"A5,five\r\n"  # 10
+    )
+    records = [(r.line, r.values) for r in read_records(path, None)]
+    assert [line for line, _ in records] == [2, 4, 7, 9, 10]
+    assert records[1][1] == {"external_id": "A2", "note": "two\nlines"}
+    assert "UTF-8" in records[2][1][importer.ERROR]
+    assert "3 fields" in records[3][1][importer.ERROR]
+    assert records[4][1] == {"external_id": "A5", "note": "five"}

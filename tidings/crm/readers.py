@@ -118,12 +118,12 @@ def read_csv(
     if check_header is not None:
         check_header(columns, f"{name}:1")
     reader = csv.reader(lines, delimiter=delimiter)
+    end = 1  # a record starts on the line after the one the record before it ended on
     for row in reader:
-        end = lines.number
-        start = end - sum(cell.count("\n") for cell in row)
-        if not row or all(not cell.strip() for cell in row):
+        start, end = end + 1, lines.number
+        if not "".join(row).strip():  # no cells, or only blank ones
             continue
-        if any(n in lines.bad for n in range(start, end + 1)):
+        if lines.bad and any(n in lines.bad for n in range(start, end + 1)):
             yield Record(start, {ERROR: NOT_UTF8})
         elif len(row) != len(columns):
             yield Record(
