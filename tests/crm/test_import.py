@@ -19,7 +19,7 @@ from tidings.crm import bulk, importer
 from tidings.crm.db import make_engine, upgrade
 from tidings.crm.importer import import_contacts, import_events, import_orders
 from tidings.crm.models import Consent, ConsentChange, Contact, Event, Order
-from tidings.crm.readers import read_records
+from tidings.crm.readers import ERROR, read_records
 from tidings.crm.types import utcnow
 from tidings.errors import InputError
 
@@ -504,6 +504,6 @@ def test_csv_records_carry_the_line_they_start_on(tmp_path: Path) -> None:
     records = [(r.line, r.values) for r in read_records(path, None)]
     assert [line for line, _ in records] == [2, 4, 7, 9, 10]
     assert records[1][1] == {"external_id": "A2", "note": "two\nlines"}
-    assert "UTF-8" in records[2][1][importer.ERROR]
-    assert "3 fields" in records[3][1][importer.ERROR]
+    assert "UTF-8" in records[2][1][ERROR]
+    assert "3 fields" in records[3][1][ERROR]
     assert records[4][1] == {"external_id": "A5", "note": "five"}
