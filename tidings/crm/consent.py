@@ -77,17 +77,15 @@ def stored_consents(conn: Connection, contact_ids: Collection[int]) -> dict[Cons
     """The stored consent statuses of these contacts (one lookup)."""
     if not contact_ids:
         return {}
-    return {
-        (r.contact_id, r.channel, r.purpose): r.status
-        for r in conn.execute(
-            select(
-                consents_t.c.contact_id,
-                consents_t.c.channel,
-                consents_t.c.purpose,
-                consents_t.c.status,
-            ).where(among(conn, consents_t.c.contact_id, contact_ids))
-        )
-    }
+    rows = conn.execute(
+        select(
+            consents_t.c.contact_id,
+            consents_t.c.channel,
+            consents_t.c.purpose,
+            consents_t.c.status,
+        ).where(among(conn, consents_t.c.contact_id, contact_ids))
+    ).all()  # fetched at once: iterating a result fetches row by row
+    return {(contact_id, channel, purpose): status for contact_id, channel, purpose, status in rows}
 
 
 def consent_changes(

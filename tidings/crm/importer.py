@@ -754,8 +754,11 @@ def _stored_contacts(conn: Connection, rows: list[ContactRow]) -> list[dict[str,
         lookups.append(select(*columns).where(among(conn, contacts_t.c.email, emails)))
     if not lookups:
         return []
-    found = {row["id"]: dict(row) for row in conn.execute(union_all(*lookups)).mappings()}
-    return list(found.values())
+    result = conn.execute(union_all(*lookups))
+    keys = list(result.keys())
+    # fetched at once, as tuples: iterating a result fetches row by row, and a RowMapping
+    # builds its keys for every row (a fifth of an unchanged re-import's time)
+    return list({row[0]: dict(zip(keys, row, strict=True)) for row in result.all()}.values())
 
 
 def _apply_contacts(
