@@ -107,6 +107,8 @@ ORDER_STATUSES = frozenset(
     }
 )
 CONTACT_KNOWN = frozenset(CONTACTS.known)
+EVENT_KNOWN = frozenset(EVENTS.known)
+ORDER_KNOWN = frozenset(ORDERS.known)
 EVENT_NAMESPACE = uuid.UUID("6f1c2f9e-52a4-4c1e-9a51-5d1a0b3c7e11")
 
 contacts_t: Table = Contact.__table__  # type: ignore[assignment]
@@ -1048,7 +1050,7 @@ def _resolve_contacts(
 
 
 def _parse_event(record: Record, region: str, warnings: Problems | None = None) -> _Owned:
-    found, properties = _split(record, frozenset(EVENTS.known))
+    found, properties = _split(record, EVENT_KNOWN)
     problems: Problems = []
     external_id, email = _identity(found, problems, warnings)
     name = _text(found.get("name"))
@@ -1168,7 +1170,7 @@ def import_events(
 
 
 def _parse_order(record: Record, region: str, warnings: Problems | None = None) -> _Owned:
-    found, attributes = _split(record, frozenset(ORDERS.known))
+    found, attributes = _split(record, ORDER_KNOWN)
     problems: Problems = []
     external_id, email = _identity(found, problems, warnings)
     values: dict[str, Any] = {"attributes": attributes}
@@ -1176,13 +1178,7 @@ def _parse_order(record: Record, region: str, warnings: Problems | None = None) 
     if order_id is None:
         problems.append(("order_id", "order_id is empty"))
     values["order_id"] = order_id
-    parsers: dict[str, Callable[[Any], Any]] = {
-        "total": parse_amount,
-        "currency": normalize_currency,
-        "placed_at": parse_timestamp,
-        "status": _order_status,
-    }
-    for name, parser in parsers.items():
+    for name, parser in _ORDER_PARSERS:
         raw = _text(found.get(name))
         if raw is None:
             problems.append((name, f"{name} is empty"))
@@ -1203,6 +1199,14 @@ def _order_status(value: str) -> str:
             f"unknown order status {value!r}: use one of " + ", ".join(sorted(ORDER_STATUSES))
         )
     return status
+
+
+_ORDER_PARSERS: tuple[tuple[str, Callable[[str], Any]], ...] = (
+    ("total", parse_amount),
+    ("currency", normalize_currency),
+    ("placed_at", parse_timestamp),
+    ("status", _order_status),
+)
 
 
 ORDER_FIELDS = ("contact_id", "total", "currency", "status", "placed_at", "attributes")
