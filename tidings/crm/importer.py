@@ -839,20 +839,20 @@ class _ContactWrites:
 @dataclass(frozen=True, slots=True)
 class _Pending:
     """What one planned batch will store once written (``_ContactPipeline``): each contact's
-    row, found by id, external id and email, and each consent's status, by contact."""
+    row, found by id, external id and email, and its audit rows (each consent's new status),
+    by contact."""
 
     seq: int
     contacts: dict[int, dict[str, Any]]
     by_external_id: dict[str, int]
     by_email: dict[str, int]
-    consents: dict[int, dict[ConsentKey, str]]
+    consents: dict[int, list[dict[str, Any]]]
 
     @classmethod
     def of(cls, seq: int, contacts: list[dict[str, Any]], audit: list[dict[str, Any]]) -> _Pending:
-        consents: dict[int, dict[ConsentKey, str]] = {}
+        consents: dict[int, list[dict[str, Any]]] = {}
         for row in audit:
-            key = (row["contact_id"], row["channel"], row["purpose"])
-            consents.setdefault(key[0], {})[key] = row["status"]
+            consents.setdefault(row["contact_id"], []).append(row)
         return cls(
             seq,
             {c["id"]: c for c in contacts},
@@ -954,7 +954,8 @@ class _ContactPipeline:
         current = stored_consents(conn, ids)
         for batch in self.pending:
             for contact_id in ids & batch.consents.keys():
-                current.update(batch.consents[contact_id])
+                for row in batch.consents[contact_id]:
+                    current[(contact_id, row["channel"], row["purpose"])] = row["status"]
         return current
 
 
