@@ -81,11 +81,7 @@ from tidings.crm.normalize import (
 )
 from tidings.crm.optin import ConsentOutcome, OptInPolicy, apply_consents
 from tidings.crm.readers import ERROR, Record, read_records
-from tidings.crm.suppression import (
-    Identity,
-    any_suppressed,
-    suppressed_rows,
-)
+from tidings.crm.suppression import Identity, any_suppressed, suppressed_rows
 from tidings.crm.types import utcnow
 
 MAX_REPORTED_ERRORS = 1000
@@ -866,9 +862,9 @@ class _ContactPipeline:
     """Contacts on PostgreSQL in two stages (``_run``): a batch is planned on one connection
     (erasure check, lookups, matching, new ids, consent audit rows) while the batch before it
     is written on another. The plan does not wait for that write: what the batches planned
-    and not yet committed will store (``pending``) is laid over what the lookups
-    find, so a batch is planned as the serial path (``_apply_contacts``) plans it after the
-    write. Only when no consent needs double opt-in (that writes while it plans).
+    and not yet committed will store (``pending``) is laid over what the lookups find, so a
+    batch is planned as the serial path (``_apply_contacts``) plans it after the write. Only
+    when no consent needs double opt-in (that writes while it plans).
 
     >>> pipeline = _ContactPipeline(source="import:a.csv", settings=settings)  # doctest: +SKIP
     """
