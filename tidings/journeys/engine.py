@@ -42,6 +42,7 @@ from sqlalchemy.sql.elements import ColumnElement
 
 from tidings.analytics.auto_winner import Settled, settle
 from tidings.config import Settings, get_settings
+from tidings.crm.bulk import ANALYZE_FIRST, Statistics
 from tidings.crm.db import insert_ignore, insert_rows, update_rows
 from tidings.crm.models import (
     Enrollment,
@@ -243,7 +244,13 @@ class JourneyEngine(StepRunner):
             .on_conflict_do_nothing()
             .returning(enrollments_t.c.id)
         )
-        return [row[0] for row in session.execute(stmt)]
+        ids = [row[0] for row in session.execute(stmt)]
+        if len(ids) >= ANALYZE_FIRST:
+            # a broadcast enrols most of the table at once: without statistics PostgreSQL
+            # plans the tick's claim for a handful of rows and sorts them all on every batch
+            conn = session.connection()
+            Statistics(conn, ["enrollments"]).wrote(conn, {"enrollments": len(ids)})
+        return ids
 
     def paused(self, name: str) -> bool:
         """Whether journey ``name`` takes no one in and advances no one (read fresh)."""
