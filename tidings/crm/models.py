@@ -273,7 +273,10 @@ class Enrollment(Base):
     __tablename__ = "enrollments"
     __table_args__ = (
         UniqueConstraint("journey_id", "contact_id", "entry_key"),
-        Index(None, "status", "next_due_at"),
+        # the tick's claim (``status = 'active' ORDER BY next_due_at, id LIMIT n FOR UPDATE
+        # SKIP LOCKED``) reads it in order and stops after n rows; without ``id`` PostgreSQL
+        # sorted every due row on every tick (migration 0018)
+        Index(None, "status", "next_due_at", "id"),
     )
 
     id: Mapped[int] = _id()

@@ -41,6 +41,7 @@ from sqlalchemy.orm import Session
 from sqlalchemy.sql.elements import ColumnElement
 
 from tidings.config import Settings, get_settings
+from tidings.crm.bulk import ANALYZE_FIRST, Statistics
 from tidings.crm.db import insert_ignore, insert_rows, update_rows
 from tidings.crm.models import (
     Enrollment,
@@ -92,6 +93,7 @@ class JourneyEngine(StepRunner):
         self.catalog = catalog
         self.clock = clock
         self._versions: dict[int, Version] = {}
+        self._outbox: Statistics | None = None  # this process's writes into ``messages``
 
     # -- versions ------------------------------------------------------------------------
     def register(self, journey: s.Journey) -> Version:
@@ -245,7 +247,13 @@ class JourneyEngine(StepRunner):
             .on_conflict_do_nothing()
             .returning(enrollments_t.c.id)
         )
-        return [row[0] for row in session.execute(stmt)]
+        ids = [row[0] for row in session.execute(stmt)]
+        if len(ids) >= ANALYZE_FIRST:
+            # a broadcast enrols most of the table at once: without statistics PostgreSQL
+            # plans the tick's claim for a handful of rows and sorts them all on every batch
+            conn = session.connection()
+            Statistics(conn, ["enrollments"]).wrote(conn, {"enrollments": len(ids)})
+        return ids
 
     def paused(self, name: str) -> bool:
         """Whether journey ``name`` takes no one in and advances no one (read fresh)."""
@@ -476,6 +484,7 @@ class JourneyEngine(StepRunner):
                 insert_rows(session, messages_t, messages)
             else:
                 stats.claimed = self._insert_claimed(session, messages, claim_token)
+            self._analyze_outbox(session, len(messages))
             update_rows(
                 session,
                 enrollments_t,
@@ -502,6 +511,19 @@ class JourneyEngine(StepRunner):
         stats.completed = sum(1 for i in items if i.status == "completed")
         stats.exited = sum(1 for i in items if i.status == "exited")
         return stats
+
+    def _analyze_outbox(self, session: Session, written: int) -> None:
+        """ANALYZE ``messages`` as this process fills it (``crm.bulk.Statistics``: after the
+        first 5,000 rows into a table never analysed, then whenever it doubled). Without
+        statistics PostgreSQL took a fresh outbox for empty and planned the fenced hand-over
+        through ``ix_messages_active``, reading every dead entry of the index on each batch
+        (autovacuum's first ANALYZE comes a minute or more into a broadcast)."""
+        if not written:
+            return
+        conn = session.connection()
+        if self._outbox is None:
+            self._outbox = Statistics(conn, ["messages"])
+        self._outbox.wrote(conn, {"messages": written})
 
     def _insert_claimed(
         self, session: Session, messages: list[dict[str, Any]], token: str
