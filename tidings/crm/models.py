@@ -275,7 +275,7 @@ class Enrollment(Base):
         UniqueConstraint("journey_id", "contact_id", "entry_key"),
         # the tick's claim (``status = 'active' ORDER BY next_due_at, id LIMIT n FOR UPDATE
         # SKIP LOCKED``) reads it in order and stops after n rows; without ``id`` PostgreSQL
-        # sorted every due row on every tick (migration 0018)
+        # sorted every due row on every tick (migration 0019)
         Index(None, "status", "next_due_at", "id"),
     )
 

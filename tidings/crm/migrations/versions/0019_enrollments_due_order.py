@@ -9,8 +9,8 @@ server's time). With ``id`` in the index the scan comes out in the claim's order
 until it has the batch and stops. The index still serves every lookup by ``(status,
 next_due_at)`` the old one served.
 
-Revision ID: 0018
-Revises: 0017
+Revision ID: 0019
+Revises: 0018
 Create Date: 2026-12-01 01:30:00
 """
 
@@ -18,8 +18,8 @@ from __future__ import annotations
 
 from alembic import op
 
-revision = "0018"
-down_revision = "0017"
+revision = "0019"
+down_revision = "0018"
 branch_labels = None
 depends_on = None
 
