@@ -21,7 +21,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import orjson
-from sqlalchemy import Connection, Table, event, text
+from sqlalchemy import Connection, Engine, Table, event, text
 from sqlalchemy.dialects import sqlite
 from sqlalchemy.types import JSON
 
@@ -31,8 +31,8 @@ ANALYZE_GROWTH = 1.0
 ANALYZE_FIRST = 5_000
 
 
-def is_postgres(conn: Connection) -> bool:
-    return conn.dialect.name == "postgresql"
+def is_postgres(bind: Connection | Engine) -> bool:
+    return bind.dialect.name == "postgresql"
 
 
 STAGES = "tidings_stages"  # key in a connection's info: the staging tables it has

@@ -483,7 +483,7 @@ def _run(
         if failure:
             raise failure[0]
 
-    if pipeline is not None and is_postgres_engine(engine) and _two_connections(engine):
+    if pipeline is not None and is_postgres(engine) and _two_connections(engine):
         writer = threading.Thread(
             target=plan_and_write, args=(pipeline,), name="tidings-import-planner", daemon=True
         )
@@ -529,10 +529,6 @@ class _Pipeline(Protocol):
     def write(self, conn: Connection, planned: Any) -> None: ...
 
     def done(self, planned: Any) -> None: ...
-
-
-def is_postgres_engine(engine: Engine) -> bool:
-    return engine.dialect.name == "postgresql"
 
 
 def _two_connections(engine: Engine) -> bool:
