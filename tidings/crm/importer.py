@@ -79,7 +79,7 @@ from tidings.crm.normalize import (
     parse_timestamp,
     typed_value,
 )
-from tidings.crm.optin import ConsentOutcome, OptInPolicy, apply_consents
+from tidings.crm.optin import OptInPolicy, apply_consents
 from tidings.crm.readers import ERROR, Record, read_records
 from tidings.crm.suppression import Identity, any_suppressed, suppressed_rows
 from tidings.crm.types import utcnow
@@ -715,6 +715,27 @@ def _changed(targets: list[_Target]) -> list[tuple[_Target, dict[str, Any]]]:
     return changed
 
 
+def _number(conn: Connection, new: list[_Target]) -> None:
+    """New contacts' ids, from the sequence (PostgreSQL): known before the rows are written."""
+    for target, new_id in zip(new, next_ids(conn, contacts_t, len(new)), strict=True):
+        target.id = new_id
+
+
+def _contact_rows(
+    new: list[_Target], changed: list[tuple[_Target, dict[str, Any]]], now: datetime
+) -> list[dict[str, Any]]:
+    """The rows of the new and the changed contacts, for ``_upsert_contacts``."""
+    stamps = {"created_at": now, "updated_at": now}
+    return [
+        {"id": t.id, **final, **stamps} for t, final in [*((t, t.final()) for t in new), *changed]
+    ]
+
+
+def _upsert_contacts(conn: Connection, rows: list[dict[str, Any]]) -> None:
+    """New contacts inserted, changed ones updated (``created_at`` kept), one statement."""
+    upsert(conn, contacts_t, rows, key=("id",), update=(*UPSERTED_FIELDS, "updated_at"))
+
+
 def _touch(conn: Connection, ids: set[int], now: datetime) -> None:
     """A consent change alone also marks the contact as updated."""
     if ids:
@@ -776,18 +797,8 @@ def _apply_contacts(
     new = [t for t in targets if t.id is None]
     changed = _changed(targets)
     if is_postgres(conn):
-        for target, new_id in zip(new, next_ids(conn, contacts_t, len(new)), strict=True):
-            target.id = new_id
-        upsert(
-            conn,
-            contacts_t,
-            [
-                {"id": t.id, **final, "created_at": now, "updated_at": now}
-                for t, final in [*((t, t.final()) for t in new), *changed]
-            ],
-            key=("id",),
-            update=(*UPSERTED_FIELDS, "updated_at"),
-        )
+        _number(conn, new)
+        _upsert_contacts(conn, _contact_rows(new, changed, now))
     else:
         if new:
             ids = conn.execute(
@@ -810,7 +821,7 @@ def _apply_contacts(
     ]
     new_ids = {t.id for t in new if t.id is not None}
     changed_ids = {t.id for t, _ in changed if t.id is not None}
-    outcome = _apply_consents(conn, wishes, source=source, now=now, optin=optin, fresh=new_ids)
+    outcome = apply_consents(conn, wishes, source=source, policy=optin, now=now, fresh=new_ids)
     report.confirmations += outcome.messages
     consent_only = outcome.changed - changed_ids - new_ids
     _touch(conn, consent_only, now)
@@ -884,14 +895,9 @@ class _ContactPipeline:
         rows = leave_out_suppressed(conn, rows, _identities, report, self.settings)
         targets, matched = _match(rows, self._stored(conn, rows))
         new = [t for t in targets if t.id is None]
-        for target, new_id in zip(new, next_ids(conn, contacts_t, len(new)), strict=True):
-            target.id = new_id
-        stamps = {"created_at": now, "updated_at": now}
+        _number(conn, new)
         updates = _changed(targets)
-        contacts = [
-            {"id": t.id, **final, **stamps}
-            for t, final in [*((t, t.final()) for t in new), *updates]
-        ]
+        contacts = _contact_rows(new, updates, now)
         changed = {t.id for t, _ in updates if t.id is not None}
         marketing = Purpose.MARKETING.value
         wanted: dict[ConsentKey, tuple[str, dict[str, Any]]] = {
@@ -910,13 +916,7 @@ class _ContactPipeline:
 
     def write(self, conn: Connection, planned: _ContactWrites) -> None:
         """The serial path's writes: contacts, then their consents and audit trail."""
-        upsert(
-            conn,
-            contacts_t,
-            planned.contacts,
-            key=("id",),
-            update=(*UPSERTED_FIELDS, "updated_at"),
-        )
+        _upsert_contacts(conn, planned.contacts)
         write_changes(conn, planned.audit)
         _touch(conn, planned.consent_only, planned.now)
 
@@ -949,21 +949,6 @@ class _ContactPipeline:
                 for row in batch.consents[contact_id]:
                     current[(contact_id, row["channel"], row["purpose"])] = row["status"]
         return current
-
-
-def _apply_consents(
-    conn: Connection,
-    wishes: list[ConsentWish],
-    *,
-    source: str,
-    now: datetime,
-    optin: OptInPolicy | None,
-    fresh: set[int],
-) -> ConsentOutcome:
-    """Record consent given in the file where it differs from the current state (each change
-    lands in the audit trail; a grant that needs confirmation becomes pending and queues the
-    confirmation email); says whose consent changed. ``fresh``: contacts this batch created."""
-    return apply_consents(conn, wishes, source=source, policy=optin, now=now, fresh=fresh)
 
 
 def import_contacts(
