@@ -30,12 +30,11 @@ import psycopg
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from sqlalchemy import func, insert, select
-from sqlalchemy.engine import make_url
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.databases import SERVER, scratch_database  # noqa: E402
+from benchmarks.databases import SERVER, libpq, scratch_database  # noqa: E402
 from benchmarks.webapp import post, run_clients, start_app, stop_app  # noqa: E402
 from tidings.crm.db import make_engine, upgrade  # noqa: E402
 from tidings.crm.models import Contact, Message, MessageEvent  # noqa: E402
@@ -103,7 +102,7 @@ def run_load(port: int, bodies: list[tuple[bytes, dict[str, str]]], clients: int
 
 def baseline(url: str, batches: list[list[dict[str, object]]], ids: list[int]) -> float:
     """One multi-row INSERT per batch of 100, commit per batch: the table's ceiling."""
-    dsn = make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
+    dsn = libpq(url)
     columns = "message_id, provider, provider_event_id, type, occurred_at, received_at, "
     columns += "machine, url, payload"
     row = "(%s, %s, %s, %s, to_timestamp(%s), now(), %s, %s, %s::jsonb)"
