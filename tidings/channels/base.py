@@ -193,7 +193,8 @@ class Channel(ABC, Generic[M]):
                     raise
 
         threads = min(self.concurrency, len(messages))
-        tasks = [self._workers().submit(take_and_send) for _ in range(threads)]
+        pool = self._workers()
+        tasks = [pool.submit(take_and_send) for _ in range(threads)]
         wait(tasks)  # none still sends when this returns or raises
         for task in tasks:
             task.result()
