@@ -76,7 +76,7 @@ from tidings.crm.models import Enrollment, SegmentChange, SegmentMembership
 from tidings.crm.types import utcnow
 from tidings.segments.inputs import Change, Inputs, inputs
 from tidings.segments.loader import Catalog
-from tidings.segments.membership import lock_segment, lock_segments, prepare, refresh_stays
+from tidings.segments.membership import lock_segment, lock_segments, refresh_stays
 
 if TYPE_CHECKING:
     from tidings.journeys.engine import JourneyEngine
@@ -481,7 +481,6 @@ def _apply(
         now=now,
         contact_ids=ids,
         locked=True,
-        prepared=prepare(name, catalog=catalog) if postgres else None,
     )
     stats.entered, stats.exited = stays.entered, stays.exited
     if stays.new:

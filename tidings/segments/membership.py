@@ -179,31 +179,30 @@ def refresh_stays(
     now: datetime | None = None,
     contact_ids: Collection[int] | None = None,
     locked: bool = False,
-    prepared: Prepared | None = None,
 ) -> Stays:
     """``refresh``, optionally restricted to ``contact_ids`` (the live path: the segment's
     statement evaluated for those contacts only, still set-based); takes the segment's lock
-    (``locked``: the caller took it already, ``lock_segments``). ``prepared`` (PostgreSQL,
-    with ``contact_ids``): the segment's statement from ``prepare``, not built again."""
+    (``locked``: the caller took it already, ``lock_segments``). On PostgreSQL with
+    ``contact_ids``, a segment named in ``catalog`` runs its statement from ``prepare``,
+    built once, not per call."""
     now = now or utcnow()
     name = _name(segment)
     dialect = session.get_bind().dialect.name
     some = sorted(set(contact_ids)) if contact_ids is not None else None
-    if some is not None and dialect == "postgresql":
-        if not locked:
-            lock_segment(session, name)
-        if prepared is None:
-            prepared_or_built: Select[tuple[int]] | Prepared = segment_statement(
-                segment, catalog=catalog, dialect=dialect, now=now
-            )
-        else:
-            prepared_or_built = prepared
-        return _refresh_some_pg(session, name, prepared_or_built, some, now)
-    statement = segment_statement(segment, catalog=catalog, dialect=dialect, now=now)
     if some is not None:
         if not locked:
             lock_segment(session, name)
+        if dialect == "postgresql":
+            prepared = None
+            if isinstance(segment, str) and catalog is not None:
+                prepared = prepare(segment, catalog=catalog)
+            if prepared is None:  # a rule with a time as a value, or a segment not in a catalog
+                built = segment_statement(segment, catalog=catalog, dialect=dialect, now=now)
+                prepared = Prepared(_some_pg(name, built), {})
+            return _refresh_some_pg(session, prepared, some, now)
+        statement = segment_statement(segment, catalog=catalog, dialect=dialect, now=now)
         return _refresh_some(session, name, statement.where(contacts.c.id.in_(some)), some, now)
+    statement = segment_statement(segment, catalog=catalog, dialect=dialect, now=now)
     members = statement.subquery()
     m = memberships
     lock_segment(session, name)
@@ -345,8 +344,7 @@ def _some_pg(name: str, statement: Select[tuple[int]]) -> Any:
 
 def _refresh_some_pg(
     session: Session,
-    name: str,
-    statement: Select[tuple[int]] | Prepared,
+    prepared: Prepared,
     some: list[int],
     now: datetime,
 ) -> Stays:
@@ -357,15 +355,10 @@ def _refresh_some_pg(
     (``INSERT .. SELECT``) are written by data-modifying CTEs that return what they wrote.
     Both see the statement's one snapshot and touch different rows: an exit closes an open
     stay of a contact not inside, an entry opens one for a contact inside without one.
-    ``statement``: the segment's statement at ``now``, or the ``Prepared`` one."""
-    params: dict[str, Any] = {"ids": some, "stay_at": now}
-    if isinstance(statement, Prepared):
-        written = statement.statement
-        params.update(moving_params(statement.moving, now))
-    else:
-        written = _some_pg(name, statement)
+    ``prepared``: the statement, and the values its time parameters take at ``now``."""
+    params = {"ids": some, "stay_at": now, **moving_params(prepared.moving, now)}
     stays = Stays()
-    for stay, cid in session.connection().execute(written, params):
+    for stay, cid in session.connection().execute(prepared.statement, params):
         if stay is None:
             stays.left.append(int(cid))
         else:
