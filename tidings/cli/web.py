@@ -14,12 +14,20 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
-from typing import Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import typer
 from rich.console import Console
 from rich.table import Table
+
+if TYPE_CHECKING:
+    from sqlalchemy import Engine
+
+    from tidings.config import Settings
+    from tidings.journeys.runtime import Runtime
 
 console = Console()
 apikey_app = typer.Typer(help="API keys of the event API (stored hashed).", no_args_is_help=True)
@@ -76,7 +84,6 @@ def ingest(
     """Consume the Redis event buffer into the store (acknowledged after each commit)."""
     from tidings.config import get_settings
     from tidings.crm.db import make_engine
-    from tidings.journeys.runtime import Runtime
     from tidings.web.app import configure_logging
     from tidings.web.buffer import Consumer
     from tidings.web.events import make_poster
@@ -84,14 +91,8 @@ def ingest(
     configure_logging()
     settings = get_settings()
     db = make_engine(settings.database_url)
-    runtime: list[Runtime] = []
-
-    def poster():  # type: ignore[no-untyped-def]
-        if not runtime:
-            runtime.append(Runtime.from_settings(settings, db=db))
-        return make_poster(runtime[0])
-
-    consumer = Consumer(settings, db=db, post_events=poster)
+    runtime = _lazy_runtime(settings, db)
+    consumer = Consumer(settings, db=db, post_events=lambda: make_poster(runtime()))
     console.print(f"consuming {settings.ingest_stream} as {consumer.name} (Ctrl-C stops)")
     try:
         stats = consumer.run(until_idle=until_idle)
@@ -121,23 +122,16 @@ def live(
 
     from tidings.config import get_settings
     from tidings.crm.db import make_engine
-    from tidings.journeys.runtime import Runtime
     from tidings.segments.live import Loop
     from tidings.web.app import configure_logging
 
     configure_logging()
     settings = get_settings()
     db = make_engine(settings.database_url)
-    runtime: list[Runtime] = []
-
-    def engine() -> Any:
-        if not runtime:
-            runtime.append(Runtime.from_settings(settings, db=db))
-        return runtime[0].engine
-
+    runtime = _lazy_runtime(settings, db)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    loop = Loop(engine, db=db, poll=settings.live_poll_seconds)
+    loop = Loop(lambda: runtime().engine, db=db, poll=settings.live_poll_seconds)
     loop.start()
     console.print(
         f"live segments' loop running, polling every {settings.live_poll_seconds:g} s "
@@ -249,3 +243,15 @@ def register(app: typer.Typer) -> None:
     app.command("live")(live)
     app.add_typer(apikey_app, name="apikey")
     crm_cli.contacts_app.command("show")(contacts_show)
+
+
+def _lazy_runtime(settings: Settings, db: Engine) -> Callable[[], Runtime]:
+    """The journeys' runtime, built on first use (it loads the project's journeys, templates
+    and adapters), then kept: a consumer or loop that never needs it never pays for it."""
+    from tidings.journeys.runtime import Runtime
+
+    @functools.cache
+    def runtime() -> Runtime:
+        return Runtime.from_settings(settings, db=db)
+
+    return runtime
